@@ -1,0 +1,92 @@
+/** Normalized usage of one upstream call, whatever the endpoint (tokens). */
+export interface NormalizedUsage {
+  prompt_tokens: number;
+  /** Part of `prompt_tokens` served from OpenAI's prompt cache (priced at the cached-input rate). */
+  cached_tokens: number;
+  completion_tokens: number;
+  /** Part of `completion_tokens` spent on reasoning. */
+  reasoning_tokens: number;
+  total_tokens: number;
+  /** True when the upstream sent no usage (a stream cut short) and these figures were counted locally. */
+  estimated: boolean;
+}
+
+/** Endpoint an upstream call goes to. */
+export type UpstreamEndpoint = 'chat.completions' | 'embeddings' | 'moderations';
+
+/**
+ * Endpoint-agnostic view of one call, as limits, budgets, usage and logging see it. Built by the service
+ * before the first attempt; `model` is the requested (resolved) model even when a fallback answers.
+ */
+export interface UpstreamCall {
+  endpoint: UpstreamEndpoint;
+  model: string;
+  stream: boolean;
+  /** End user the call is made for (the app's own ID, not the hash sent upstream). */
+  user?: string;
+  /** Route label, e.g. `POST /chat`, or the `route` call option outside HTTP. */
+  route?: string;
+  /** Inbound request ID, when the call is made while serving a request. */
+  requestId?: string;
+  /** Prompt tokens counted before the call (chat only), tokens. */
+  promptTokens: number;
+  /** Output tokens the call may use at most (`max_tokens` after the cap), tokens. */
+  maxOutputTokens: number;
+}
+
+/** How a call ended, as hooks and the log line see it. */
+export interface SettledCall {
+  /** Model that answered (a fallback when `fallbackFrom` is set). */
+  model: string;
+  fallbackFrom?: string;
+  usage: NormalizedUsage;
+  openaiRequestId?: string;
+  attempts: number;
+  latencyMs: number;
+}
+
+/** A hold placed before a call (tokens, budget) that must end exactly once: settled or released. */
+export interface CallReservation {
+  /** The call succeeded, or a stream ended with what it received: replace the hold with real usage. */
+  settle(result: SettledCall): Promise<void> | void;
+  /** The call failed without usage (upstream error, timeout, abort before any output): drop the hold. */
+  release(): Promise<void> | void;
+}
+
+/**
+ * Cross-cutting behaviour run around every upstream call of `OpenAIService` (token limits, budgets,
+ * usage). `reserve` may throw an HttpException (e.g. 429) to refuse the call before it is made.
+ */
+export interface OpenAICallHook {
+  reserve(call: UpstreamCall): Promise<CallReservation | void> | CallReservation | void;
+}
+
+/** Options of one service call. */
+export interface CallOptions {
+  /** End user the call is made for; defaults to the user of the current request context. */
+  user?: string;
+  /** Cancels the call (e.g. the client disconnected). */
+  signal?: AbortSignal;
+  /** Route label for usage and metrics outside HTTP. */
+  route?: string;
+  /** Fallback models for this call instead of the configured ones; `false`: none. */
+  fallbacks?: string[] | false;
+  /** Retries of one model for this call instead of `retry.maxRetries`. */
+  maxRetries?: number;
+  /** Attempt timeout for this call instead of `timeouts.attemptMs` (ms). */
+  attemptTimeoutMs?: number;
+}
+
+/** Result metadata common to all endpoints. */
+export interface CallResultMeta {
+  /** Model that answered (a fallback's name when one answered). */
+  model: string;
+  /** The requested model when a fallback answered. */
+  fallbackFrom?: string;
+  /** Upstream `x-request-id`. */
+  openaiRequestId?: string;
+  /** Attempts made, the successful one included. */
+  attempts: number;
+  latencyMs: number;
+  usage: NormalizedUsage;
+}

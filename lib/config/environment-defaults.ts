@@ -1,0 +1,34 @@
+import type { OpenAIProfileOptions } from '../interfaces/openai-module-options.interface.js';
+
+/** Defaults shared by every environment. */
+export const BASE_DEFAULTS = {
+  defaultHeaders: {},
+  models: {
+    default: 'gpt-4o-mini-2024-07-18',
+    aliases: {},
+    pinning: 'warn',
+    fallbacks: [],
+    moderation: 'omni-moderation-latest',
+    embedding: 'text-embedding-3-small',
+  },
+  maxTokens: { cap: 1024, overCap: 'clamp' },
+  timeouts: { attemptMs: 30_000, deadlineMs: 90_000 },
+  retry: { maxRetries: 2, initialDelayMs: 500, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 },
+  logging: { prompts: false, config: true, calls: true },
+  identity: { field: 'safety_identifier', salt: '' },
+} satisfies OpenAIProfileOptions;
+
+/**
+ * What differs by environment. Staging mirrors production so that what passes there passes in
+ * production. An environment not listed here (one only the user's `profiles` define) starts from the
+ * production column: the safe side.
+ */
+export const ENVIRONMENT_DEFAULTS: Record<string, OpenAIProfileOptions> = {
+  development: { models: { pinning: 'warn' } },
+  test: { models: { pinning: 'warn' }, logging: { config: false } },
+  staging: { models: { pinning: 'enforce' } },
+  production: { models: { pinning: 'enforce' }, logging: { prompts: false } },
+};
+
+/** Environments whose rules forbid prompt logging whatever the options say. */
+export const NO_PROMPT_LOGGING_ENVIRONMENTS = new Set(['production']);

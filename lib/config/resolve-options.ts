@@ -1,0 +1,150 @@
+import { OpenAIConfigError, type ConfigProblem } from '../errors/openai-config.error.js';
+import type {
+  OpenAIModuleOptions,
+  OpenAIProfileOptions,
+  ResolvedOpenAIOptions,
+} from '../interfaces/openai-module-options.interface.js';
+import { isPinnedModel } from '../models/model-names.js';
+import { deepMerge } from '../utils/deep-merge.js';
+import { BASE_DEFAULTS, ENVIRONMENT_DEFAULTS, NO_PROMPT_LOGGING_ENVIRONMENTS } from './environment-defaults.js';
+
+const PROFILE_KEYS = new Set<keyof OpenAIProfileOptions>([
+  'apiKey',
+  'organization',
+  'project',
+  'baseURL',
+  'defaultHeaders',
+  'models',
+  'maxTokens',
+  'timeouts',
+  'retry',
+  'logging',
+  'identity',
+]);
+
+/**
+ * Merges, in order: shared defaults, the shipped defaults of the environment, the base options, and
+ * `profiles[environment]`; then validates the result. Throws `OpenAIConfigError` listing every problem.
+ *
+ * @param env the process environment, read only for `NODE_ENV` when `options.environment` is unset.
+ */
+export function resolveOpenAIOptions(
+  options: OpenAIModuleOptions,
+  env: NodeJS.ProcessEnv = process.env,
+): ResolvedOpenAIOptions {
+  const problems: ConfigProblem[] = [];
+  const environment = (options.environment ?? env.NODE_ENV ?? 'development').trim() || 'development';
+  const profiles = options.profiles ?? {};
+
+  for (const name of Object.keys(profiles)) {
+    for (const key of Object.keys(profiles[name] ?? {})) {
+      if (!PROFILE_KEYS.has(key as keyof OpenAIProfileOptions)) {
+        problems.push({
+          path: `profiles.${name}.${key}`,
+          message: `"${key}" cannot be set per profile`,
+          fix: `set it at the top level of the options, or remove it (profile keys: ${[...PROFILE_KEYS].join(', ')})`,
+        });
+      }
+    }
+  }
+  const known = environment in ENVIRONMENT_DEFAULTS || environment in profiles;
+  if (!known) {
+    problems.push({
+      path: 'environment',
+      message: `unknown environment "${environment}"`,
+      fix: `use one of ${[...new Set([...Object.keys(ENVIRONMENT_DEFAULTS), ...Object.keys(profiles)])].join(', ')}, or add profiles.${environment}`,
+    });
+  }
+  const envDefaults = ENVIRONMENT_DEFAULTS[environment] ?? ENVIRONMENT_DEFAULTS.production;
+  const { profiles: _p, environment: _e, ...base } = options;
+  const merged = deepMerge<ResolvedOpenAIOptions>(
+    BASE_DEFAULTS as unknown as Partial<ResolvedOpenAIOptions>,
+    envDefaults as Partial<ResolvedOpenAIOptions>,
+    base as Partial<ResolvedOpenAIOptions>,
+    profiles[environment] as Partial<ResolvedOpenAIOptions>,
+  );
+  merged.environment = environment;
+  if (merged.maxTokens.default === undefined) merged.maxTokens.default = merged.maxTokens.cap;
+
+  validate(merged, problems);
+  if (problems.length) throw new OpenAIConfigError(environment, problems);
+  return merged;
+}
+
+function isPositiveInt(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && v > 0;
+}
+
+function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
+  const add = (path: string, message: string, fix: string) => problems.push({ path, message, fix });
+
+  if (typeof o.apiKey === 'function') {
+    // a provider: checked when called
+  } else if (typeof o.apiKey !== 'string' || o.apiKey.trim() === '') {
+    add('apiKey', 'no API key', 'pass apiKey (for example from process.env.OPENAI_API_KEY) or an async key provider');
+  } else if (/\s/.test(o.apiKey)) {
+    add('apiKey', 'the API key contains whitespace', 'trim the value you read from the environment or secret store');
+  }
+  if (o.baseURL !== undefined) {
+    try {
+      const u = new URL(o.baseURL);
+      if (u.protocol !== 'https:' && u.protocol !== 'http:') throw new Error('protocol');
+    } catch {
+      add('baseURL', `"${o.baseURL}" is not an http(s) URL`, 'use a URL such as https://api.openai.com/v1');
+    }
+  }
+  for (const [field, value] of [
+    ['organization', o.organization],
+    ['project', o.project],
+  ] as const) {
+    if (value !== undefined && (typeof value !== 'string' || value.trim() === '')) {
+      add(field, 'must be a non-empty string when set', `remove ${field} or set the ID shown in the OpenAI dashboard`);
+    }
+  }
+
+  for (const key of ['attemptMs', 'deadlineMs'] as const) {
+    if (!isPositiveInt(o.timeouts[key])) add(`timeouts.${key}`, `must be a positive integer (ms), got ${String(o.timeouts[key])}`, 'set a value such as 30000');
+  }
+  if (isPositiveInt(o.timeouts.attemptMs) && isPositiveInt(o.timeouts.deadlineMs) && o.timeouts.deadlineMs < o.timeouts.attemptMs) {
+    add('timeouts.deadlineMs', `(${o.timeouts.deadlineMs} ms) is shorter than one attempt (${o.timeouts.attemptMs} ms)`, 'make deadlineMs at least attemptMs');
+  }
+  if (!(Number.isInteger(o.retry.maxRetries) && o.retry.maxRetries >= 0 && o.retry.maxRetries <= 10)) {
+    add('retry.maxRetries', `must be an integer from 0 to 10, got ${String(o.retry.maxRetries)}`, 'set a value such as 2');
+  }
+  for (const key of ['initialDelayMs', 'maxDelayMs', 'maxRetryAfterMs'] as const) {
+    if (!(typeof o.retry[key] === 'number' && Number.isFinite(o.retry[key]) && o.retry[key] >= 0)) {
+      add(`retry.${key}`, `must be a number of ms >= 0, got ${String(o.retry[key])}`, 'set a value such as 500');
+    }
+  }
+  if (o.retry.maxDelayMs < o.retry.initialDelayMs) add('retry.maxDelayMs', 'is below retry.initialDelayMs', 'make maxDelayMs at least initialDelayMs');
+
+  if (!isPositiveInt(o.maxTokens.cap)) add('maxTokens.cap', `must be a positive integer (tokens), got ${String(o.maxTokens.cap)}`, 'set a value such as 1024');
+  if (!isPositiveInt(o.maxTokens.default)) add('maxTokens.default', `must be a positive integer (tokens), got ${String(o.maxTokens.default)}`, 'set a value no larger than maxTokens.cap');
+  else if (isPositiveInt(o.maxTokens.cap) && o.maxTokens.default > o.maxTokens.cap) add('maxTokens.default', `(${o.maxTokens.default}) is above maxTokens.cap (${o.maxTokens.cap})`, 'lower it or raise the cap');
+  if (o.maxTokens.overCap !== 'clamp' && o.maxTokens.overCap !== 'reject') add('maxTokens.overCap', `must be 'clamp' or 'reject'`, "set 'clamp'");
+
+  const m = o.models;
+  if (!['enforce', 'warn', 'off'].includes(m.pinning)) add('models.pinning', `must be 'enforce', 'warn' or 'off', got ${String(m.pinning)}`, "set 'enforce' in production");
+  const resolve = (name: string) => m.aliases[name] ?? name;
+  const checkModel = (path: string, name: unknown) => {
+    if (typeof name !== 'string' || name.trim() === '') return add(path, 'must be a model name', 'set a snapshot such as gpt-4o-2024-08-06');
+    const target = resolve(name);
+    if (m.pinning === 'enforce' && !isPinnedModel(target)) {
+      add(path, `"${name}"${target !== name ? ` (alias of "${target}")` : ''} is not a dated snapshot, and pinning is enforced in "${o.environment}"`, `use a snapshot such as ${target}-2024-08-06 (see the model's page), or map an alias to one`);
+    }
+    if (m.allow && !m.allow.includes(target)) add(path, `"${target}" is not in models.allow`, 'add it to models.allow or choose an allowed model');
+  };
+  for (const [alias, target] of Object.entries(m.aliases)) {
+    if (typeof target !== 'string' || !target) add(`models.aliases.${alias}`, 'must map to a model name', 'set a snapshot name');
+    else if (m.aliases[target] !== undefined) add(`models.aliases.${alias}`, `maps to "${target}", which is itself an alias`, 'map each alias straight to a model name');
+  }
+  checkModel('models.default', m.default);
+  if (!Array.isArray(m.fallbacks)) add('models.fallbacks', 'must be an array of model names', 'set [] or a list');
+  else m.fallbacks.forEach((f, i) => checkModel(`models.fallbacks[${i}]`, f));
+  if (m.allow !== undefined && (!Array.isArray(m.allow) || m.allow.length === 0)) add('models.allow', 'must be a non-empty array when set', 'remove it or list the allowed models');
+
+  if (o.logging.prompts && NO_PROMPT_LOGGING_ENVIRONMENTS.has(o.environment)) {
+    add('logging.prompts', 'prompt logging is never allowed in production', 'enable it in a development or staging profile only');
+  }
+  if (!['safety_identifier', 'user', 'none'].includes(o.identity.field)) add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
+}

@@ -1,0 +1,3 @@
+export * from './openai-production.error.js';
+export * from './openai-config.error.js';
+export * from './openai-http.exceptions.js';

@@ -1,0 +1,74 @@
+import { Catch, HttpException, HttpStatus, Logger, type ArgumentsHost, type ExceptionFilter } from '@nestjs/common';
+import { HttpAdapterHost } from '@nestjs/core';
+import { RequestContextStore, acceptRequestId } from '../context/request-context.js';
+import type { OpenAIErrorBody } from '../errors/openai-http.exceptions.js';
+import { redactSecrets } from '../logging/redact.js';
+import { REQUEST_ID_HEADER } from '../openai.constants.js';
+
+const snake = (s: string) =>
+  s
+    .replace(/Exception$/, '')
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .replace(/[\s-]+/g, '_')
+    .toLowerCase();
+
+/**
+ * Turns every error into the library's JSON error body `{ statusCode, error, message, request_id }`:
+ * Nest's and other libraries' HttpExceptions are reshaped (their extra fields kept), anything else
+ * becomes a 500 with a generic message, logged with the request ID (redacted), never sent to the client.
+ * Works on Express and Fastify.
+ *
+ * @example app.useGlobalFilters(new OpenAIExceptionFilter(app.get(HttpAdapterHost)));
+ * // or: providers: [{ provide: APP_FILTER, useClass: OpenAIExceptionFilter }]
+ */
+@Catch()
+export class OpenAIExceptionFilter implements ExceptionFilter {
+  private readonly logger = new Logger('OpenAIExceptionFilter');
+
+  constructor(private readonly adapterHost: HttpAdapterHost) {}
+
+  catch(exception: unknown, host: ArgumentsHost): void {
+    if (host.getType() !== 'http') throw exception;
+    const http = host.switchToHttp();
+    const req = http.getRequest();
+    const res = http.getResponse();
+    const ctx = RequestContextStore.fromRequest(req) ?? RequestContextStore.get();
+    const requestId = ctx?.requestId ?? acceptRequestId(req?.headers?.[REQUEST_ID_HEADER]);
+    const body = this.toBody(exception, requestId);
+    const adapter = this.adapterHost.httpAdapter;
+    if (typeof adapter.isHeadersSent === 'function' ? adapter.isHeadersSent(res) : res.headersSent) return;
+    adapter.setHeader(res, REQUEST_ID_HEADER, requestId);
+    const headers = (exception as { headers?: Record<string, string> })?.headers;
+    if (exception instanceof HttpException && headers && typeof headers === 'object') {
+      for (const [k, v] of Object.entries(headers)) adapter.setHeader(res, k, String(v));
+    }
+    adapter.reply(res, body, body.statusCode);
+  }
+
+  private toBody(exception: unknown, requestId: string): OpenAIErrorBody {
+    if (exception instanceof HttpException) {
+      const status = exception.getStatus();
+      const response = exception.getResponse();
+      if (typeof response === 'object' && response !== null) {
+        const r = response as Record<string, unknown>;
+        const message = Array.isArray(r.message) ? r.message.join('; ') : typeof r.message === 'string' ? r.message : exception.message;
+        const error = typeof r.error === 'string' && /^[a-z0-9_]+$/.test(r.error) ? r.error : snake(typeof r.error === 'string' ? r.error : exception.name);
+        return { ...r, statusCode: status, error, message: redactSecrets(message), request_id: requestId };
+      }
+      return { statusCode: status, error: snake(exception.name), message: redactSecrets(String(response)), request_id: requestId };
+    }
+    const status = (exception as { statusCode?: unknown; status?: unknown })?.statusCode ?? (exception as { status?: unknown })?.status;
+    // Framework errors that carry a client status (body parser: invalid JSON, too large, bad encoding).
+    if (typeof status === 'number' && status >= 400 && status < 500) {
+      const code = (exception as { code?: string }).code;
+      const message = status === 413 ? 'Request body is too large' : code && /JSON/i.test(code + String((exception as Error).message)) ? 'Request body is not valid JSON' : 'Invalid request';
+      return { statusCode: status, error: status === 413 ? 'payload_too_large' : 'bad_request', message, request_id: requestId };
+    }
+    this.logger.error({
+      msg: 'unhandled error',
+      request_id: requestId,
+      error: redactSecrets(exception instanceof Error ? `${exception.name}: ${exception.message}` : String(exception)).slice(0, 500),
+    });
+    return { statusCode: HttpStatus.INTERNAL_SERVER_ERROR, error: 'internal_error', message: 'Internal server error', request_id: requestId };
+  }
+}

@@ -1,0 +1,1 @@
+export * from './openai-module-options.interface.js';

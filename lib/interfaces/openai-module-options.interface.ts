@@ -1,0 +1,208 @@
+/**
+ * Returns the API key to use for the next upstream request. Called before every request by the SDK,
+ * so a secret manager can rotate the key without a restart. Cache inside the provider if the
+ * secret store is slow; the SDK awaits it on the request path.
+ */
+export type ApiKeyProvider = () => Promise<string>;
+
+/** How strictly model names must be dated snapshots (`gpt-4o-2024-08-06`) rather than moving aliases (`gpt-4o`). */
+export type PinningMode = 'enforce' | 'warn' | 'off';
+
+/** Model policy: which models may be called and under which names. */
+export interface ModelPolicyOptions {
+  /**
+   * Model used when a call names none. May be an alias key.
+   * @default 'gpt-4o-mini-2024-07-18'
+   */
+  default?: string;
+  /**
+   * Names the application uses, mapped to the snapshot actually sent upstream,
+   * e.g. `{ chat: 'gpt-4o-2024-08-06' }`. An alias always counts as pinned when its target is.
+   * @default {}
+   */
+  aliases?: Record<string, string>;
+  /**
+   * When set, only these models (after alias resolution) may be called; any other is a 400.
+   * @default undefined (no allow-list)
+   */
+  allow?: string[];
+  /**
+   * `enforce`: a chat model that is not a dated snapshot is a boot error when configured and a 400 when
+   * requested. `warn`: logged once per model. `off`: no check. Embedding and moderation models are not
+   * checked (OpenAI publishes no dated snapshots for most of them).
+   * @default 'enforce' in staging and production, 'warn' elsewhere
+   */
+  pinning?: PinningMode;
+  /**
+   * Models tried in order when the requested model keeps failing with retryable errors after its retries.
+   * @default []
+   */
+  fallbacks?: string[];
+  /**
+   * Model of the moderations endpoint.
+   * @default 'omni-moderation-latest'
+   */
+  moderation?: string;
+  /**
+   * Model of the embeddings endpoint when a call names none.
+   * @default 'text-embedding-3-small'
+   */
+  embedding?: string;
+}
+
+/** Caps on output length. */
+export interface MaxTokensOptions {
+  /**
+   * Largest `max_tokens` / `max_completion_tokens` a chat call may ask for (tokens).
+   * A call that asks for less keeps its value; one that asks for none gets `default`.
+   * @default 1024
+   */
+  cap?: number;
+  /**
+   * `max_tokens` applied when the call sets none (tokens); at most `cap`.
+   * @default the cap
+   */
+  default?: number;
+  /**
+   * What to do with a call that asks for more than `cap`: lower it to the cap, or reject it with a 400.
+   * @default 'clamp'
+   */
+  overCap?: 'clamp' | 'reject';
+}
+
+/** Timeouts of upstream calls. */
+export interface TimeoutOptions {
+  /**
+   * Time one upstream attempt may take to answer (ms). For streams: time to the response headers and
+   * the longest silence between two chunks.
+   * @default 30000
+   */
+  attemptMs?: number;
+  /**
+   * Time one call may take overall, retries, backoff waits and fallbacks included (ms).
+   * No retry starts that could not finish before it.
+   * @default 90000
+   */
+  deadlineMs?: number;
+}
+
+/** Retries of one model, before falling back to the next. The service is the only retry owner (the SDK's own retries are off). */
+export interface RetryOptions {
+  /**
+   * Retries of one model after its first attempt, on connection errors, timeouts, 408, 409, 429 (not
+   * `insufficient_quota`) and 5xx.
+   * @default 2
+   */
+  maxRetries?: number;
+  /**
+   * First backoff (ms); doubled on each retry, with full jitter.
+   * @default 500
+   */
+  initialDelayMs?: number;
+  /**
+   * Largest computed backoff (ms).
+   * @default 8000
+   */
+  maxDelayMs?: number;
+  /**
+   * Largest server-directed wait (`retry-after-ms`, `retry-after`) the service honours (ms). A longer
+   * one is cut to this value.
+   * @default 60000
+   */
+  maxRetryAfterMs?: number;
+}
+
+/** What the library logs. Logs go through Nest's `Logger`, so pino or winston set up on the app receive them. */
+export interface LoggingOptions {
+  /**
+   * Log prompt and completion text with each call (redacted: key-like strings, e-mail addresses and
+   * phone numbers are masked). Refused at boot in production.
+   * @default false
+   */
+  prompts?: boolean;
+  /**
+   * Log the effective configuration (secrets masked) once at boot.
+   * @default true
+   */
+  config?: boolean;
+  /**
+   * Log one line per upstream call.
+   * @default true
+   */
+  calls?: boolean;
+}
+
+/** How the end user is identified to OpenAI (abuse monitoring). The ID is hashed before it leaves. */
+export interface IdentityOptions {
+  /**
+   * Request field that carries the hashed user: `safety_identifier` (current), `user` (deprecated by
+   * OpenAI), or `none`.
+   * @default 'safety_identifier'
+   */
+  field?: 'safety_identifier' | 'user' | 'none';
+  /**
+   * Salt of the SHA-256 hash of the user ID. Keep it stable across instances and deploys so one user
+   * keeps one identifier.
+   * @default ''
+   */
+  salt?: string;
+}
+
+/** Options a profile may override: everything but the profiles themselves and `environment`. */
+export interface OpenAIProfileOptions {
+  apiKey?: string | ApiKeyProvider;
+  organization?: string;
+  project?: string;
+  baseURL?: string;
+  defaultHeaders?: Record<string, string>;
+  models?: ModelPolicyOptions;
+  maxTokens?: MaxTokensOptions;
+  timeouts?: TimeoutOptions;
+  retry?: RetryOptions;
+  logging?: LoggingOptions;
+  identity?: IdentityOptions;
+}
+
+/**
+ * Options of `OpenAIModule.forRoot()` / `forRootAsync()`.
+ *
+ * @example
+ * OpenAIModule.forRoot({
+ *   apiKey: process.env.OPENAI_API_KEY,
+ *   models: { default: 'chat', aliases: { chat: 'gpt-4o-2024-08-06' }, fallbacks: ['gpt-4o-mini-2024-07-18'] },
+ *   profiles: { development: { models: { pinning: 'warn' } } },
+ * })
+ */
+export interface OpenAIModuleOptions extends OpenAIProfileOptions {
+  /**
+   * Name of the active environment: picks `profiles[environment]` and the shipped defaults of that
+   * environment (`development`, `test`, `staging`, `production`; any other name you define in
+   * `profiles` starts from the production defaults).
+   * @default process.env.NODE_ENV, else 'development'
+   */
+  environment?: string;
+  /** Per-environment overrides, deep-merged over the base options. @default {} */
+  profiles?: Record<string, OpenAIProfileOptions>;
+}
+
+/** Extra options of `forRoot()` / `forRootAsync()` that shape the module, not the calls. */
+export interface OpenAIModuleExtras {
+  /** Register the module globally. @default false */
+  isGlobal?: boolean;
+}
+
+/** Options after profile merge, defaults and validation: every field set. */
+export interface ResolvedOpenAIOptions {
+  environment: string;
+  apiKey: string | ApiKeyProvider;
+  organization?: string;
+  project?: string;
+  baseURL?: string;
+  defaultHeaders: Record<string, string>;
+  models: Required<Omit<ModelPolicyOptions, 'allow'>> & { allow?: string[] };
+  maxTokens: Required<MaxTokensOptions>;
+  timeouts: Required<TimeoutOptions>;
+  retry: Required<RetryOptions>;
+  logging: Required<LoggingOptions>;
+  identity: Required<IdentityOptions>;
+}

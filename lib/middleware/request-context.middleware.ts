@@ -1,0 +1,17 @@
+import { Injectable, type NestMiddleware } from '@nestjs/common';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { RequestContextStore } from '../context/request-context.js';
+import { REQUEST_ID_HEADER } from '../openai.constants.js';
+
+/**
+ * First step of every request: accepts or replaces the inbound `x-request-id`, echoes it on the
+ * response, and opens the request context. Applied to all routes by `OpenAIModule` (Express and Fastify).
+ */
+@Injectable()
+export class RequestContextMiddleware implements NestMiddleware {
+  use(req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void {
+    const ctx = RequestContextStore.attach(req, req.headers[REQUEST_ID_HEADER]);
+    if (!res.headersSent) res.setHeader(REQUEST_ID_HEADER, ctx.requestId);
+    RequestContextStore.run(ctx, next);
+  }
+}

@@ -1,0 +1,44 @@
+import { Logger } from '@nestjs/common';
+import { ModelNotAllowedException } from '../errors/openai-http.exceptions.js';
+import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import { isPinnedModel } from './model-names.js';
+
+/** Resolves aliases and applies the allow-list and pinning rules to a requested chat model. */
+export class ModelPolicy {
+  private readonly logger = new Logger('OpenAIModelPolicy');
+  private readonly warned = new Set<string>();
+  private readonly allow?: ReadonlySet<string>;
+
+  constructor(private readonly options: ResolvedOpenAIOptions['models']) {
+    this.allow = options.allow ? new Set(options.allow) : undefined;
+  }
+
+  /**
+   * The model to send upstream for a call that asked for `requested` (or for none).
+   * @throws ModelNotAllowedException (400) when the model is outside the allow-list, or unpinned while pinning is enforced.
+   */
+  resolve(requested?: string): string {
+    const name = requested ?? this.options.default;
+    const model = this.options.aliases[name] ?? name;
+    if (this.allow && !this.allow.has(model)) {
+      throw new ModelNotAllowedException(`Model "${name}" is not allowed here`);
+    }
+    if (this.options.pinning !== 'off' && !isPinnedModel(model)) {
+      if (this.options.pinning === 'enforce') {
+        throw new ModelNotAllowedException(`Model "${name}" is not a pinned snapshot; use a dated model version`);
+      }
+      if (!this.warned.has(model) && this.warned.size < 1000) {
+        this.warned.add(model);
+        this.logger.warn(`Model "${model}" is not a pinned snapshot: its behaviour can change without notice`);
+      }
+    }
+    return model;
+  }
+
+  /** Fallback models (already resolved) to try after `model`, excluding it. */
+  fallbacksFor(model: string, override?: string[] | false): string[] {
+    if (override === false) return [];
+    const list = (override ?? this.options.fallbacks).map((f) => this.options.aliases[f] ?? f);
+    return list.filter((f, i) => f !== model && list.indexOf(f) === i);
+  }
+}

@@ -1,0 +1,663 @@
+import { HttpException, Inject, Injectable, Logger, Optional } from '@nestjs/common';
+import OpenAI, { APIUserAbortError } from 'openai';
+import { sseCompleted } from './client/sse-completion.js';
+import { RequestContextStore } from './context/request-context.js';
+import type {
+  CallOptions,
+  CallReservation,
+  CallResultMeta,
+  NormalizedUsage,
+  OpenAICallHook,
+  SettledCall,
+  UpstreamCall,
+  UpstreamEndpoint,
+} from './call/upstream-call.js';
+import { InjectOpenAI } from './decorators/inject-openai.decorator.js';
+import { AttemptTimeoutError, CallAbortedException, mapUpstreamError, upstreamRequestId } from './errors/map-upstream-error.js';
+import { OpenAIBadRequestException, OpenAIUpstreamException, OpenAIUpstreamTimeoutException } from './errors/openai-http.exceptions.js';
+import { hashUserId } from './identity/safety-identifier.js';
+import type { ResolvedOpenAIOptions } from './interfaces/openai-module-options.interface.js';
+import { fingerprintKey, redactSecrets } from './logging/redact.js';
+import { ModelPolicy } from './models/model-policy.js';
+import { OPENAI_CALL_HOOKS, OPENAI_RESOLVED_OPTIONS } from './openai.constants.js';
+import { isRetryable, retryDelayMs } from './retry/retry-policy.js';
+import { countChatPromptTokens, countTextTokens, messageText } from './tokens/token-counter.js';
+
+type ChatParams = OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming;
+type ChatCompletion = OpenAI.Chat.Completions.ChatCompletion;
+type ChatCompletionChunk = OpenAI.Chat.Completions.ChatCompletionChunk;
+
+/** A chat request: the SDK's parameters, with `model` optional (the configured default) and no `stream`. */
+export type ChatRequest = Omit<ChatParams, 'model' | 'stream' | 'stream_options'> & { model?: string };
+
+/** Result of `OpenAIService.chat()`. */
+export interface ChatResult extends CallResultMeta {
+  /** The SDK's completion object, unchanged. */
+  completion: ChatCompletion;
+  /** Text of the first choice (`null` when the model returned none, e.g. a refusal or a tool call). */
+  content: string | null;
+}
+
+/** Result of `OpenAIService.embed()`. */
+export interface EmbeddingResult extends CallResultMeta {
+  response: OpenAI.CreateEmbeddingResponse;
+}
+
+/** Result of `OpenAIService.moderate()`. */
+export interface ModerationResult extends CallResultMeta {
+  response: OpenAI.ModerationCreateResponse;
+  /** True when any input was flagged. */
+  flagged: boolean;
+}
+
+/** Summary of a finished stream, resolved by `ChatStream.finished`. */
+export interface StreamSummary extends CallResultMeta {
+  content: string;
+  finishReason: string | null;
+}
+
+interface Attempt {
+  signal: AbortSignal;
+  controller: AbortController;
+}
+
+interface Prepared {
+  call: UpstreamCall;
+  body: Record<string, unknown>;
+  fallbacks: string[];
+  options: CallOptions;
+}
+
+interface Success<T> {
+  data: T;
+  response: Response;
+  openaiRequestId?: string;
+  model: string;
+  fallbackFrom?: string;
+  attempts: number;
+  controller: AbortController;
+}
+
+const ZERO_USAGE: NormalizedUsage = Object.freeze({
+  prompt_tokens: 0,
+  cached_tokens: 0,
+  completion_tokens: 0,
+  reasoning_tokens: 0,
+  total_tokens: 0,
+  estimated: false,
+}) as NormalizedUsage;
+
+/** Normalizes Chat Completions usage (and embeddings usage, which has no completion part). */
+export function normalizeUsage(u: OpenAI.CompletionUsage | OpenAI.CreateEmbeddingResponse.Usage | null | undefined): NormalizedUsage {
+  if (!u) return { ...ZERO_USAGE };
+  const full = u as OpenAI.CompletionUsage;
+  const prompt = u.prompt_tokens ?? 0;
+  const completion = full.completion_tokens ?? 0;
+  return {
+    prompt_tokens: prompt,
+    cached_tokens: full.prompt_tokens_details?.cached_tokens ?? 0,
+    completion_tokens: completion,
+    reasoning_tokens: full.completion_tokens_details?.reasoning_tokens ?? 0,
+    total_tokens: u.total_tokens ?? prompt + completion,
+    estimated: false,
+  };
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+
+/**
+ * The OpenAI calls of the app, each run through one pipeline: model policy and `max_tokens` cap, the
+ * hashed end-user identifier, reservations of the registered hooks (token limits, budgets), a
+ * per-attempt timeout and an overall deadline, retries with backoff that honour `retry-after-ms` /
+ * `retry-after`, fallback models, error mapping to HTTP exceptions, and one log line per call.
+ *
+ * For anything it does not wrap, use the configured client: `@InjectOpenAI() client: OpenAI`.
+ *
+ * @example
+ * const r = await this.openai.chat({ messages: [{ role: 'user', content: 'Hello' }] }, { user: 'u42' });
+ * r.content; r.usage.prompt_tokens; r.openaiRequestId;
+ */
+@Injectable()
+export class OpenAIService {
+  private readonly logger = new Logger('OpenAI');
+  private readonly policy: ModelPolicy;
+  private readonly hooks: OpenAICallHook[];
+
+  constructor(
+    @InjectOpenAI() readonly client: OpenAI,
+    @Inject(OPENAI_RESOLVED_OPTIONS) readonly options: ResolvedOpenAIOptions,
+    @Optional() @Inject(OPENAI_CALL_HOOKS) hooks?: OpenAICallHook[],
+  ) {
+    this.policy = new ModelPolicy(options.models);
+    this.hooks = hooks ?? [];
+  }
+
+  /**
+   * A chat completion.
+   * @throws ModelNotAllowedException (400), OpenAIBadRequestException (400), OpenAIUpstreamException (502),
+   *   OpenAIUpstreamTimeoutException (504), CallAbortedException (499), or a hook's exception (e.g. 429).
+   */
+  async chat(request: ChatRequest, options: CallOptions = {}): Promise<ChatResult> {
+    const prep = this.prepareChat(request, options, false);
+    const started = performance.now();
+    const reservations = await this.reserve(prep.call);
+    try {
+      const ok = await this.execute<ChatCompletion>(prep, started, (model, a) =>
+        this.client.chat.completions
+          .create({ ...(prep.body as unknown as ChatParams), model, stream: false }, { signal: a.signal, maxRetries: 0 })
+          .withResponse(),
+      );
+      const usage = normalizeUsage(ok.data.usage);
+      const result: ChatResult = {
+        completion: ok.data,
+        content: ok.data.choices[0]?.message?.content ?? null,
+        ...this.meta(ok, usage, started),
+      };
+      await this.settle(reservations, result);
+      this.logCall(prep, 'ok', result, prep.body, result.content);
+      return result;
+    } catch (err) {
+      await this.release(reservations);
+      throw this.fail(prep, err, started);
+    }
+  }
+
+  /**
+   * A streamed chat completion. Resolves once the upstream has answered with headers (retries and
+   * fallbacks happen before that; never after the first chunk). `stream_options.include_usage` is always
+   * requested, so `finished` carries real usage; a stream that ends without `data: [DONE]`, stalls past
+   * the attempt timeout, or is cut throws from the iterator, and is accounted from what was received.
+   * @throws the same as `chat()`, before the stream starts; iteration throws OpenAIUpstreamException (502)
+   *   or OpenAIUpstreamTimeoutException (504).
+   */
+  async stream(request: ChatRequest, options: CallOptions = {}): Promise<ChatStream> {
+    const prep = this.prepareChat(request, options, true);
+    const started = performance.now();
+    const reservations = await this.reserve(prep.call);
+    let ok: Success<AsyncIterable<ChatCompletionChunk>>;
+    try {
+      ok = await this.execute(prep, started, (model, a) =>
+        this.client.chat.completions
+          .create(
+            { ...(prep.body as unknown as ChatParams), model, stream: true, stream_options: { include_usage: true } },
+            { signal: a.signal, maxRetries: 0 },
+          )
+          .withResponse(),
+      );
+    } catch (err) {
+      await this.release(reservations);
+      throw this.fail(prep, err, started);
+    }
+    return new ChatStream(this, prep, ok, reservations, started);
+  }
+
+  /**
+   * Moderates text with the configured moderation model (one call for an array of inputs).
+   * @throws OpenAIUpstreamException (502), OpenAIUpstreamTimeoutException (504).
+   */
+  async moderate(input: string | string[], options: CallOptions & { model?: string } = {}): Promise<ModerationResult> {
+    const model = options.model ?? this.options.models.moderation;
+    const prep = this.prepareOther('moderations', model, { input }, options);
+    const started = performance.now();
+    try {
+      const ok = await this.execute<OpenAI.ModerationCreateResponse>(prep, started, (m, a) =>
+        this.client.moderations.create({ input, model: m }, { signal: a.signal, maxRetries: 0 }).withResponse(),
+      );
+      const result: ModerationResult = {
+        response: ok.data,
+        flagged: ok.data.results.some((r) => r.flagged),
+        ...this.meta(ok, { ...ZERO_USAGE }, started),
+      };
+      this.logCall(prep, 'ok', result);
+      return result;
+    } catch (err) {
+      throw this.fail(prep, err, started);
+    }
+  }
+
+  /**
+   * Embeddings of one text or several.
+   * @throws OpenAIBadRequestException (400), OpenAIUpstreamException (502), OpenAIUpstreamTimeoutException (504).
+   */
+  async embed(
+    request: Omit<OpenAI.EmbeddingCreateParams, 'model'> & { model?: string },
+    options: CallOptions = {},
+  ): Promise<EmbeddingResult> {
+    const model = request.model ?? this.options.models.embedding;
+    const inputs = Array.isArray(request.input) ? request.input : [request.input];
+    const promptTokens = inputs.reduce<number>((n, i) => n + (typeof i === 'string' ? countTextTokens(i) : Array.isArray(i) ? i.length : 0), 0);
+    const prep = this.prepareOther('embeddings', model, { ...request }, options, promptTokens);
+    const started = performance.now();
+    const reservations = await this.reserve(prep.call);
+    try {
+      const ok = await this.execute<OpenAI.CreateEmbeddingResponse>(prep, started, (m, a) =>
+        this.client.embeddings.create({ ...request, model: m }, { signal: a.signal, maxRetries: 0 }).withResponse(),
+      );
+      const result: EmbeddingResult = { response: ok.data, ...this.meta(ok, normalizeUsage(ok.data.usage), started) };
+      await this.settle(reservations, result);
+      this.logCall(prep, 'ok', result);
+      return result;
+    } catch (err) {
+      await this.release(reservations);
+      throw this.fail(prep, err, started);
+    }
+  }
+
+  // ---- pipeline steps -------------------------------------------------------------------------
+
+  private prepareChat(request: ChatRequest, options: CallOptions, stream: boolean): Prepared {
+    if (!request || !Array.isArray(request.messages) || request.messages.length === 0) {
+      throw new OpenAIBadRequestException('messages must be a non-empty array', { error: 'invalid_request' });
+    }
+    const model = this.policy.resolve(request.model);
+    const { cap, default: dflt, overCap } = this.options.maxTokens;
+    const field: 'max_tokens' | 'max_completion_tokens' =
+      request.max_completion_tokens != null || request.max_tokens == null ? 'max_completion_tokens' : 'max_tokens';
+    const asked = request.max_completion_tokens ?? request.max_tokens ?? undefined;
+    if (asked != null && (!Number.isInteger(asked) || asked < 1)) {
+      throw new OpenAIBadRequestException(`${field} must be a positive integer`, { error: 'invalid_request' });
+    }
+    if (asked != null && asked > cap && overCap === 'reject') {
+      throw new OpenAIBadRequestException(`${field} ${asked} is above the cap of ${cap}`, { error: 'max_tokens_above_cap' });
+    }
+    const maxOutputTokens = asked == null ? dflt : Math.min(asked, cap);
+    const ctx = RequestContextStore.get();
+    const user = options.user ?? ctx?.user;
+    const body: Record<string, unknown> = { ...request, model };
+    delete body.max_tokens;
+    delete body.max_completion_tokens;
+    body[field] = maxOutputTokens;
+    this.applyIdentity(body, user);
+    const call: UpstreamCall = {
+      endpoint: 'chat.completions',
+      model,
+      stream,
+      user,
+      route: options.route ?? ctx?.route,
+      requestId: ctx?.requestId,
+      promptTokens: countChatPromptTokens(request.messages as never),
+      maxOutputTokens,
+    };
+    return { call, body, fallbacks: this.policy.fallbacksFor(model, options.fallbacks), options };
+  }
+
+  private prepareOther(endpoint: UpstreamEndpoint, model: string, body: Record<string, unknown>, options: CallOptions, promptTokens = 0): Prepared {
+    const ctx = RequestContextStore.get();
+    const call: UpstreamCall = {
+      endpoint,
+      model,
+      stream: false,
+      user: options.user ?? ctx?.user,
+      route: options.route ?? ctx?.route,
+      requestId: ctx?.requestId,
+      promptTokens,
+      maxOutputTokens: 0,
+    };
+    return { call, body, fallbacks: [], options };
+  }
+
+  private applyIdentity(body: Record<string, unknown>, user: string | undefined): void {
+    const field = this.options.identity.field;
+    if (!user || field === 'none' || body.safety_identifier != null || body.user != null) return;
+    body[field] = hashUserId(user, this.options.identity.salt);
+  }
+
+  private async reserve(call: UpstreamCall): Promise<CallReservation[]> {
+    if (this.hooks.length === 0) return [];
+    const held: CallReservation[] = [];
+    try {
+      for (const hook of this.hooks) {
+        const r = await hook.reserve(call);
+        if (r) held.push(r);
+      }
+      return held;
+    } catch (err) {
+      await this.release(held);
+      throw err;
+    }
+  }
+
+  /** @internal */
+  async settle(reservations: CallReservation[], result: SettledCall): Promise<void> {
+    for (const r of reservations) {
+      try {
+        await r.settle(result);
+      } catch (err) {
+        this.logger.error(`settling a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`);
+      }
+    }
+  }
+
+  /** @internal */
+  async release(reservations: CallReservation[]): Promise<void> {
+    for (const r of reservations) {
+      try {
+        await r.release();
+      } catch (err) {
+        this.logger.error(`releasing a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`);
+      }
+    }
+  }
+
+  /**
+   * Runs attempts over the model and its fallbacks until one succeeds, an error is not retryable, or
+   * the deadline leaves no room for another attempt.
+   */
+  private async execute<T>(
+    prep: Prepared,
+    started: number,
+    attemptFn: (model: string, attempt: Attempt) => Promise<{ data: T; response: Response; request_id?: string | null }>,
+  ): Promise<Success<T>> {
+    const { options } = prep;
+    const maxRetries = options.maxRetries ?? this.options.retry.maxRetries;
+    const attemptMs = options.attemptTimeoutMs ?? this.options.timeouts.attemptMs;
+    const deadlineAt = started + this.options.timeouts.deadlineMs;
+    const models = [prep.call.model, ...prep.fallbacks];
+    let attempts = 0;
+    let lastErr: unknown;
+    let lastModel = prep.call.model;
+
+    outer: for (const model of models) {
+      for (let retry = 0; retry <= maxRetries; retry++) {
+        if (retry > 0) {
+          const wait = retryDelayMs(retry, lastErr, this.options.retry);
+          if (performance.now() + wait >= deadlineAt) break outer;
+          try {
+            await sleep(wait, options.signal);
+          } catch (e) {
+            throw new CallAbortedException(e);
+          }
+        }
+        const remaining = deadlineAt - performance.now();
+        if (remaining <= 0) break outer;
+        attempts++;
+        lastModel = model;
+        const controller = new AbortController();
+        const timeoutMs = Math.min(attemptMs, remaining);
+        let timedOut: AttemptTimeoutError | undefined;
+        const timer = setTimeout(() => {
+          timedOut = new AttemptTimeoutError(timeoutMs < attemptMs ? 'deadline' : 'attempt', Math.round(timeoutMs));
+          controller.abort(timedOut);
+        }, timeoutMs);
+        const onCallerAbort = () => controller.abort(options.signal?.reason);
+        if (options.signal?.aborted) {
+          clearTimeout(timer);
+          throw new CallAbortedException(options.signal.reason);
+        }
+        options.signal?.addEventListener('abort', onCallerAbort, { once: true });
+        try {
+          const { data, response, request_id } = await attemptFn(model, { signal: controller.signal, controller });
+          return {
+            data,
+            response,
+            openaiRequestId: request_id ?? response.headers.get('x-request-id') ?? undefined,
+            model,
+            fallbackFrom: model === prep.call.model ? undefined : prep.call.model,
+            attempts,
+            controller,
+          };
+        } catch (err) {
+          if (options.signal?.aborted) throw new CallAbortedException(err);
+          const error = timedOut && err instanceof APIUserAbortError ? timedOut : err;
+          if (error instanceof HttpException) throw error;
+          lastErr = error;
+          if (!isRetryable(error) && !(error instanceof AttemptTimeoutError)) {
+            (error as { attempts?: number }).attempts = attempts;
+            throw Object.assign(mapUpstreamError(error, model), { attempts });
+          }
+          this.logger.warn({
+            msg: 'openai attempt failed',
+            request_id: prep.call.requestId,
+            openai_request_id: upstreamRequestId(error),
+            model,
+            attempt: attempts,
+            error: describeError(error),
+          });
+        } finally {
+          clearTimeout(timer);
+          options.signal?.removeEventListener('abort', onCallerAbort);
+        }
+      }
+    }
+    const mapped = lastErr === undefined
+      ? new OpenAIUpstreamTimeoutException(`The model provider did not answer before the deadline (${prep.call.model})`)
+      : mapUpstreamError(lastErr, lastModel);
+    throw Object.assign(mapped, { attempts });
+  }
+
+  private meta(ok: Success<unknown>, usage: NormalizedUsage, started: number): CallResultMeta {
+    return {
+      model: ok.model,
+      fallbackFrom: ok.fallbackFrom,
+      openaiRequestId: ok.openaiRequestId,
+      attempts: ok.attempts,
+      latencyMs: performance.now() - started,
+      usage,
+    };
+  }
+
+  /** Logs the failure and returns the exception to throw. @internal */
+  fail(prep: Prepared, err: unknown, started: number): HttpException {
+    const mapped = mapUpstreamError(err, prep.call.model);
+    const status = mapped.getStatus();
+    const cause = (mapped as { cause?: unknown }).cause;
+    const upstreamStatus = (cause as { status?: number } | undefined)?.status;
+    const line = {
+      msg: 'openai call failed',
+      ...this.baseLine(prep),
+      openai_request_id: (mapped as { openaiRequestId?: string }).openaiRequestId,
+      status,
+      upstream_status: upstreamStatus,
+      error: (mapped.getResponse() as { error?: string }).error,
+      latency_ms: Math.round(performance.now() - started),
+      attempts: (err as { attempts?: number }).attempts ?? (mapped as { attempts?: number }).attempts,
+      cause: cause ? describeError(cause) : undefined,
+    };
+    if (upstreamStatus === 401 || upstreamStatus === 403) {
+      this.logger.error({ ...line, key: fingerprintKey(this.client.apiKey) });
+    } else if (status === 499) {
+      this.logger.log(line);
+    } else {
+      this.logger.warn(line);
+    }
+    return mapped;
+  }
+
+  private baseLine(prep: Prepared) {
+    return {
+      request_id: prep.call.requestId,
+      user: prep.call.user,
+      route: prep.call.route,
+      endpoint: prep.call.endpoint,
+      model: prep.call.model,
+    };
+  }
+
+  /** @internal */
+  logCall(prep: Prepared, status: 'ok' | 'incomplete', result: CallResultMeta, body?: Record<string, unknown>, output?: string | null): void {
+    if (!this.options.logging.calls) return;
+    const u = result.usage;
+    const line: Record<string, unknown> = {
+      msg: 'openai call',
+      ...this.baseLine(prep),
+      model: result.model,
+      openai_request_id: result.openaiRequestId,
+      status,
+      latency_ms: Math.round(result.latencyMs * 10) / 10,
+      attempts: result.attempts,
+      retries: result.attempts - 1,
+      fallback_from: result.fallbackFrom,
+      prompt_tokens: u.prompt_tokens,
+      cached_tokens: u.cached_tokens,
+      completion_tokens: u.completion_tokens,
+      usage_estimated: u.estimated || undefined,
+    };
+    if (this.options.logging.prompts && body) {
+      line.prompt = redactSecrets(JSON.stringify((body.messages as unknown[]) ?? body.input ?? ''));
+      if (output != null) line.completion = redactSecrets(output);
+    }
+    this.logger.log(line);
+  }
+}
+
+function describeError(err: unknown): string {
+  if (err instanceof Error) {
+    const status = (err as { status?: number }).status;
+    return redactSecrets(`${err.name}${status ? ` ${status}` : ''}: ${err.message}`).slice(0, 300);
+  }
+  return redactSecrets(String(err)).slice(0, 300);
+}
+
+/**
+ * A streamed chat completion: iterate it once for the SDK's chunks. `finished` resolves with the
+ * summary (real usage, or an estimate flagged `usage.estimated` when the stream was cut) or rejects
+ * with the mapped error. `abort()` cancels it; a consumer that stops iterating aborts it too.
+ */
+export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
+  /** Model that answers (a fallback's when `fallbackFrom` is set). */
+  readonly model: string;
+  readonly fallbackFrom?: string;
+  /** Upstream `x-request-id`. */
+  readonly openaiRequestId?: string;
+  readonly attempts: number;
+  /** Resolves when the stream ends: with the summary when complete, rejects with the mapped error otherwise. */
+  readonly finished: Promise<StreamSummary>;
+  private resolveFinished!: (s: StreamSummary) => void;
+  private rejectFinished!: (e: unknown) => void;
+  private text = '';
+  private consumed = false;
+
+  /** @internal */
+  constructor(
+    private readonly service: OpenAIService,
+    private readonly prep: Prepared,
+    private readonly ok: Success<AsyncIterable<ChatCompletionChunk>>,
+    private readonly reservations: CallReservation[],
+    private readonly started: number,
+  ) {
+    this.model = ok.model;
+    this.fallbackFrom = ok.fallbackFrom;
+    this.openaiRequestId = ok.openaiRequestId;
+    this.attempts = ok.attempts;
+    this.finished = new Promise<StreamSummary>((res, rej) => {
+      this.resolveFinished = res;
+      this.rejectFinished = rej;
+    });
+    // A consumer that only awaits the iterator must not see an unhandled rejection here.
+    this.finished.catch(() => undefined);
+  }
+
+  /** Text received so far. */
+  get content(): string {
+    return this.text;
+  }
+
+  /** Cancels the upstream request. Iteration ends; what was received is accounted. */
+  abort(): void {
+    this.ok.controller.abort(new CallAbortedException());
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<ChatCompletionChunk> {
+    if (this.consumed) throw new Error('A ChatStream can be iterated once');
+    this.consumed = true;
+    const { controller } = this.ok;
+    const idleMs = this.prep.options.attemptTimeoutMs ?? this.service.options.timeouts.attemptMs;
+    const deadlineAt = this.started + this.service.options.timeouts.deadlineMs;
+    let timedOut: AttemptTimeoutError | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      const ms = Math.max(1, Math.min(idleMs, deadlineAt - performance.now()));
+      timer = setTimeout(() => {
+        timedOut = new AttemptTimeoutError(ms < idleMs ? 'deadline' : 'idle', Math.round(ms));
+        controller.abort(timedOut);
+      }, ms);
+    };
+    const callerSignal = this.prep.options.signal;
+    const onCallerAbort = () => controller.abort(new CallAbortedException(callerSignal?.reason));
+    callerSignal?.addEventListener('abort', onCallerAbort, { once: true });
+    let usage: NormalizedUsage | undefined;
+    let finishReason: string | null = null;
+    let failure: unknown;
+    let completed = false;
+    arm();
+    try {
+      for await (const chunk of this.ok.data) {
+        arm();
+        const choice = chunk.choices[0];
+        if (choice?.delta?.content) this.text += choice.delta.content;
+        if (choice?.finish_reason) finishReason = choice.finish_reason;
+        if (chunk.usage) usage = normalizeUsage(chunk.usage);
+        yield chunk;
+      }
+      completed = sseCompleted(this.ok.response) !== false && !controller.signal.aborted;
+      if (!completed) failure = timedOut ?? controller.signal.reason ?? new Error('stream ended without data: [DONE]');
+    } catch (err) {
+      failure = timedOut ?? err;
+    } finally {
+      clearTimeout(timer);
+      callerSignal?.removeEventListener('abort', onCallerAbort);
+      if (!completed && failure === undefined) {
+        // The consumer stopped iterating (break/return): cancel the upstream request.
+        failure = new CallAbortedException();
+        controller.abort(failure);
+      }
+      await this.end(completed, usage, finishReason, failure);
+    }
+    if (failure !== undefined) throw this.mapStreamError(failure);
+  }
+
+  private mapStreamError(failure: unknown): HttpException {
+    if (failure instanceof HttpException) return failure;
+    if (failure instanceof AttemptTimeoutError) {
+      return new OpenAIUpstreamTimeoutException(`The model provider stream stalled (${this.model})`, { cause: failure, openaiRequestId: this.openaiRequestId });
+    }
+    return new OpenAIUpstreamException(`The model provider stream ended early (${this.model})`, {
+      cause: failure,
+      openaiRequestId: this.openaiRequestId,
+      error: 'upstream_stream_incomplete',
+    });
+  }
+
+  private async end(completed: boolean, usage: NormalizedUsage | undefined, finishReason: string | null, failure: unknown): Promise<void> {
+    const finalUsage = usage ?? this.estimate();
+    const summary: StreamSummary = {
+      model: this.model,
+      fallbackFrom: this.fallbackFrom,
+      openaiRequestId: this.openaiRequestId,
+      attempts: this.attempts,
+      latencyMs: performance.now() - this.started,
+      usage: finalUsage,
+      content: this.text,
+      finishReason,
+    };
+    // What was received is accounted even when the stream failed: output was produced and billed.
+    await this.service.settle(this.reservations, summary);
+    this.service.logCall(this.prep, completed ? 'ok' : 'incomplete', summary, this.prep.body, this.text);
+    if (completed) this.resolveFinished(summary);
+    else {
+      const err = this.mapStreamError(failure);
+      (err as { summary?: StreamSummary }).summary = summary;
+      this.rejectFinished(err);
+    }
+  }
+
+  private estimate(): NormalizedUsage {
+    const prompt = this.prep.call.promptTokens;
+    const completion = countTextTokens(this.text);
+    return { prompt_tokens: prompt, cached_tokens: 0, completion_tokens: completion, reasoning_tokens: 0, total_tokens: prompt + completion, estimated: true };
+  }
+}
+
