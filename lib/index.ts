@@ -21,3 +21,7 @@ export { isRetryable, retryDelayMs, serverRetryAfterMs } from './retry/retry-pol
 export { hashUserId } from './identity/safety-identifier.js';
 export { redactSecrets, fingerprintKey } from './logging/redact.js';
 export * from './tokens/index.js';
+export * from './dto/chat-request.schema.js';
+export { ChatRequestPipe, InvalidBodyException, parseBody } from './pipes/chat-request.pipe.js';
+export { sendChatStreamAsSse, type ChatStreamSseOptions } from './sse/chat-stream-sse.js';
+export { clientAbortSignal, rawResponse, setResponseHeader } from './utils/http.js';

@@ -17,7 +17,7 @@ const providers: Provider[] = [
     useFactory: (options: OpenAIModuleOptions): ResolvedOpenAIOptions => {
       const resolved = resolveOpenAIOptions(options);
       if (resolved.logging.config) {
-        new Logger('OpenAIModule').log({ msg: 'effective configuration', config: describeOptions(resolved) });
+        new Logger('OpenAIModule').log(`effective configuration: ${JSON.stringify(describeOptions(resolved))}`);
       }
       return resolved;
     },

@@ -466,11 +466,11 @@ export class OpenAIService {
       cause: cause ? describeError(cause) : undefined,
     };
     if (upstreamStatus === 401 || upstreamStatus === 403) {
-      this.logger.error({ ...line, key: fingerprintKey(this.client.apiKey) });
+      this.logger.error(compact({ ...line, key: fingerprintKey(this.client.apiKey) }));
     } else if (status === 499) {
-      this.logger.log(line);
+      this.logger.log(compact(line));
     } else {
-      this.logger.warn(line);
+      this.logger.warn(compact(line));
     }
     return mapped;
   }
@@ -508,8 +508,14 @@ export class OpenAIService {
       line.prompt = redactSecrets(JSON.stringify((body.messages as unknown[]) ?? body.input ?? ''));
       if (output != null) line.completion = redactSecrets(output);
     }
-    this.logger.log(line);
+    this.logger.log(compact(line));
   }
+}
+
+/** Drops undefined fields so log lines stay short. */
+function compact<T extends Record<string, unknown>>(line: T): T {
+  for (const k of Object.keys(line)) if (line[k] === undefined) delete line[k];
+  return line;
 }
 
 function describeError(err: unknown): string {

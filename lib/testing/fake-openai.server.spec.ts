@@ -139,7 +139,7 @@ describe('FakeOpenAIServer', () => {
       const id = first.response.headers.get('x-request-id');
       expect(id).toMatch(REQUEST_ID);
       expect(first.request_id).toBe(id);
-      expect(first.data._request_id).toBe(id);
+      expect((first.data as { _request_id?: string | null })._request_id).toBe(id);
       expect(first.response.headers.get('openai-processing-ms')).toMatch(/^\d+$/);
       expect(second.request_id).not.toBe(id);
       expect(server.requests.map((r) => r.requestId)).toEqual([id, second.request_id]);
@@ -673,8 +673,8 @@ describe('FakeOpenAIServer options', () => {
       const times: number[] = [];
       for await (const _chunk of stream) times.push(performance.now());
       expect(times.length).toBeGreaterThanOrEqual(6);
-      const gaps = times.slice(1).map((t, i) => t - times[i]!);
-      expect(Math.min(...gaps)).toBeGreaterThanOrEqual(25);
+      // n chunks are separated by n-1 server-side delays (small tolerance for delivery jitter).
+      expect(times.at(-1)! - times[0]!).toBeGreaterThanOrEqual((times.length - 1) * 40 - 30);
     } finally {
       await server.close();
     }

@@ -123,6 +123,7 @@ export interface FakeOpenAIServerOptions {
  *
  * Effects are applied in this order: `delayMs` (wait), then the first of `hang`, `drop`, `status`, `malformed`, then
  * the streaming effects. `retryAfterMs` / `retryAfter` / `headers` are added to whatever response is sent.
+ * Faults are applied before the API-key check and request validation (they model the transport/gateway).
  */
 export interface FaultRule {
   /** Only requests to this path, e.g. `'/v1/chat/completions'` (query string ignored). Default: any path. */
@@ -204,7 +205,7 @@ export interface RecordedRequest {
 export interface CountableChatMessage {
   role?: string;
   /** A string, or content parts whose `text` parts are counted (joined with `\n`); `null` counts as empty. */
-  content?: string | ReadonlyArray<{ type: string; text?: string }> | null;
+  content?: string | ReadonlyArray<unknown> | null;
   /** Assistant tool calls; each function call's `name` and `arguments` are counted as text. */
   tool_calls?: ReadonlyArray<unknown>;
 }
@@ -283,10 +284,6 @@ export function countChatPromptTokens(messages: readonly CountableChatMessage[])
 // ---------------------------------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------------------------------
-
-interface OpenAIErrorBody {
-  error: { message: string; type: string; param: string | null; code: string | null };
-}
 
 class HttpError extends Error {
   constructor(
@@ -536,7 +533,10 @@ export class FakeOpenAIServer {
     return this;
   }
 
-  /** Clears recorded requests (in place: the {@link requests} array keeps its identity) and all faults. */
+  /**
+   * Clears recorded requests (in place: the {@link requests} array keeps its identity) and all faults with their use
+   * counters. API keys and start options are kept.
+   */
   reset(): this {
     this.requests.length = 0;
     return this.clearFaults();

@@ -1,0 +1,20 @@
+import { ConsoleLogger, type INestApplication, type LoggerService } from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import { FastifyAdapter } from '@nestjs/platform-fastify';
+import { AppModule } from './app.module.js';
+import type { SampleConfig } from './sample.config.js';
+
+/** Creates (without listening) the sample app on the configured platform. */
+export async function createSampleApp(config: SampleConfig, logger?: LoggerService): Promise<INestApplication> {
+  const log = logger ?? new ConsoleLogger({ json: config.logFormat === 'json', prefix: 'sample' });
+  const module = AppModule.register(config);
+  const app =
+    config.platform === 'fastify'
+      ? await NestFactory.create(module, new FastifyAdapter({ bodyLimit: 1_048_576 }), { logger: log })
+      : await NestFactory.create(module, { logger: log, bodyParser: true });
+  if (config.platform === 'express') {
+    (app as unknown as { useBodyParser(t: string, o: object): void }).useBodyParser('json', { limit: '1mb' });
+  }
+  app.enableShutdownHooks();
+  return app;
+}

@@ -1,0 +1,58 @@
+/** The sample app's settings, read from the environment (see SAMPLE_CONTRACT in the README). */
+export interface SampleConfig {
+  port: number;
+  host: string;
+  platform: 'express' | 'fastify';
+  environment: string;
+  apiKey: string;
+  baseURL?: string;
+  /** token -> user name */
+  users: Map<string, string>;
+  model?: string;
+  fallbacks?: string[];
+  timeoutMs?: number;
+  maxRetries?: number;
+  logFormat: 'json' | 'pretty';
+}
+
+function int(env: NodeJS.ProcessEnv, name: string, problems: string[], min = 0): number | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return undefined;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) {
+    problems.push(`${name} must be an integer >= ${min}, got "${raw}"`);
+    return undefined;
+  }
+  return n;
+}
+
+/** Parses the environment; throws one error listing every invalid variable. */
+export function readSampleConfig(env: NodeJS.ProcessEnv, upstream: { apiKey: string; baseURL?: string }): SampleConfig {
+  const problems: string[] = [];
+  const users = new Map<string, string>();
+  for (const pair of (env.SAMPLE_USERS ?? 'alice:alice-token,bob:bob-token').split(',')) {
+    const [name, token] = pair.split(':').map((s) => s.trim());
+    if (!name || !token) problems.push(`SAMPLE_USERS: "${pair}" is not name:token`);
+    else users.set(token, name);
+  }
+  const platform = (env.SAMPLE_PLATFORM ?? 'express') as SampleConfig['platform'];
+  if (platform !== 'express' && platform !== 'fastify') problems.push(`SAMPLE_PLATFORM must be express or fastify`);
+  const logFormat = (env.LOG_FORMAT ?? 'pretty') as SampleConfig['logFormat'];
+  if (logFormat !== 'json' && logFormat !== 'pretty') problems.push('LOG_FORMAT must be json or pretty');
+  const config: SampleConfig = {
+    port: int(env, 'PORT', problems, 0) ?? 3000,
+    host: env.HOST ?? '127.0.0.1',
+    platform,
+    environment: env.NODE_ENV || 'development',
+    apiKey: upstream.apiKey,
+    baseURL: upstream.baseURL,
+    users,
+    model: env.OPENAI_MODEL || undefined,
+    fallbacks: env.OPENAI_FALLBACK_MODELS ? env.OPENAI_FALLBACK_MODELS.split(',').map((s) => s.trim()).filter(Boolean) : undefined,
+    timeoutMs: int(env, 'OPENAI_TIMEOUT_MS', problems, 1),
+    maxRetries: int(env, 'OPENAI_MAX_RETRIES', problems, 0),
+    logFormat,
+  };
+  if (problems.length) throw new Error(`Invalid sample settings:\n  - ${problems.join('\n  - ')}`);
+  return config;
+}
