@@ -2,7 +2,22 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
-import { decode, encode, encodeChat } from 'gpt-tokenizer/encoding/o200k_base';
+import { decode, encode } from 'gpt-tokenizer/encoding/o200k_base';
+import {
+  countChatPromptTokens,
+  countTextTokens,
+  messageText,
+  type CountableChatMessage,
+} from '../tokens/token-counter.js';
+
+export { countChatPromptTokens, countTextTokens, type CountableChatMessage };
+
+/** Special-token text in replies is encoded as plain text instead of throwing. */
+const ENCODE_OPTIONS = { disallowedSpecial: new Set<string>() };
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Public types
@@ -197,88 +212,6 @@ export interface RecordedRequest {
   stream: boolean;
   /** The fault rule applied to this request, if any (the same object passed to {@link FakeOpenAIServer.fault}). */
   fault?: FaultRule;
-}
-
-/**
- * The message shape {@link countChatPromptTokens} reads. OpenAI's `ChatCompletionMessageParam` is assignable to it.
- */
-export interface CountableChatMessage {
-  role?: string;
-  /** A string, or content parts whose `text` parts are counted (joined with `\n`); `null` counts as empty. */
-  content?: string | ReadonlyArray<unknown> | null;
-  /** Assistant tool calls; each function call's `name` and `arguments` are counted as text. */
-  tool_calls?: ReadonlyArray<unknown>;
-}
-
-// ---------------------------------------------------------------------------------------------------------------------
-// Token counting (o200k_base, built once at module load by the import above)
-// ---------------------------------------------------------------------------------------------------------------------
-
-/** Special-token text (e.g. `<|endoftext|>`) in user content is encoded as plain text instead of throwing. */
-const ENCODE_OPTIONS = { disallowedSpecial: new Set<string>() };
-/** The chat template gpt-tokenizer uses for o200k_base chat models. */
-const CHAT_TEMPLATE_MODEL = 'gpt-4o';
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-/** Text of a message `content`: a string as is, text parts joined with `\n`, anything else empty. */
-function contentText(content: unknown): string {
-  if (typeof content === 'string') return content;
-  if (Array.isArray(content)) {
-    return content
-      .filter(
-        (p): p is { type: 'text'; text: string } =>
-          isRecord(p) && p.type === 'text' && typeof p.text === 'string',
-      )
-      .map((p) => p.text)
-      .join('\n');
-  }
-  return '';
-}
-
-function toolCallsText(toolCalls: unknown): string {
-  if (!Array.isArray(toolCalls)) return '';
-  const parts: string[] = [];
-  for (const call of toolCalls) {
-    if (!isRecord(call)) continue;
-    const fn = isRecord(call.function) ? call.function : isRecord(call.custom) ? call.custom : undefined;
-    if (!fn) continue;
-    if (typeof fn.name === 'string') parts.push(fn.name);
-    if (typeof fn.arguments === 'string') parts.push(fn.arguments);
-    if (typeof fn.input === 'string') parts.push(fn.input);
-  }
-  return parts.join('\n');
-}
-
-/**
- * Number of tokens in `text` with the o200k_base encoding (gpt-4o family). Special-token text counts as plain text.
- * This is what the fake server reports as `completion_tokens` for a reply, and per input for embeddings.
- */
-export function countTextTokens(text: string): number {
-  return encode(text, ENCODE_OPTIONS).length;
-}
-
-/**
- * Prompt token count of a chat, as the fake server reports it in `usage.prompt_tokens`: gpt-tokenizer's chat encoding
- * with the o200k_base encoding and the gpt-4o chat template (per-message framing tokens plus the assistant priming).
- *
- * Pure and deterministic. Content-part arrays count their `text` parts joined with `\n` (images, audio and files add
- * nothing); assistant `tool_calls` count their function name and arguments; `name` is ignored; a missing role counts
- * as `user`; non-object entries count as empty user messages.
- */
-export function countChatPromptTokens(messages: readonly CountableChatMessage[]): number {
-  const chat = (messages as readonly unknown[]).map((m) => {
-    if (!isRecord(m)) return { role: 'user', content: '' };
-    const text = contentText(m.content);
-    const tools = toolCallsText(m.tool_calls);
-    return {
-      role: typeof m.role === 'string' && m.role.length > 0 ? m.role : 'user',
-      content: tools ? (text ? `${text}\n${tools}` : tools) : text,
-    };
-  });
-  return encodeChat(chat, CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -1153,7 +1086,7 @@ export class FakeOpenAIServer {
 export function defaultReply(req: FakeChatRequest): string {
   for (let i = req.messages.length - 1; i >= 0; i--) {
     const m = req.messages[i];
-    if (isRecord(m) && m.role === 'user') return `Echo: ${contentText(m.content)}`;
+    if (isRecord(m) && m.role === 'user') return `Echo: ${messageText(m.content)}`;
   }
   return 'Echo: ';
 }

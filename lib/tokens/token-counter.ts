@@ -1,41 +1,82 @@
-import { countTokens, encodeChat } from 'gpt-tokenizer/encoding/o200k_base';
+import { encode, encodeChat } from 'gpt-tokenizer/encoding/o200k_base';
 
-/** A chat message as far as token counting is concerned: string content or text parts. */
-export interface CountableMessage {
-  role: string;
-  content?: unknown;
-  name?: string;
+// Token counting with o200k_base (GPT-4o, GPT-4.1, o-series); the encoder is built once, at import.
+
+/**
+ * The message shape {@link countChatPromptTokens} reads. OpenAI's `ChatCompletionMessageParam` is assignable to it.
+ */
+export interface CountableChatMessage {
+  role?: string;
+  /** A string, or content parts whose `text` parts are counted (joined with `\n`); `null` counts as empty. */
+  content?: string | ReadonlyArray<unknown> | null;
+  /** Assistant tool calls; each function call's `name` and `arguments` are counted as text. */
+  tool_calls?: ReadonlyArray<unknown>;
 }
 
-/** The text of a message's content: the string itself, or its text parts joined by newlines. */
+/** Special-token text (e.g. `<|endoftext|>`) in user content is encoded as plain text instead of throwing. */
+const ENCODE_OPTIONS = { disallowedSpecial: new Set<string>() };
+/** The chat template gpt-tokenizer uses for o200k_base chat models. */
+const CHAT_TEMPLATE_MODEL = 'gpt-4o';
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Text of a message `content`: a string as is, text parts joined with `\n`, anything else empty. */
 export function messageText(content: unknown): string {
   if (typeof content === 'string') return content;
   if (Array.isArray(content)) {
-    let out = '';
-    for (const part of content) {
-      if (part && typeof part === 'object' && typeof (part as { text?: unknown }).text === 'string') {
-        out += (out ? '\n' : '') + (part as { text: string }).text;
-      }
-    }
-    return out;
+    return content
+      .filter(
+        (p): p is { type: 'text'; text: string } =>
+          isRecord(p) && p.type === 'text' && typeof p.text === 'string',
+      )
+      .map((p) => p.text)
+      .join('\n');
   }
   return '';
 }
 
-/** Tokens of a plain text with the o200k_base encoding (GPT-4o, GPT-4.1, o-series). The encoder is built once, at import. */
-export function countTextTokens(text: string): number {
-  return text ? countTokens(text) : 0;
+function toolCallsText(toolCalls: unknown): string {
+  if (!Array.isArray(toolCalls)) return '';
+  const parts: string[] = [];
+  for (const call of toolCalls) {
+    if (!isRecord(call)) continue;
+    const fn = isRecord(call.function) ? call.function : isRecord(call.custom) ? call.custom : undefined;
+    if (!fn) continue;
+    if (typeof fn.name === 'string') parts.push(fn.name);
+    if (typeof fn.arguments === 'string') parts.push(fn.arguments);
+    if (typeof fn.input === 'string') parts.push(fn.input);
+  }
+  return parts.join('\n');
 }
 
 /**
- * Prompt tokens of a chat request as OpenAI counts them for the o200k_base models: the messages in the
- * chat template, priming of the reply included. Content parts other than text are not counted.
+ * Number of tokens in `text` with the o200k_base encoding (gpt-4o family). Special-token text counts as plain text.
+ * This is what the fake server reports as `completion_tokens` for a reply, and per input for embeddings.
  */
-export function countChatPromptTokens(messages: readonly CountableMessage[]): number {
-  const chat = messages.map((m) => ({
-    role: (m.role === 'developer' ? 'system' : m.role) as 'system' | 'user' | 'assistant',
-    content: messageText(m.content),
-    ...(typeof m.name === 'string' ? { name: m.name } : {}),
-  }));
-  return encodeChat(chat, 'gpt-4o').length;
+export function countTextTokens(text: string): number {
+  return encode(text, ENCODE_OPTIONS).length;
 }
+
+/**
+ * Prompt token count of a chat, as the fake server reports it in `usage.prompt_tokens`: gpt-tokenizer's chat encoding
+ * with the o200k_base encoding and the gpt-4o chat template (per-message framing tokens plus the assistant priming).
+ *
+ * Pure and deterministic. Content-part arrays count their `text` parts joined with `\n` (images, audio and files add
+ * nothing); assistant `tool_calls` count their function name and arguments; `name` is ignored; a missing role counts
+ * as `user`; non-object entries count as empty user messages.
+ */
+export function countChatPromptTokens(messages: readonly CountableChatMessage[]): number {
+  const chat = (messages as readonly unknown[]).map((m) => {
+    if (!isRecord(m)) return { role: 'user', content: '' };
+    const text = messageText(m.content);
+    const tools = toolCallsText(m.tool_calls);
+    return {
+      role: typeof m.role === 'string' && m.role.length > 0 ? m.role : 'user',
+      content: tools ? (text ? `${text}\n${tools}` : tools) : text,
+    };
+  });
+  return encodeChat(chat, CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
+}
+

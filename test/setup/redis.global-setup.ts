@@ -21,7 +21,7 @@ function freePort(): Promise<number> {
 }
 
 async function waitForPing(port: number, deadline: number): Promise<void> {
-  const { default: Redis } = await import('ioredis');
+  const { Redis } = await import('ioredis');
   while (Date.now() < deadline) {
     const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
     try {
