@@ -1,6 +1,13 @@
 export * from './openai.module.js';
 export * from './openai.service.js';
-export { OPENAI_CLIENT, OPENAI_RESOLVED_OPTIONS, OPENAI_CALL_HOOKS, REQUEST_ID_HEADER, OPENAI_REQUEST_ID_HEADER } from './openai.constants.js';
+export {
+  OPENAI_CLIENT,
+  OPENAI_RESOLVED_OPTIONS,
+  OPENAI_CALL_HOOKS,
+  OPENAI_STORE,
+  REQUEST_ID_HEADER,
+  OPENAI_REQUEST_ID_HEADER,
+} from './openai.constants.js';
 export type { OpenAIModuleForRootOptions, OpenAIModuleAsyncOptions } from './openai.module-definition.js';
 export { OPENAI_MODULE_OPTIONS } from './openai.module-definition.js';
 export * from './interfaces/index.js';
@@ -25,3 +32,7 @@ export * from './dto/chat-request.schema.js';
 export { ChatRequestPipe, InvalidBodyException, parseBody } from './pipes/chat-request.pipe.js';
 export { sendChatStreamAsSse, type ChatStreamSseOptions } from './sse/chat-stream-sse.js';
 export { clientAbortSignal, rawResponse, setResponseHeader } from './utils/http.js';
+export * from './storage/index.js';
+export * from './throttling/index.js';
+export * from './health/openai-health.service.js';
+export { InjectOpenAIStore } from './decorators/inject-openai-store.decorator.js';

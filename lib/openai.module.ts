@@ -1,4 +1,14 @@
-import { Logger, Module, RequestMethod, type MiddlewareConsumer, type NestModule, type Provider } from '@nestjs/common';
+import {
+  Inject,
+  Injectable,
+  Logger,
+  Module,
+  RequestMethod,
+  type MiddlewareConsumer,
+  type NestModule,
+  type OnApplicationShutdown,
+  type Provider,
+} from '@nestjs/common';
 import { APP_INTERCEPTOR } from '@nestjs/core';
 import { createOpenAIClient } from './client/create-openai-client.js';
 import { describeOptions } from './config/describe-options.js';
@@ -6,9 +16,25 @@ import { resolveOpenAIOptions } from './config/resolve-options.js';
 import type { OpenAIModuleOptions, ResolvedOpenAIOptions } from './interfaces/openai-module-options.interface.js';
 import { RequestContextInterceptor } from './interceptors/request-context.interceptor.js';
 import { RequestContextMiddleware } from './middleware/request-context.middleware.js';
-import { OPENAI_CALL_HOOKS, OPENAI_CLIENT, OPENAI_RESOLVED_OPTIONS } from './openai.constants.js';
+import { OPENAI_CALL_HOOKS, OPENAI_CLIENT, OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from './openai.constants.js';
+import { OpenAIHealthService } from './health/openai-health.service.js';
+import { createStore } from './storage/create-store.js';
+import type { OpenAIStore } from './storage/openai-store.interface.js';
+import { OpenAIThrottlerGuard } from './throttling/openai-throttler.guard.js';
+import { OpenAIThrottlerStorage } from './throttling/openai-throttler.storage.js';
+import { RateLimitService } from './throttling/rate-limit.service.js';
+import { TokenLimitHook } from './throttling/token-limit.hook.js';
 import { OPENAI_MODULE_OPTIONS, OpenAIConfigurableModule } from './openai.module-definition.js';
 import { OpenAIService } from './openai.service.js';
+
+/** Closes the store (and a Redis client it opened) when the app shuts down. */
+@Injectable()
+class OpenAIStoreLifecycle implements OnApplicationShutdown {
+  constructor(@Inject(OPENAI_STORE) private readonly store: OpenAIStore) {}
+  async onApplicationShutdown(): Promise<void> {
+    await this.store.close();
+  }
+}
 
 const providers: Provider[] = [
   {
@@ -23,7 +49,15 @@ const providers: Provider[] = [
     },
   },
   { provide: OPENAI_CLIENT, inject: [OPENAI_RESOLVED_OPTIONS], useFactory: createOpenAIClient },
-  { provide: OPENAI_CALL_HOOKS, useValue: [] },
+  { provide: OPENAI_STORE, inject: [OPENAI_RESOLVED_OPTIONS], useFactory: createStore },
+  OpenAIStoreLifecycle,
+  RateLimitService,
+  TokenLimitHook,
+  OpenAIThrottlerStorage,
+  OpenAIThrottlerGuard,
+  OpenAIHealthService,
+  // Order matters: token limits first, then (later hooks) budgets.
+  { provide: OPENAI_CALL_HOOKS, inject: [TokenLimitHook], useFactory: (tokens: TokenLimitHook) => [tokens] },
   OpenAIService,
   { provide: APP_INTERCEPTOR, useClass: RequestContextInterceptor },
 ];
@@ -41,7 +75,16 @@ const providers: Provider[] = [
  */
 @Module({
   providers,
-  exports: [OpenAIService, OPENAI_CLIENT, OPENAI_RESOLVED_OPTIONS],
+  exports: [
+    OpenAIService,
+    OPENAI_CLIENT,
+    OPENAI_RESOLVED_OPTIONS,
+    OPENAI_STORE,
+    RateLimitService,
+    OpenAIThrottlerStorage,
+    OpenAIThrottlerGuard,
+    OpenAIHealthService,
+  ],
 })
 export class OpenAIModule extends OpenAIConfigurableModule implements NestModule {
   configure(consumer: MiddlewareConsumer): void {

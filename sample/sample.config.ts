@@ -13,6 +13,11 @@ export interface SampleConfig {
   timeoutMs?: number;
   maxRetries?: number;
   logFormat: 'json' | 'pretty';
+  /** requests per user per minute on the chat routes (undefined: the profile's default) */
+  rpm?: number;
+  /** tokens per user per minute (undefined: the profile's default) */
+  tpm?: number;
+  redisUrl?: string;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, problems: string[], min = 0): number | undefined {
@@ -52,6 +57,9 @@ export function readSampleConfig(env: NodeJS.ProcessEnv, upstream: { apiKey: str
     timeoutMs: int(env, 'OPENAI_TIMEOUT_MS', problems, 1),
     maxRetries: int(env, 'OPENAI_MAX_RETRIES', problems, 0),
     logFormat,
+    rpm: int(env, 'RATE_LIMIT_RPM', problems, 1),
+    tpm: int(env, 'RATE_LIMIT_TPM', problems, 1),
+    redisUrl: env.REDIS_URL || undefined,
   };
   if (problems.length) throw new Error(`Invalid sample settings:\n  - ${problems.join('\n  - ')}`);
   return config;

@@ -8,5 +8,15 @@ export function describeOptions(o: ResolvedOpenAIOptions): Record<string, unknow
     apiKey: typeof o.apiKey === 'function' ? 'provider()' : fingerprintKey(o.apiKey),
     defaultHeaders: Object.fromEntries(Object.keys(o.defaultHeaders).map((k) => [k, '***'])),
     identity: { ...o.identity, salt: o.identity.salt ? '***' : '' },
+    limits: { ...o.limits, tiers: o.limits.tiers ? 'function' : undefined, getTracker: o.limits.getTracker ? 'function' : undefined },
+    storage: {
+      ...o.storage,
+      redis: o.storage.redis && {
+        ...o.storage.redis,
+        client: o.storage.redis.client ? 'ioredis client' : undefined,
+        url: o.storage.redis.url?.replace(/\/\/[^@/]*@/, '//***@'),
+        redisOptions: o.storage.redis.redisOptions ? '***' : undefined,
+      },
+    },
   };
 }

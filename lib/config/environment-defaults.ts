@@ -16,6 +16,8 @@ export const BASE_DEFAULTS = {
   retry: { maxRetries: 2, initialDelayMs: 500, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 },
   logging: { prompts: false, config: true, calls: true },
   identity: { field: 'safety_identifier', salt: '' },
+  limits: { requests: [], tokens: [] },
+  storage: { type: 'memory', onFailure: 'memory', instances: 1, connectTimeoutMs: 5_000 },
 } satisfies OpenAIProfileOptions;
 
 /**

@@ -20,6 +20,8 @@ const PROFILE_KEYS = new Set<keyof OpenAIProfileOptions>([
   'retry',
   'logging',
   'identity',
+  'limits',
+  'storage',
 ]);
 
 /**
@@ -47,7 +49,8 @@ export function resolveOpenAIOptions(
       }
     }
   }
-  const known = environment in ENVIRONMENT_DEFAULTS || environment in profiles;
+  // Own keys only: `in` would take "toString" or "constructor" for a known environment.
+  const known = Object.hasOwn(ENVIRONMENT_DEFAULTS, environment) || Object.hasOwn(profiles, environment);
   if (!known) {
     problems.push({
       path: 'environment',
@@ -55,13 +58,13 @@ export function resolveOpenAIOptions(
       fix: `use one of ${[...new Set([...Object.keys(ENVIRONMENT_DEFAULTS), ...Object.keys(profiles)])].join(', ')}, or add profiles.${environment}`,
     });
   }
-  const envDefaults = ENVIRONMENT_DEFAULTS[environment] ?? ENVIRONMENT_DEFAULTS.production;
+  const envDefaults = Object.hasOwn(ENVIRONMENT_DEFAULTS, environment) ? ENVIRONMENT_DEFAULTS[environment] : ENVIRONMENT_DEFAULTS.production;
   const { profiles: _p, environment: _e, ...base } = options;
   const merged = deepMerge<ResolvedOpenAIOptions>(
     BASE_DEFAULTS as unknown as Partial<ResolvedOpenAIOptions>,
     envDefaults as Partial<ResolvedOpenAIOptions>,
     base as Partial<ResolvedOpenAIOptions>,
-    profiles[environment] as Partial<ResolvedOpenAIOptions>,
+    (Object.hasOwn(profiles, environment) ? profiles[environment] : undefined) as Partial<ResolvedOpenAIOptions>,
   );
   merged.environment = environment;
   if (merged.maxTokens.default === undefined) merged.maxTokens.default = merged.maxTokens.cap;
@@ -69,6 +72,18 @@ export function resolveOpenAIOptions(
   validate(merged, problems);
   if (problems.length) throw new OpenAIConfigError(environment, problems);
   return merged;
+}
+
+function validateWindows(path: string, windows: unknown, add: (path: string, message: string, fix: string) => void): void {
+  if (!Array.isArray(windows)) return add(path, 'must be an array of { name, limit, ttl }', 'set [] for no limit');
+  const names = new Set<string>();
+  windows.forEach((w: { name?: unknown; limit?: unknown; ttl?: unknown }, i) => {
+    if (typeof w?.name !== 'string' || !/^[A-Za-z0-9_-]{1,32}$/.test(w.name)) add(`${path}[${i}].name`, 'must be 1-32 letters, digits, _ or -', "use a name such as 'minute'");
+    else if (names.has(w.name)) add(`${path}[${i}].name`, `"${w.name}" is used twice`, 'give each window its own name');
+    else names.add(w.name);
+    if (!isPositiveInt(w?.limit)) add(`${path}[${i}].limit`, `must be a positive integer, got ${String(w?.limit)}`, 'set a limit such as 20');
+    if (!isPositiveInt(w?.ttl)) add(`${path}[${i}].ttl`, `must be a positive integer (ms), got ${String(w?.ttl)}`, 'set a window such as 60000');
+  });
 }
 
 function isPositiveInt(v: unknown): v is number {
@@ -146,5 +161,23 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   if (o.logging.prompts && NO_PROMPT_LOGGING_ENVIRONMENTS.has(o.environment)) {
     add('logging.prompts', 'prompt logging is never allowed in production', 'enable it in a development or staging profile only');
   }
+  validateWindows('limits.requests', o.limits.requests, add);
+  validateWindows('limits.tokens', o.limits.tokens, add);
+  if (o.limits.tiers !== undefined && typeof o.limits.tiers !== 'function') add('limits.tiers', 'must be a function (user) => limits', 'pass a function or remove it');
+  if (o.limits.getTracker !== undefined && typeof o.limits.getTracker !== 'function') add('limits.getTracker', 'must be a function (req) => string', 'pass a function or remove it');
+  const st = o.storage;
+  if (st.type !== 'memory' && st.type !== 'redis') add('storage.type', `must be 'memory' or 'redis', got ${String(st.type)}`, "set 'memory' or 'redis'");
+  if (st.type === 'redis' && !st.redis?.url && !st.redis?.client) add('storage.redis', 'a Redis store needs a connection', 'set storage.redis.url (e.g. redis://127.0.0.1:6379) or storage.redis.client');
+  if (st.redis?.url !== undefined) {
+    try {
+      if (!/^rediss?:$/.test(new URL(st.redis.url).protocol)) throw new Error('protocol');
+    } catch {
+      add('storage.redis.url', 'is not a redis:// or rediss:// URL', 'use a URL such as redis://127.0.0.1:6379');
+    }
+  }
+  if (!['fail-closed', 'fail-open', 'memory'].includes(st.onFailure)) add('storage.onFailure', `must be 'fail-closed', 'fail-open' or 'memory'`, "set 'memory'");
+  if (!isPositiveInt(st.instances)) add('storage.instances', `must be a positive integer, got ${String(st.instances)}`, 'set the number of app instances');
+  if (!isPositiveInt(st.connectTimeoutMs)) add('storage.connectTimeoutMs', `must be a positive integer (ms)`, 'set a value such as 5000');
+  if (st.memory?.maxKeys !== undefined && !isPositiveInt(st.memory.maxKeys)) add('storage.memory.maxKeys', 'must be a positive integer', 'set a value such as 200000');
   if (!['safety_identifier', 'user', 'none'].includes(o.identity.field)) add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
 }

@@ -1,5 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
 
 /**
  * What the library knows about the HTTP request being served. Kept in AsyncLocalStorage (never in a
@@ -17,6 +18,8 @@ export interface RequestContext {
   startedAt: number;
   /** Upstream `x-request-id` of the last OpenAI call made for this request. */
   openaiRequestId?: string;
+  /** The raw Node response, so limits enforced deep in the pipeline can set headers (`retry-after`). */
+  response?: ServerResponse;
 }
 
 const storage = new AsyncLocalStorage<RequestContext>();
@@ -51,11 +54,16 @@ export const RequestContextStore = {
     }
     return undefined;
   },
+  /** Sets a header on the current request's response, if there is one and it has not been sent. */
+  setHeader(name: string, value: string | number): void {
+    const res = storage.getStore()?.response;
+    if (res && !res.headersSent) res.setHeader(name, String(value));
+  },
   /** Creates the context for a raw request and stores it there (idempotent). */
-  attach(req: object, inboundId: unknown): RequestContext {
+  attach(req: object, inboundId: unknown, response?: ServerResponse): RequestContext {
     const existing = RequestContextStore.fromRequest(req);
     if (existing) return existing;
-    const ctx: RequestContext = { requestId: acceptRequestId(inboundId), startedAt: performance.now() };
+    const ctx: RequestContext = { requestId: acceptRequestId(inboundId), startedAt: performance.now(), response };
     (req as Record<symbol, RequestContext>)[REQUEST_CONTEXT_KEY] = ctx;
     return ctx;
   },

@@ -2,6 +2,7 @@ import { Injectable, type CallHandler, type ExecutionContext, type NestIntercept
 import { Observable } from 'rxjs';
 import { RequestContextStore } from '../context/request-context.js';
 import { REQUEST_ID_HEADER } from '../openai.constants.js';
+import { rawResponse } from '../utils/http.js';
 
 /**
  * Re-enters the request context around the handler. Needed because some adapters (Fastify parses the
@@ -14,7 +15,12 @@ export class RequestContextInterceptor implements NestInterceptor {
     if (context.getType() !== 'http') return next.handle();
     const http = context.switchToHttp();
     const req = http.getRequest<{ method?: string; route?: { path?: string }; routeOptions?: { url?: string }; headers: Record<string, unknown> }>();
-    const ctx = RequestContextStore.fromRequest(req) ?? RequestContextStore.attach(req, req.headers[REQUEST_ID_HEADER]);
+    const ctx = RequestContextStore.fromRequest(req) ?? RequestContextStore.attach(req, req.headers[REQUEST_ID_HEADER], rawResponse(http.getResponse()));
+    if (!ctx.user) {
+      const u = (req as { user?: { id?: unknown; sub?: unknown } }).user;
+      const id = u?.id ?? u?.sub;
+      if (typeof id === 'string' || typeof id === 'number') ctx.user = String(id);
+    }
     if (!ctx.route) {
       const path = req.route?.path ?? req.routeOptions?.url;
       if (path) ctx.route = `${req.method} ${path}`;

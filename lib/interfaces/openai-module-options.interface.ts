@@ -1,3 +1,7 @@
+import type { MemoryStoreOptions } from '../storage/memory.store.js';
+import type { StorageFailurePolicy } from '../storage/openai-store.interface.js';
+import type { RedisStoreOptions } from '../storage/redis.store.js';
+
 /**
  * Returns the API key to use for the next upstream request. Called before every request by the SDK,
  * so a secret manager can rotate the key without a restart. Cache inside the provider if the
@@ -148,6 +152,70 @@ export interface IdentityOptions {
   salt?: string;
 }
 
+/** One window of a per-user limit, in `@nestjs/throttler`'s terms. */
+export interface ThrottleWindow {
+  /** Name of the window, shown in the 429 message and usable in `@Throttle({ [name]: ... })`. */
+  name: string;
+  /** Requests (or tokens) admitted per window. */
+  limit: number;
+  /** Length of the window (ms). */
+  ttl: number;
+}
+
+/** Limits of one user (a tier). */
+export interface TierLimits {
+  /** Request windows, counted by `OpenAIThrottlerGuard`. */
+  requests?: ThrottleWindow[];
+  /** Token windows (prompt tokens plus `max_tokens` reserved before a call, settled to `usage.total_tokens`), enforced by `OpenAIService`. */
+  tokens?: ThrottleWindow[];
+}
+
+/** Per-user limits. */
+export interface LimitsOptions extends TierLimits {
+  /**
+   * Limits of a given user, e.g. by plan (`free` vs `paid`); `undefined` keeps the defaults above.
+   * Called once per request or call; keep it O(1) (cache plans in memory).
+   * @default undefined
+   */
+  tiers?: (user: string) => TierLimits | undefined | Promise<TierLimits | undefined>;
+  /**
+   * Whom a request counts against. Default: the request context's user (set by your auth guard, or
+   * `req.user.id` / `req.user.sub`), else `ip:<client IP>` for anonymous requests (behind a proxy, set
+   * Express's `trust proxy` / Fastify's `trustProxy` so the IP is the client's).
+   * @default undefined
+   */
+  getTracker?: (req: any) => string | undefined | Promise<string | undefined>;
+}
+
+/** Where shared state (limits, budgets, usage, caches) lives. */
+export interface StorageOptions {
+  /**
+   * `memory`: this process only (the default). `redis`: shared by every instance.
+   * @default 'memory'
+   */
+  type?: 'memory' | 'redis';
+  /** Options of the in-memory store (`maxKeys`, `sweepIntervalMs`). */
+  memory?: MemoryStoreOptions;
+  /** Options of the Redis store: `url` or `client`, `keyPrefix`, `commandTimeoutMs`. */
+  redis?: RedisStoreOptions;
+  /**
+   * What the limits do while Redis fails: `fail-closed` (503), `fail-open` (admit, uncounted), or
+   * `memory` (count per instance with limits divided by `instances`). Logged once per transition.
+   * @default 'memory'
+   */
+  onFailure?: StorageFailurePolicy;
+  /**
+   * Number of app instances sharing the limits, to divide them by under the `memory` policy.
+   * @default 1
+   */
+  instances?: number;
+  /**
+   * Longest wait for Redis at boot (ms); not reachable by then: the app fails to start.
+   * @default 5000
+   */
+  connectTimeoutMs?: number;
+}
+
 /** Options a profile may override: everything but the profiles themselves and `environment`. */
 export interface OpenAIProfileOptions {
   apiKey?: string | ApiKeyProvider;
@@ -161,6 +229,8 @@ export interface OpenAIProfileOptions {
   retry?: RetryOptions;
   logging?: LoggingOptions;
   identity?: IdentityOptions;
+  limits?: LimitsOptions;
+  storage?: StorageOptions;
 }
 
 /**
@@ -205,4 +275,6 @@ export interface ResolvedOpenAIOptions {
   retry: Required<RetryOptions>;
   logging: Required<LoggingOptions>;
   identity: Required<IdentityOptions>;
+  limits: Required<Pick<LimitsOptions, 'requests' | 'tokens'>> & Pick<LimitsOptions, 'tiers' | 'getTracker'>;
+  storage: Required<Pick<StorageOptions, 'type' | 'onFailure' | 'instances' | 'connectTimeoutMs'>> & Pick<StorageOptions, 'memory' | 'redis'>;
 }

@@ -10,7 +10,7 @@ import { REQUEST_ID_HEADER } from '../openai.constants.js';
 @Injectable()
 export class RequestContextMiddleware implements NestMiddleware {
   use(req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void): void {
-    const ctx = RequestContextStore.attach(req, req.headers[REQUEST_ID_HEADER]);
+    const ctx = RequestContextStore.attach(req, req.headers[REQUEST_ID_HEADER], res);
     if (!res.headersSent) res.setHeader(REQUEST_ID_HEADER, ctx.requestId);
     RequestContextStore.run(ctx, next);
   }

@@ -19,20 +19,22 @@ export function isRetryable(err: unknown): boolean {
  */
 export function serverRetryAfterMs(headers: Headers | undefined, now = Date.now()): number | undefined {
   if (!headers) return undefined;
-  const ms = headers.get('retry-after-ms');
-  if (ms !== null) {
-    const v = Number.parseFloat(ms);
-    if (Number.isFinite(v) && v >= 0) return v;
-  }
-  const ra = headers.get('retry-after');
-  if (ra !== null) {
-    const secs = Number.parseFloat(ra);
-    if (Number.isFinite(secs) && secs >= 0) return secs * 1000;
-    const date = Date.parse(ra);
+  const ms = headers.get('retry-after-ms')?.trim();
+  if (ms && DECIMAL.test(ms)) return Number(ms);
+  const ra = headers.get('retry-after')?.trim();
+  if (ra) {
+    if (DECIMAL.test(ra)) return Number(ra) * 1000;
+    // Date.parse accepts almost anything ("-1", "soon 5" parse as dates in 2001): only an HTTP date counts.
+    const date = HTTP_DATE.test(ra) ? Date.parse(ra) : Number.NaN;
     if (!Number.isNaN(date)) return Math.max(0, date - now);
   }
   return undefined;
 }
+
+/** A non-negative decimal number of (milli)seconds, as the headers carry it. */
+const DECIMAL = /^\d+(?:\.\d+)?$/;
+/** The three forms of RFC 9110 HTTP-date (IMF-fixdate, RFC 850, asctime) start with the day name. */
+const HTTP_DATE = /^(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*,? /;
 
 /**
  * Wait before retry number `retry` (1-based): the server's wait capped at `maxRetryAfterMs` when it gave

@@ -1,8 +1,9 @@
-import { Body, Controller, HttpCode, Post, Res } from '@nestjs/common';
+import { Body, Controller, HttpCode, Post, Res, UseGuards } from '@nestjs/common';
 import {
   ChatRequestPipe,
   OPENAI_REQUEST_ID_HEADER,
   OpenAIService,
+  OpenAIThrottlerGuard,
   RequestContextStore,
   clientAbortSignal,
   rawResponse,
@@ -12,6 +13,7 @@ import {
 } from '../../lib/index.js';
 
 @Controller('chat')
+@UseGuards(OpenAIThrottlerGuard)
 export class ChatController {
   constructor(private readonly openai: OpenAIService) {}
 

@@ -1,0 +1,5 @@
+export * from './openai-store.interface.js';
+export * from './memory.store.js';
+export * from './redis.store.js';
+export * from './resilient.store.js';
+export { createStore } from './create-store.js';

@@ -1,0 +1,158 @@
+import { Logger } from '@nestjs/common';
+import { MemoryStore } from './memory.store.js';
+import type { ConsumeResult, OpenAIStore, StorageFailurePolicy, WindowLimit, WindowRef } from './openai-store.interface.js';
+
+/** Health of the shared store as `/health` and metrics report it. */
+export interface StoreHealth {
+  kind: string;
+  /** False while the primary store fails. */
+  up: boolean;
+  /** The failure policy in force while it is down. */
+  policy: StorageFailurePolicy;
+  /** Number of transitions to the degraded state since start. */
+  outages: number;
+}
+
+/** Thrown (as a 503 by the guards and hooks) when the store is down and the policy is `fail-closed`. */
+export class StoreDegradedError extends Error {
+  constructor(cause?: unknown) {
+    super('Shared limit store unavailable', { cause });
+    this.name = 'StoreDegradedError';
+  }
+}
+
+/**
+ * Applies the failure policy around a primary (Redis) store. While it fails, operations follow the
+ * policy; the first failure and the recovery are each logged once. Recovery needs no restart: while
+ * degraded, each operation tries the primary again as soon as its client reports ready.
+ */
+export class ResilientStore implements OpenAIStore {
+  readonly kind: string;
+  private readonly logger = new Logger('OpenAIStore');
+  private readonly fallback?: MemoryStore;
+  private down = false;
+  private outages = 0;
+  /** Called on each transition (true: degraded). Metrics subscribe here. */
+  onTransition?: (degraded: boolean) => void;
+
+  constructor(
+    private readonly primary: OpenAIStore & { ready?: boolean },
+    readonly policy: StorageFailurePolicy,
+    private readonly instances = 1,
+  ) {
+    this.kind = primary.kind;
+    if (policy === 'memory') this.fallback = new MemoryStore();
+  }
+
+  health(): StoreHealth {
+    return { kind: this.kind, up: !this.down, policy: this.policy, outages: this.outages };
+  }
+
+  private markDown(err: unknown): void {
+    if (this.down) return;
+    this.down = true;
+    this.outages++;
+    this.logger.error(`${this.kind} store unavailable, policy "${this.policy}" in force: ${(err as Error)?.message ?? String(err)}`);
+    this.onTransition?.(true);
+  }
+
+  private markUp(): void {
+    if (!this.down) return;
+    this.down = false;
+    this.logger.log(`${this.kind} store available again`);
+    this.onTransition?.(false);
+  }
+
+  /** Runs on the primary; on failure applies the policy through `degraded`. */
+  private async attempt<T>(op: (s: OpenAIStore) => Promise<T>, degraded: () => Promise<T>): Promise<T> {
+    if (this.down && this.primary.ready === false) return degraded();
+    try {
+      const v = await op(this.primary);
+      this.markUp();
+      return v;
+    } catch (err) {
+      this.markDown(err);
+      return degraded();
+    }
+  }
+
+  private fail(): never {
+    throw new StoreDegradedError();
+  }
+
+  consume(key: string, windows: readonly WindowLimit[], cost: number): Promise<ConsumeResult> {
+    return this.attempt(
+      (s) => s.consume(key, windows, cost),
+      async () => {
+        if (this.policy === 'fail-closed') this.fail();
+        if (this.policy === 'fail-open') {
+          return {
+            allowed: true,
+            degraded: true,
+            windows: windows.map((w) => ({ name: w.name, limit: w.limit, used: 0, remaining: w.limit, start: -1, resetMs: w.windowMs })),
+          };
+        }
+        const scaled = windows.map((w) => ({ ...w, limit: Math.max(1, Math.ceil(w.limit / this.instances)) }));
+        return { ...(await this.fallback!.consume(key, scaled, cost)), degraded: true };
+      },
+    );
+  }
+
+  adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void> {
+    // A window taken while degraded has start -1 (fail-open) or lives in the fallback.
+    return this.attempt(
+      (s) => s.adjust(key, windows, delta),
+      async () => (this.fallback ? this.fallback.adjust(key, windows, delta) : undefined),
+    );
+  }
+
+  incrementFields(key: string, fields: Readonly<Record<string, number>>, ttlMs: number): Promise<void> {
+    return this.attempt(
+      (s) => s.incrementFields(key, fields, ttlMs),
+      async () => (this.fallback ? this.fallback.incrementFields(key, fields, ttlMs) : this.policy === 'fail-closed' ? this.fail() : undefined),
+    );
+  }
+
+  getFields(key: string): Promise<Record<string, number>> {
+    return this.attempt(
+      (s) => s.getFields(key),
+      async () => (this.fallback ? this.fallback.getFields(key) : this.policy === 'fail-closed' ? this.fail() : {}),
+    );
+  }
+
+  get(key: string): Promise<string | undefined> {
+    return this.attempt(
+      (s) => s.get(key),
+      async () => (this.fallback ? this.fallback.get(key) : undefined),
+    );
+  }
+
+  set(key: string, value: string, ttlMs: number): Promise<void> {
+    return this.attempt(
+      (s) => s.set(key, value, ttlMs),
+      async () => (this.fallback ? this.fallback.set(key, value, ttlMs) : undefined),
+    );
+  }
+
+  setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
+    return this.attempt(
+      (s) => s.setIfAbsent(key, value, ttlMs),
+      async () => (this.fallback ? this.fallback.setIfAbsent(key, value, ttlMs) : this.policy === 'fail-open'),
+    );
+  }
+
+  async ping(): Promise<void> {
+    try {
+      await this.primary.ping();
+      this.markUp();
+    } catch (err) {
+      this.markDown(err);
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.fallback?.close();
+    await this.primary.close();
+  }
+}

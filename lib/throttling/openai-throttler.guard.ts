@@ -1,0 +1,96 @@
+import { Inject, Injectable, type ExecutionContext } from '@nestjs/common';
+import { Reflector } from '@nestjs/core';
+import { ThrottlerGuard, normalizeIp } from '@nestjs/throttler';
+import { RequestContextStore } from '../context/request-context.js';
+import type { ResolvedOpenAIOptions, ThrottleWindow } from '../interfaces/openai-module-options.interface.js';
+import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
+import { OpenAIThrottlerStorage } from './openai-throttler.storage.js';
+import { RateLimitExceededException } from './rate-limit.exceptions.js';
+import { RateLimitService, tightestWindow } from './rate-limit.service.js';
+
+// Metadata keys written by @nestjs/throttler's @Throttle() and @SkipThrottle() (key + throttler name).
+const THROTTLER_LIMIT = 'THROTTLER:LIMIT';
+const THROTTLER_TTL = 'THROTTLER:TTL';
+const THROTTLER_SKIP = 'THROTTLER:SKIP';
+const COUNTED = Symbol.for('OPENAI:THROTTLE_COUNTED');
+
+/**
+ * Per-user request limits, on `@nestjs/throttler`'s guard. Differences from `ThrottlerGuard`:
+ * - the tracker is the user (request context user, `req.user.id`/`sub`), the IP only for anonymous requests;
+ * - all windows are checked and counted in one atomic store operation (one Redis round trip), and a
+ *   refused request counts against none;
+ * - tiers (`limits.tiers`) give each user its own windows;
+ * - a request is counted once even when the guard is both global (`APP_GUARD`) and on the route;
+ * - sets `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset` (s) for the tightest window and,
+ *   on 429, `retry-after` (s).
+ * `@Throttle({ minute: { limit, ttl } })` overrides a window on a route or controller, `@SkipThrottle()`
+ * skips all windows (or `@SkipThrottle({ minute: true })` one).
+ *
+ * @example @UseGuards(OpenAIThrottlerGuard) @Post('chat') chat() {}
+ */
+@Injectable()
+export class OpenAIThrottlerGuard extends ThrottlerGuard {
+  constructor(
+    @Inject(OPENAI_RESOLVED_OPTIONS) private readonly openaiOptions: ResolvedOpenAIOptions,
+    // Every parameter names its token: @Inject metadata is inherited from ThrottlerGuard's constructor.
+    @Inject(RateLimitService) private readonly limiter: RateLimitService,
+    @Inject(OpenAIThrottlerStorage) storage: OpenAIThrottlerStorage,
+    @Inject(Reflector) reflector: Reflector,
+  ) {
+    super({ throttlers: openaiOptions.limits.requests.map((w) => ({ name: w.name, limit: w.limit, ttl: w.ttl })) }, storage, reflector);
+  }
+
+  override async onModuleInit(): Promise<void> {
+    // The base logs a warning when no throttler is configured; here no request window is a valid setup
+    // (token limits or tiers only).
+    this.throttlers = [];
+  }
+
+  override async canActivate(context: ExecutionContext): Promise<boolean> {
+    const { req, res } = this.getRequestResponse(context);
+    if ((req as Record<symbol, unknown>)[COUNTED]) return true;
+    if (await this.shouldSkip(context)) return true;
+    const handler = context.getHandler();
+    const classRef = context.getClass();
+    const tracker = await this.getTracker(req);
+    const user = tracker.startsWith('user:') ? tracker.slice(5) : undefined;
+    const { requests } = await this.limiter.limitsFor(user);
+    const windows: ThrottleWindow[] = [];
+    for (const w of requests) {
+      if (this.reflector.getAllAndOverride<boolean>(THROTTLER_SKIP + w.name, [handler, classRef])) continue;
+      const limit = this.reflector.getAllAndOverride<number>(THROTTLER_LIMIT + w.name, [handler, classRef]);
+      const ttl = this.reflector.getAllAndOverride<number>(THROTTLER_TTL + w.name, [handler, classRef]);
+      windows.push({ name: w.name, limit: typeof limit === 'number' ? limit : w.limit, ttl: typeof ttl === 'number' ? ttl : w.ttl });
+    }
+    if (windows.length === 0) return true;
+    const result = await this.limiter.hitRequest(tracker, windows);
+    (req as Record<symbol, unknown>)[COUNTED] = true;
+    const shown = result.blockedBy ?? tightestWindow(result.windows);
+    if (shown && !result.degraded) {
+      this.setResponseHeader(res, 'x-ratelimit-limit', shown.limit);
+      this.setResponseHeader(res, 'x-ratelimit-remaining', shown.remaining);
+      this.setResponseHeader(res, 'x-ratelimit-reset', Math.ceil(shown.resetMs / 1000));
+    }
+    if (!result.allowed) {
+      const w = result.blockedBy!;
+      const retryAfter = Math.max(1, Math.ceil(w.resetMs / 1000));
+      this.setResponseHeader(res, 'retry-after', retryAfter);
+      throw new RateLimitExceededException('requests', w.name, w.limit, retryAfter);
+    }
+    return true;
+  }
+
+  /** The user of the request, else `ip:<client IP>` (IPv6 grouped by /64 as in `@nestjs/throttler`). */
+  protected override async getTracker(req: Record<string, any>): Promise<string> {
+    const custom = this.openaiOptions.limits.getTracker;
+    if (custom) {
+      const t = await custom(req);
+      if (t) return `user:${t}`;
+    }
+    const ctx = RequestContextStore.fromRequest(req);
+    const id = ctx?.user ?? req.user?.id ?? req.user?.sub;
+    if (id !== undefined && id !== null && id !== '') return `user:${String(id)}`;
+    const ip: string | undefined = req.ip ?? req.socket?.remoteAddress ?? req.raw?.socket?.remoteAddress;
+    return `ip:${ip ? normalizeIp(ip, this.ipv6SubnetPrefix) : 'unknown'}`;
+  }
+}

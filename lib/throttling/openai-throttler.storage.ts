@@ -1,0 +1,33 @@
+import { Inject, Injectable } from '@nestjs/common';
+import type { ThrottlerStorage } from '@nestjs/throttler';
+import { OPENAI_STORE } from '../openai.constants.js';
+import { keyPart, type OpenAIStore } from '../storage/openai-store.interface.js';
+
+/** Record returned to `@nestjs/throttler`'s guard (its `ThrottlerStorageRecord`). */
+export interface OpenAIThrottlerStorageRecord {
+  totalHits: number;
+  /** Seconds until the window ends. */
+  timeToExpire: number;
+  isBlocked: boolean;
+  /** Seconds until a blocked key may try again. */
+  timeToBlockExpire: number;
+}
+
+/**
+ * `@nestjs/throttler` storage over the library's store: bounded memory without a timer per hit, or
+ * Redis shared by every instance, one atomic round trip per hit. For apps that keep the plain
+ * `ThrottlerGuard` on other routes: `ThrottlerModule.forRootAsync({ inject: [OpenAIThrottlerStorage],
+ * useFactory: (storage) => ({ throttlers: [...], storage }) })`. `blockDuration` is not supported: a
+ * blocked key is free again when its window ends.
+ */
+@Injectable()
+export class OpenAIThrottlerStorage implements ThrottlerStorage {
+  constructor(@Inject(OPENAI_STORE) private readonly store: OpenAIStore) {}
+
+  async increment(key: string, ttl: number, limit: number, _blockDuration: number, throttlerName: string): Promise<OpenAIThrottlerStorageRecord> {
+    const r = await this.store.consume(`thr:${keyPart(key)}`, [{ name: keyPart(throttlerName), limit, windowMs: ttl }], 1);
+    const w = r.windows[0];
+    const seconds = Math.ceil(w.resetMs / 1000);
+    return { totalHits: r.allowed ? w.used : w.used + 1, timeToExpire: seconds, isBlocked: !r.allowed, timeToBlockExpire: r.allowed ? 0 : seconds };
+  }
+}

@@ -1,0 +1,71 @@
+import { Inject, Injectable } from '@nestjs/common';
+import type { ResolvedOpenAIOptions, ThrottleWindow, TierLimits } from '../interfaces/openai-module-options.interface.js';
+import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
+import { keyPart, type ConsumeResult, type OpenAIStore, type WindowLimit, type WindowState } from '../storage/openai-store.interface.js';
+import { StoreDegradedError } from '../storage/resilient.store.js';
+import { StorageUnavailableException } from './rate-limit.exceptions.js';
+
+/** The window to report in `x-ratelimit-*` headers: the one with the least room left. */
+export function tightestWindow(windows: readonly WindowState[]): WindowState | undefined {
+  let best: WindowState | undefined;
+  for (const w of windows) if (!best || w.remaining < best.remaining || (w.remaining === best.remaining && w.resetMs > best.resetMs)) best = w;
+  return best;
+}
+
+const toLimits = (windows: readonly ThrottleWindow[]): WindowLimit[] => windows.map((w) => ({ name: w.name, limit: w.limit, windowMs: w.ttl }));
+
+/**
+ * Per-user request and token limits over the shared store: one atomic round trip per check.
+ * Used by `OpenAIThrottlerGuard` (requests) and by `OpenAIService` (tokens); usable directly, e.g.
+ * from a queue worker.
+ */
+@Injectable()
+export class RateLimitService {
+  constructor(
+    @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
+    @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
+  ) {}
+
+  /** The limits of `user`: its tier's, else the configured ones. */
+  async limitsFor(user: string | undefined): Promise<Required<TierLimits>> {
+    const { requests, tokens, tiers } = this.options.limits;
+    const tier = user !== undefined && tiers ? await tiers(user) : undefined;
+    return { requests: tier?.requests ?? requests, tokens: tier?.tokens ?? tokens };
+  }
+
+  /**
+   * Counts one request against `windows` for `tracker` (all windows or none).
+   * @throws StorageUnavailableException (503) when the store is down and the policy is `fail-closed`.
+   */
+  hitRequest(tracker: string, windows: readonly ThrottleWindow[]): Promise<ConsumeResult> {
+    return this.consume(`rl:req:${keyPart(tracker)}`, toLimits(windows), 1);
+  }
+
+  /**
+   * Reserves `tokens` against the token windows of `user` (all windows or none).
+   * @throws StorageUnavailableException (503), as `hitRequest`.
+   */
+  reserveTokens(user: string, tokens: number, windows: readonly ThrottleWindow[]): Promise<ConsumeResult> {
+    return this.consume(`rl:tok:${keyPart(user)}`, toLimits(windows), tokens);
+  }
+
+  /** Corrects a token reservation by `delta` tokens (negative: give back) in the windows it was taken from. */
+  async adjustTokens(user: string, result: ConsumeResult, delta: number): Promise<void> {
+    if (delta === 0) return;
+    await this.store.adjust(
+      `rl:tok:${keyPart(user)}`,
+      result.windows.map((w) => ({ name: w.name, start: w.start })),
+      delta,
+    );
+  }
+
+  private async consume(key: string, windows: WindowLimit[], cost: number): Promise<ConsumeResult> {
+    if (windows.length === 0) return { allowed: true, windows: [] };
+    try {
+      return await this.store.consume(key, windows, cost);
+    } catch (err) {
+      if (err instanceof StoreDegradedError) throw new StorageUnavailableException(err);
+      throw err;
+    }
+  }
+}

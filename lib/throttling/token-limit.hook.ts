@@ -1,0 +1,45 @@
+import { Injectable } from '@nestjs/common';
+import type { CallReservation, OpenAICallHook, SettledCall, UpstreamCall } from '../call/upstream-call.js';
+import { RequestContextStore } from '../context/request-context.js';
+import { RateLimitExceededException, TokenReservationTooLargeException } from './rate-limit.exceptions.js';
+import { RateLimitService } from './rate-limit.service.js';
+
+/**
+ * Token limits, enforced where the call is made (so they hold outside HTTP too): reserves the prompt's
+ * tokens plus `max_tokens` before the call, settles to `usage.total_tokens` after it, and releases the
+ * reservation on every other ending. Calls without a user are not token-limited.
+ */
+@Injectable()
+export class TokenLimitHook implements OpenAICallHook {
+  constructor(private readonly limits: RateLimitService) {}
+
+  async reserve(call: UpstreamCall): Promise<CallReservation | void> {
+    if (call.user === undefined || call.endpoint === 'moderations') return;
+    const { tokens } = await this.limits.limitsFor(call.user);
+    if (tokens.length === 0) return;
+    const reserved = call.promptTokens + call.maxOutputTokens;
+    const tooBig = tokens.find((w) => reserved > w.limit);
+    if (tooBig) throw new TokenReservationTooLargeException(tooBig.name, reserved, tooBig.limit);
+    const result = await this.limits.reserveTokens(call.user, reserved, tokens);
+    if (!result.allowed) {
+      const w = result.blockedBy!;
+      const retryAfter = Math.max(1, Math.ceil(w.resetMs / 1000));
+      RequestContextStore.setHeader('retry-after', retryAfter);
+      throw new RateLimitExceededException('tokens', w.name, w.limit, retryAfter);
+    }
+    const user = call.user;
+    let done = false;
+    return {
+      settle: async (settled: SettledCall) => {
+        if (done) return;
+        done = true;
+        await this.limits.adjustTokens(user, result, settled.usage.total_tokens - reserved);
+      },
+      release: async () => {
+        if (done) return;
+        done = true;
+        await this.limits.adjustTokens(user, result, -reserved);
+      },
+    };
+  }
+}

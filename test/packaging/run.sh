@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Packaging check: builds and packs nestjs-openai-production, installs the tarball into two small apps (an ESM app on
+# Nest 12 and a CommonJS app on Nest 11, templates in test/packaging/apps/), builds and starts each one, and sends
+# one POST /chat to it (answered through the library by the FakeOpenAIServer from the /testing subpath).
+#
+#   bash test/packaging/run.sh            (from any directory; npm's registry must be reachable)
+#   KEEP_WORK=1 bash test/packaging/run.sh   keeps the temporary work directory for inspection
+#
+# The apps are installed in a temporary directory outside the repository on purpose: inside it, Node and tsc would
+# also find the repository's own node_modules and hide a dependency missing from the package.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERE="$ROOT/test/packaging"
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/nestjs-openai-packaging.XXXXXX")"
+
+# Packages every app installs next to the tarball. The library's peers are not declared in its package.json yet,
+# so they are listed here by hand.
+COMMON_DEPS=(openai@7.59.0 rxjs@^7.8.1 reflect-metadata@^0.2.2 gpt-tokenizer@^4.0.0 zod@^4.0.0 typescript@7.0.2 @types/node@^20.19.0)
+NEST12_DEPS=(@nestjs/common@^12 @nestjs/core@^12 @nestjs/platform-express@^12)
+NEST11_DEPS=(@nestjs/common@^11 @nestjs/core@^11 @nestjs/platform-express@^11)
+
+APP_PIDS=()
+cleanup() {
+  local pid
+  for pid in "${APP_PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  done
+  if [[ "${KEEP_WORK:-}" == 1 ]]; then
+    echo "work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+PASSED=0
+FAILED=0
+pass() {
+  PASSED=$((PASSED + 1))
+  echo "PASS $*"
+}
+fail() {
+  FAILED=$((FAILED + 1))
+  echo "FAIL $*"
+}
+
+free_port() {
+  node -e 'const s = require("node:net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); });'
+}
+
+# Lines of an app's output that are warnings: Node's process warnings (ExperimentalWarning, DeprecationWarning, ...)
+# and Nest's WARN log lines. They are reported, not hidden.
+print_warnings() {
+  local log="$1" line
+  while IFS= read -r line; do
+    echo "  warning: $line"
+  done < <(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '\(node:[0-9]+\)|Warning:|[[:space:]]WARN[[:space:]]' || true)
+}
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. Build and pack
+# ---------------------------------------------------------------------------------------------------------------------
+START=$SECONDS
+mkdir -p "$WORK/pack"
+echo "building and packing $ROOT (work directory $WORK)"
+if ! (cd "$ROOT" && npm run build && npm pack --pack-destination "$WORK/pack") >"$WORK/pack.log" 2>&1; then
+  fail "build/pack"
+  tail -n 40 "$WORK/pack.log" | sed 's/^/  | /'
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+shopt -s nullglob
+TARBALLS=("$WORK"/pack/*.tgz)
+shopt -u nullglob
+if [[ ${#TARBALLS[@]} -ne 1 ]]; then
+  fail "build/pack: expected one tarball in $WORK/pack, found ${#TARBALLS[@]}"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+TARBALL="${TARBALLS[0]}"
+
+# What users install: only dist/, package.json, README and LICENSE; the entry points must be there.
+FILES="$(tar -tzf "$TARBALL" | sed 's#^package/##' | sort)"
+UNEXPECTED="$(grep -vE '^(dist/.+|package\.json|README(\.md)?|LICENSE(\.md|\.txt)?)$' <<<"$FILES" || true)"
+MISSING=""
+for f in package.json dist/index.js dist/index.d.ts dist/testing/index.js dist/testing/index.d.ts; do
+  grep -qxF "$f" <<<"$FILES" || MISSING+=" $f"
+done
+SUMMARY="$(awk -F/ '{ top = (NF > 1 ? $1 "/" : $1); n[top]++ } END { for (t in n) printf "%s %d, ", t, n[t] }' <<<"$FILES")"
+SUMMARY="${SUMMARY%, }"
+if [[ -z "$UNEXPECTED" && -z "$MISSING" ]]; then
+  pass "tarball $(basename "$TARBALL") ($(wc -l <<<"$FILES") files: $SUMMARY)"
+else
+  fail "tarball $(basename "$TARBALL") ($SUMMARY)"
+  [[ -n "$MISSING" ]] && echo "  missing:$MISSING"
+  [[ -n "$UNEXPECTED" ]] && sed 's/^/  unexpected: /' <<<"$UNEXPECTED"
+fi
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. The apps
+# ---------------------------------------------------------------------------------------------------------------------
+# run_app <name> <deps...>: copies apps/<name> to the work directory, installs the tarball and the deps, builds,
+# starts dist/main.js on a free port, checks one POST /chat, stops the app. Prints PASS/FAIL.
+run_app() {
+  local name="$1"
+  shift
+  local dir="$WORK/$name" log="$WORK/$name.log" applog="$WORK/$name.app.log" port pid rc
+  cp -R "$HERE/apps/$name" "$dir"
+  rm -rf "$dir/node_modules" "$dir/dist" "$dir/package-lock.json"
+
+  if ! (cd "$dir" && npm install --no-audit --no-fund "$TARBALL" "$@" && npm run build) >"$log" 2>&1; then
+    fail "$name (npm install or build failed)"
+    tail -n 40 "$log" | sed 's/^/  | /'
+    return 0
+  fi
+
+  port="$(free_port)"
+  (cd "$dir" && PORT="$port" exec node dist/main.js) >"$applog" 2>&1 &
+  pid=$!
+  APP_PIDS+=("$pid")
+
+  rc=0
+  node "$HERE/check.mjs" "$port" "$pid" >>"$log" 2>&1 || rc=$?
+
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+
+  if [[ $rc -eq 0 ]]; then
+    pass "$name"
+  else
+    fail "$name ($(tail -n 1 "$log"))"
+    echo "  app log (last 40 lines):"
+    tail -n 40 "$applog" | sed 's/^/  | /'
+  fi
+  print_warnings "$applog"
+}
+
+run_app esm-nest12 "${COMMON_DEPS[@]}" "${NEST12_DEPS[@]}"
+run_app cjs-nest11 "${COMMON_DEPS[@]}" "${NEST11_DEPS[@]}"
+
+echo "took $((SECONDS - START)) s"
+echo "$PASSED passed, $FAILED failed"
+[[ $FAILED -eq 0 ]]
