@@ -21,7 +21,7 @@ import { fingerprintKey, redactSecrets } from './logging/redact.js';
 import { ModelPolicy } from './models/model-policy.js';
 import { OPENAI_CALL_HOOKS, OPENAI_RESOLVED_OPTIONS } from './openai.constants.js';
 import { isRetryable, retryDelayMs } from './retry/retry-policy.js';
-import { countChatPromptTokens, countTextTokens, messageText } from './tokens/token-counter.js';
+import { countChatPromptTokens, countTextTokens } from './tokens/token-counter.js';
 
 type ChatParams = OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming;
 type ChatCompletion = OpenAI.Chat.Completions.ChatCompletion;
@@ -373,7 +373,8 @@ export class OpenAIService {
       for (let retry = 0; retry <= maxRetries; retry++) {
         if (retry > 0) {
           const wait = retryDelayMs(retry, lastErr, this.options.retry);
-          if (performance.now() + wait >= deadlineAt) break outer;
+          // No time left to wait for this model: the next one (a fallback) needs no wait, try it.
+          if (performance.now() + wait >= deadlineAt) break;
           try {
             await sleep(wait, options.signal);
           } catch (e) {

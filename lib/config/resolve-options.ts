@@ -142,7 +142,10 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   if (!['enforce', 'warn', 'off'].includes(m.pinning)) add('models.pinning', `must be 'enforce', 'warn' or 'off', got ${String(m.pinning)}`, "set 'enforce' in production");
   const resolve = (name: string) => m.aliases[name] ?? name;
   const checkModel = (path: string, name: unknown) => {
-    if (typeof name !== 'string' || name.trim() === '') return add(path, 'must be a model name', 'set a snapshot such as gpt-4o-2024-08-06');
+    if (typeof name !== 'string' || name.trim() === '') {
+      add(path, 'must be a model name', 'set a snapshot such as gpt-4o-2024-08-06');
+      return;
+    }
     const target = resolve(name);
     if (m.pinning === 'enforce' && !isPinnedModel(target)) {
       add(path, `"${name}"${target !== name ? ` (alias of "${target}")` : ''} is not a dated snapshot, and pinning is enforced in "${o.environment}"`, `use a snapshot such as ${target}-2024-08-06 (see the model's page), or map an alias to one`);

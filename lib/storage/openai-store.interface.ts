@@ -50,7 +50,8 @@ export interface WindowRef {
  * in one slot.
  */
 export interface OpenAIStore {
-  readonly kind: 'memory' | 'redis' | string;
+  /** `memory`, `redis`, or the name of a custom store. */
+  readonly kind: string;
   /**
    * Adds `cost` to every window of `key` if all of them have room (`used + cost <= limit`); otherwise
    * adds nothing. Expired windows restart at zero.

@@ -15,8 +15,9 @@ HERE="$ROOT/test/packaging"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nestjs-openai-packaging.XXXXXX")"
 
 # Packages every app installs next to the tarball. The library's peers are not declared in its package.json yet,
-# so they are listed here by hand.
-COMMON_DEPS=(openai@7.59.0 rxjs@^7.8.1 reflect-metadata@^0.2.2 gpt-tokenizer@^4.0.0 zod@^4.0.0 typescript@7.0.2 @types/node@^20.19.0)
+# so they are listed here by hand (gpt-tokenizer and @nestjs/throttler are required at runtime by the main entry).
+COMMON_DEPS=(openai@7.59.0 rxjs@^7.8.1 reflect-metadata@^0.2.2 gpt-tokenizer@^4.0.0 zod@^4.0.0 @nestjs/throttler@^6.7.1
+  typescript@7.0.2 @types/node@^20.19.0)
 NEST12_DEPS=(@nestjs/common@^12 @nestjs/core@^12 @nestjs/platform-express@^12)
 NEST11_DEPS=(@nestjs/common@^11 @nestjs/core@^11 @nestjs/platform-express@^11)
 
@@ -30,11 +31,7 @@ cleanup() {
       kill -9 "$pid" 2>/dev/null || true
     fi
   done
-  if [[ "${KEEP_WORK:-}" == 1 ]]; then
-    echo "work directory kept: $WORK"
-  else
-    rm -rf "$WORK"
-  fi
+  [[ "${KEEP_WORK:-}" == 1 ]] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -64,12 +61,26 @@ print_warnings() {
   done < <(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -E '\(node:[0-9]+\)|Warning:|[[:space:]]WARN[[:space:]]' || true)
 }
 
+# npm's warnings from an install log, one line each (EBADENGINE blocks condensed to package and required engine).
+print_npm_warnings() {
+  local log="$1" line
+  while IFS= read -r line; do
+    echo "  npm warning: $line"
+  done < <(
+    { grep -E '^npm warn EBADENGINE +(package|required):' "$log" || true; } | sed -E 's/^npm warn EBADENGINE +//' |
+      paste -d' ' - - | sed -E 's/^/EBADENGINE /; s/,$//'
+    grep -E '^npm warn ' "$log" | grep -v 'EBADENGINE' || true
+  )
+}
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 1. Build and pack
 # ---------------------------------------------------------------------------------------------------------------------
 START=$SECONDS
 mkdir -p "$WORK/pack"
-echo "building and packing $ROOT (work directory $WORK)"
+KEPT=""
+[[ "${KEEP_WORK:-}" == 1 ]] && KEPT=", kept"
+echo "building and packing $ROOT (work directory $WORK$KEPT)"
 if ! (cd "$ROOT" && npm run build && npm pack --pack-destination "$WORK/pack") >"$WORK/pack.log" 2>&1; then
   fail "build/pack"
   tail -n 40 "$WORK/pack.log" | sed 's/^/  | /'
@@ -118,6 +129,7 @@ run_app() {
   if ! (cd "$dir" && npm install --no-audit --no-fund "$TARBALL" "$@" && npm run build) >"$log" 2>&1; then
     fail "$name (npm install or build failed)"
     tail -n 40 "$log" | sed 's/^/  | /'
+    print_npm_warnings "$log"
     return 0
   fi
 
@@ -142,6 +154,7 @@ run_app() {
     tail -n 40 "$applog" | sed 's/^/  | /'
   fi
   print_warnings "$applog"
+  print_npm_warnings "$log"
 }
 
 run_app esm-nest12 "${COMMON_DEPS[@]}" "${NEST12_DEPS[@]}"
