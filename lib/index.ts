@@ -36,3 +36,7 @@ export * from './storage/index.js';
 export * from './throttling/index.js';
 export * from './health/openai-health.service.js';
 export { InjectOpenAIStore } from './decorators/inject-openai-store.decorator.js';
+export * from './pricing/index.js';
+export * from './usage/index.js';
+export * from './budget/index.js';
+export * from './metrics/index.js';

@@ -7,6 +7,7 @@ import {
   type MiddlewareConsumer,
   type NestModule,
   type OnApplicationShutdown,
+  type OnModuleInit,
   type Provider,
 } from '@nestjs/common';
 import { APP_INTERCEPTOR } from '@nestjs/core';
@@ -19,6 +20,12 @@ import { RequestContextMiddleware } from './middleware/request-context.middlewar
 import { OPENAI_CALL_HOOKS, OPENAI_CLIENT, OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from './openai.constants.js';
 import { OpenAIHealthService } from './health/openai-health.service.js';
 import { createStore } from './storage/create-store.js';
+import { ResilientStore } from './storage/resilient.store.js';
+import { BudgetService } from './budget/budget.service.js';
+import { OpenAIMetricsService } from './metrics/openai-metrics.service.js';
+import { PricingService } from './pricing/pricing.service.js';
+import { UsageHook } from './usage/usage.hook.js';
+import { UsageService } from './usage/usage.service.js';
 import type { OpenAIStore } from './storage/openai-store.interface.js';
 import { OpenAIThrottlerGuard } from './throttling/openai-throttler.guard.js';
 import { OpenAIThrottlerStorage } from './throttling/openai-throttler.storage.js';
@@ -27,11 +34,24 @@ import { TokenLimitHook } from './throttling/token-limit.hook.js';
 import { OPENAI_MODULE_OPTIONS, OpenAIConfigurableModule } from './openai.module-definition.js';
 import { OpenAIService } from './openai.service.js';
 
-/** Closes the store (and a Redis client it opened) when the app shuts down. */
+/**
+ * Connects the store's outage transitions to the metrics, and on shutdown writes pending usage and
+ * budget alerts before closing the store (and a Redis client it opened).
+ */
 @Injectable()
-class OpenAIStoreLifecycle implements OnApplicationShutdown {
-  constructor(@Inject(OPENAI_STORE) private readonly store: OpenAIStore) {}
+class OpenAIStoreLifecycle implements OnModuleInit, OnApplicationShutdown {
+  constructor(
+    @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
+    private readonly metrics: OpenAIMetricsService,
+    private readonly usage: UsageService,
+    private readonly budgets: BudgetService,
+  ) {}
+  onModuleInit(): void {
+    if (this.store instanceof ResilientStore) this.store.onTransition = (degraded) => this.metrics.storageTransition(this.store.kind, degraded);
+  }
   async onApplicationShutdown(): Promise<void> {
+    await this.usage.flush();
+    await this.budgets.flush();
     await this.store.close();
   }
 }
@@ -56,8 +76,17 @@ const providers: Provider[] = [
   OpenAIThrottlerStorage,
   OpenAIThrottlerGuard,
   OpenAIHealthService,
-  // Order matters: token limits first, then (later hooks) budgets.
-  { provide: OPENAI_CALL_HOOKS, inject: [TokenLimitHook], useFactory: (tokens: TokenLimitHook) => [tokens] },
+  PricingService,
+  OpenAIMetricsService,
+  UsageService,
+  UsageHook,
+  BudgetService,
+  // Order matters: token limits, then budgets, then the usage ledger (which only settles).
+  {
+    provide: OPENAI_CALL_HOOKS,
+    inject: [TokenLimitHook, BudgetService, UsageHook],
+    useFactory: (tokens: TokenLimitHook, budgets: BudgetService, usage: UsageHook) => [tokens, budgets, usage],
+  },
   OpenAIService,
   { provide: APP_INTERCEPTOR, useClass: RequestContextInterceptor },
 ];
@@ -84,6 +113,10 @@ const providers: Provider[] = [
     OpenAIThrottlerStorage,
     OpenAIThrottlerGuard,
     OpenAIHealthService,
+    PricingService,
+    OpenAIMetricsService,
+    UsageService,
+    BudgetService,
   ],
 })
 export class OpenAIModule extends OpenAIConfigurableModule implements NestModule {

@@ -1,5 +1,7 @@
 import { HttpException, Inject, Injectable, Logger, Optional } from '@nestjs/common';
-import OpenAI, { APIUserAbortError } from 'openai';
+import OpenAI, { APIConnectionTimeoutError, APIUserAbortError } from 'openai';
+import { OpenAIMetricsService, type StatusClass } from './metrics/openai-metrics.service.js';
+import { PricingService } from './pricing/pricing.service.js';
 import { sseCompleted } from './client/sse-completion.js';
 import { RequestContextStore } from './context/request-context.js';
 import type {
@@ -139,6 +141,8 @@ export class OpenAIService {
     @InjectOpenAI() readonly client: OpenAI,
     @Inject(OPENAI_RESOLVED_OPTIONS) readonly options: ResolvedOpenAIOptions,
     @Optional() @Inject(OPENAI_CALL_HOOKS) hooks?: OpenAICallHook[],
+    @Optional() private readonly pricing: PricingService = new PricingService(options),
+    @Optional() readonly metrics: OpenAIMetricsService = new OpenAIMetricsService({ ...options, metrics: { ...options.metrics, enabled: false } }),
   ) {
     this.policy = new ModelPolicy(options.models);
     this.hooks = hooks ?? [];
@@ -163,7 +167,7 @@ export class OpenAIService {
       const result: ChatResult = {
         completion: ok.data,
         content: ok.data.choices[0]?.message?.content ?? null,
-        ...this.meta(ok, usage, started),
+        ...this.meta(prep, ok, usage, started),
       };
       await this.settle(reservations, result);
       this.logCall(prep, 'ok', result, prep.body, result.content);
@@ -218,7 +222,7 @@ export class OpenAIService {
       const result: ModerationResult = {
         response: ok.data,
         flagged: ok.data.results.some((r) => r.flagged),
-        ...this.meta(ok, { ...ZERO_USAGE }, started),
+        ...this.meta(prep, ok, { ...ZERO_USAGE }, started),
       };
       this.logCall(prep, 'ok', result);
       return result;
@@ -236,16 +240,24 @@ export class OpenAIService {
     options: CallOptions = {},
   ): Promise<EmbeddingResult> {
     const model = request.model ?? this.options.models.embedding;
-    const inputs = Array.isArray(request.input) ? request.input : [request.input];
+    // One token array (`number[]`) is one input, not a list of inputs.
+    const single = !Array.isArray(request.input) || request.input.every((i) => typeof i === 'number');
+    const inputs = single ? [request.input] : request.input;
     const promptTokens = inputs.reduce<number>((n, i) => n + (typeof i === 'string' ? countTextTokens(i) : Array.isArray(i) ? i.length : 0), 0);
     const prep = this.prepareOther('embeddings', model, { ...request }, options, promptTokens);
+    // The embeddings endpoint has no `safety_identifier`: the hashed user goes in its `user` field.
+    if (prep.call.user && this.options.identity.field !== 'none' && request.user == null) {
+      prep.body.user = hashUserId(prep.call.user, this.options.identity.salt);
+    }
     const started = performance.now();
     const reservations = await this.reserve(prep.call);
     try {
       const ok = await this.execute<OpenAI.CreateEmbeddingResponse>(prep, started, (m, a) =>
-        this.client.embeddings.create({ ...request, model: m }, { signal: a.signal, maxRetries: 0 }).withResponse(),
+        this.client.embeddings
+          .create({ ...(prep.body as Omit<OpenAI.EmbeddingCreateParams, 'model'>), model: m }, { signal: a.signal, maxRetries: 0 })
+          .withResponse(),
       );
-      const result: EmbeddingResult = { response: ok.data, ...this.meta(ok, normalizeUsage(ok.data.usage), started) };
+      const result: EmbeddingResult = { response: ok.data, ...this.meta(prep, ok, normalizeUsage(ok.data.usage), started) };
       await this.settle(reservations, result);
       this.logCall(prep, 'ok', result);
       return result;
@@ -273,6 +285,7 @@ export class OpenAIService {
       throw new OpenAIBadRequestException(`${field} ${asked} is above the cap of ${cap}`, { error: 'max_tokens_above_cap' });
     }
     const maxOutputTokens = asked == null ? dflt : Math.min(asked, cap);
+    const fallbacks = this.policy.fallbacksFor(model, options.fallbacks);
     const ctx = RequestContextStore.get();
     const user = options.user ?? ctx?.user;
     const body: Record<string, unknown> = { ...request, model };
@@ -289,8 +302,9 @@ export class OpenAIService {
       requestId: ctx?.requestId,
       promptTokens: countChatPromptTokens(request.messages as never),
       maxOutputTokens,
+      candidates: [model, ...fallbacks],
     };
-    return { call, body, fallbacks: this.policy.fallbacksFor(model, options.fallbacks), options };
+    return { call, body, fallbacks, options };
   }
 
   private prepareOther(endpoint: UpstreamEndpoint, model: string, body: Record<string, unknown>, options: CallOptions, promptTokens = 0): Prepared {
@@ -304,6 +318,7 @@ export class OpenAIService {
       requestId: ctx?.requestId,
       promptTokens,
       maxOutputTokens: 0,
+      candidates: [model],
     };
     return { call, body, fallbacks: [], options };
   }
@@ -400,6 +415,7 @@ export class OpenAIService {
         options.signal?.addEventListener('abort', onCallerAbort, { once: true });
         try {
           const { data, response, request_id } = await attemptFn(model, { signal: controller.signal, controller });
+          this.metrics.attempt(prep.call, model, '2xx', retry > 0);
           return {
             data,
             response,
@@ -412,6 +428,7 @@ export class OpenAIService {
         } catch (err) {
           if (options.signal?.aborted) throw new CallAbortedException(err);
           const error = timedOut && err instanceof APIUserAbortError ? timedOut : err;
+          this.metrics.attempt(prep.call, model, statusClassOf(error), retry > 0);
           if (error instanceof HttpException) throw error;
           lastErr = error;
           if (!isRetryable(error) && !(error instanceof AttemptTimeoutError)) {
@@ -438,21 +455,32 @@ export class OpenAIService {
     throw Object.assign(mapped, { attempts });
   }
 
-  private meta(ok: Success<unknown>, usage: NormalizedUsage, started: number): CallResultMeta {
-    return {
+  private meta(prep: Prepared, ok: Success<unknown>, usage: NormalizedUsage, started: number): CallResultMeta {
+    const meta: CallResultMeta = {
       model: ok.model,
       fallbackFrom: ok.fallbackFrom,
       openaiRequestId: ok.openaiRequestId,
       attempts: ok.attempts,
       latencyMs: performance.now() - started,
       usage,
+      costUsd: this.priceUsage(ok.model, usage),
     };
+    this.metrics.succeeded(prep.call, meta.model, meta.latencyMs, usage, meta.costUsd, meta.fallbackFrom);
+    return meta;
+  }
+
+  /** Cost of `usage` on `model` (USD), reporting an unpriced model. @internal */
+  priceUsage(model: string, usage: NormalizedUsage): number | null {
+    const cost = this.pricing.cost(model, usage);
+    if (cost === null) this.metrics.unpricedCall(model);
+    return cost;
   }
 
   /** Logs the failure and returns the exception to throw. @internal */
   fail(prep: Prepared, err: unknown, started: number): HttpException {
     const mapped = mapUpstreamError(err, prep.call.model);
     const status = mapped.getStatus();
+    this.metrics.failed(prep.call, String((mapped.getResponse() as { error?: unknown }).error ?? status));
     const cause = (mapped as { cause?: unknown }).cause;
     const upstreamStatus = (cause as { status?: number } | undefined)?.status;
     const line = {
@@ -503,6 +531,8 @@ export class OpenAIService {
       prompt_tokens: u.prompt_tokens,
       cached_tokens: u.cached_tokens,
       completion_tokens: u.completion_tokens,
+      reasoning_tokens: u.reasoning_tokens || undefined,
+      cost_usd: result.costUsd,
       usage_estimated: u.estimated || undefined,
     };
     if (this.options.logging.prompts && body) {
@@ -517,6 +547,15 @@ export class OpenAIService {
 function compact<T extends Record<string, unknown>>(line: T): T {
   for (const k of Object.keys(line)) if (line[k] === undefined) delete line[k];
   return line;
+}
+
+/** Status class of a failed attempt, for metrics. */
+function statusClassOf(err: unknown): StatusClass {
+  if (err instanceof AttemptTimeoutError || err instanceof APIConnectionTimeoutError) return 'timeout';
+  const status = (err as { status?: unknown })?.status;
+  if (typeof status === 'number') return status >= 500 ? '5xx' : '4xx';
+  if (err instanceof APIUserAbortError) return 'aborted';
+  return 'connection';
 }
 
 function describeError(err: unknown): string {
@@ -647,9 +686,11 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
       attempts: this.attempts,
       latencyMs: performance.now() - this.started,
       usage: finalUsage,
+      costUsd: this.service.priceUsage(this.model, finalUsage),
       content: this.text,
       finishReason,
     };
+    this.service.metrics.succeeded(this.prep.call, this.model, summary.latencyMs, finalUsage, summary.costUsd, this.fallbackFrom);
     // What was received is accounted even when the stream failed: output was produced and billed.
     await this.service.settle(this.reservations, summary);
     this.service.logCall(this.prep, completed ? 'ok' : 'incomplete', summary, this.prep.body, this.text);

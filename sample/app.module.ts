@@ -4,6 +4,8 @@ import { OpenAIExceptionFilter, OpenAIModule, type OpenAIProfileOptions } from '
 import { BearerAuthGuard } from './auth/bearer-auth.guard.js';
 import { ChatController } from './chat/chat.controller.js';
 import { HealthController } from './health/health.controller.js';
+import { MetricsController } from './metrics/metrics.controller.js';
+import { UsageController } from './usage/usage.controller.js';
 import type { SampleConfig } from './sample.config.js';
 import { SAMPLE_CONFIG } from './sample.tokens.js';
 
@@ -36,6 +38,7 @@ function fromEnvironment(config: SampleConfig): OpenAIProfileOptions {
       ...(config.rpm ? { requests: [perMinute(config.rpm)] } : {}),
       ...(config.tpm ? { tokens: [perMinute(config.tpm)] } : {}),
     },
+    ...(config.budgetDailyUsd ? { budgets: { user: { dailyUsd: config.budgetDailyUsd } } } : {}),
     ...(config.redisUrl
       ? { storage: { type: 'redis', redis: { url: config.redisUrl }, onFailure: config.environment === 'production' ? 'fail-closed' : 'memory' } }
       : {}),
@@ -59,7 +62,7 @@ export class AppModule {
           profiles: { ...PROFILES, [env]: [PROFILES[env] ?? {}, fromEnvironment(config)].reduce(mergeProfile) },
         }),
       ],
-      controllers: [ChatController, HealthController],
+      controllers: [ChatController, HealthController, UsageController, MetricsController],
       providers: [
         { provide: SAMPLE_CONFIG, useValue: config },
         { provide: APP_GUARD, useClass: BearerAuthGuard },

@@ -18,6 +18,8 @@ export interface SampleConfig {
   /** tokens per user per minute (undefined: the profile's default) */
   tpm?: number;
   redisUrl?: string;
+  /** spend budget per user per UTC day (USD) */
+  budgetDailyUsd?: number;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, problems: string[], min = 0): number | undefined {
@@ -26,6 +28,17 @@ function int(env: NodeJS.ProcessEnv, name: string, problems: string[], min = 0):
   const n = Number(raw);
   if (!Number.isInteger(n) || n < min) {
     problems.push(`${name} must be an integer >= ${min}, got "${raw}"`);
+    return undefined;
+  }
+  return n;
+}
+
+function positiveNumber(env: NodeJS.ProcessEnv, name: string, problems: string[]): number | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return undefined;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0) {
+    problems.push(`${name} must be a positive number, got "${raw}"`);
     return undefined;
   }
   return n;
@@ -60,6 +73,7 @@ export function readSampleConfig(env: NodeJS.ProcessEnv, upstream: { apiKey: str
     rpm: int(env, 'RATE_LIMIT_RPM', problems, 1),
     tpm: int(env, 'RATE_LIMIT_TPM', problems, 1),
     redisUrl: env.REDIS_URL || undefined,
+    budgetDailyUsd: positiveNumber(env, 'BUDGET_USD_DAILY', problems),
   };
   if (problems.length) throw new Error(`Invalid sample settings:\n  - ${problems.join('\n  - ')}`);
   return config;

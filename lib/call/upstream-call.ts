@@ -32,6 +32,8 @@ export interface UpstreamCall {
   promptTokens: number;
   /** Output tokens the call may use at most (`max_tokens` after the cap), tokens. */
   maxOutputTokens: number;
+  /** Every model that may answer: `model`, then its fallbacks (budgets reserve at the dearest). */
+  candidates: readonly string[];
 }
 
 /** How a call ended, as hooks and the log line see it. */
@@ -43,6 +45,8 @@ export interface SettledCall {
   openaiRequestId?: string;
   attempts: number;
   latencyMs: number;
+  /** Cost of `usage` on `model` (USD); `null` when the model has no price. */
+  costUsd?: number | null;
 }
 
 /** A hold placed before a call (tokens, budget) that must end exactly once: settled or released. */
@@ -89,4 +93,6 @@ export interface CallResultMeta {
   attempts: number;
   latencyMs: number;
   usage: NormalizedUsage;
+  /** Cost from the price table (USD); `null` when the model has no price. */
+  costUsd: number | null;
 }

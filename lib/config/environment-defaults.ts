@@ -18,6 +18,10 @@ export const BASE_DEFAULTS = {
   identity: { field: 'safety_identifier', salt: '' },
   limits: { requests: [], tokens: [] },
   storage: { type: 'memory', onFailure: 'memory', instances: 1, connectTimeoutMs: 5_000 },
+  pricing: { models: {} },
+  usage: { enabled: true, dailyRetentionDays: 35, monthlyRetentionDays: 400 },
+  budgets: { user: {}, project: {}, alertThresholds: [0.5, 0.8, 1], unpricedModels: 'reject' },
+  metrics: { enabled: true, prefix: 'openai_', latencyBuckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] },
 } satisfies OpenAIProfileOptions;
 
 /**

@@ -22,6 +22,10 @@ const PROFILE_KEYS = new Set<keyof OpenAIProfileOptions>([
   'identity',
   'limits',
   'storage',
+  'pricing',
+  'usage',
+  'budgets',
+  'metrics',
 ]);
 
 /**
@@ -182,5 +186,27 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   if (!isPositiveInt(st.instances)) add('storage.instances', `must be a positive integer, got ${String(st.instances)}`, 'set the number of app instances');
   if (!isPositiveInt(st.connectTimeoutMs)) add('storage.connectTimeoutMs', `must be a positive integer (ms)`, 'set a value such as 5000');
   if (st.memory?.maxKeys !== undefined && !isPositiveInt(st.memory.maxKeys)) add('storage.memory.maxKeys', 'must be a positive integer', 'set a value such as 200000');
+  for (const [model, p] of Object.entries(o.pricing.models)) {
+    for (const k of ['input', 'output', 'cachedInput'] as const) {
+      const v = (p as unknown as Record<string, unknown>)?.[k];
+      if ((k !== 'cachedInput' || v !== undefined) && !(typeof v === 'number' && Number.isFinite(v) && v >= 0)) {
+        add(`pricing.models.${model}.${k}`, `must be a price >= 0 in USD per 1M tokens, got ${String(v)}`, 'copy the price from https://openai.com/api/pricing');
+      }
+    }
+  }
+  for (const key of ['dailyRetentionDays', 'monthlyRetentionDays'] as const) {
+    if (!isPositiveInt(o.usage[key])) add(`usage.${key}`, 'must be a positive integer (days)', 'set a value such as 35');
+  }
+  for (const scope of ['user', 'project'] as const) {
+    for (const period of ['dailyUsd', 'monthlyUsd'] as const) {
+      const v = o.budgets[scope]?.[period];
+      if (v !== undefined && !(typeof v === 'number' && Number.isFinite(v) && v > 0)) add(`budgets.${scope}.${period}`, `must be a positive amount in USD, got ${String(v)}`, 'set an amount such as 5, or remove it');
+    }
+  }
+  if (!Array.isArray(o.budgets.alertThresholds) || o.budgets.alertThresholds.some((t) => !(typeof t === 'number' && t > 0 && t <= 1))) {
+    add('budgets.alertThresholds', 'must be fractions in (0, 1]', 'set e.g. [0.5, 0.8, 1]');
+  }
+  if (!['reject', 'allow'].includes(o.budgets.unpricedModels)) add('budgets.unpricedModels', "must be 'reject' or 'allow'", "set 'reject'");
+  if (!o.metrics.prefix || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(o.metrics.prefix)) add('metrics.prefix', 'must be a valid Prometheus name prefix', "set 'openai_'");
   if (!['safety_identifier', 'user', 'none'].includes(o.identity.field)) add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
 }

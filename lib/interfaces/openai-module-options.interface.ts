@@ -1,3 +1,6 @@
+import type { Registry } from 'prom-client';
+import type { BudgetAlertEvent } from '../budget/budget-alert.event.js';
+import type { ModelPrice } from '../pricing/default-prices.js';
 import type { MemoryStoreOptions } from '../storage/memory.store.js';
 import type { StorageFailurePolicy } from '../storage/openai-store.interface.js';
 import type { RedisStoreOptions } from '../storage/redis.store.js';
@@ -216,6 +219,71 @@ export interface StorageOptions {
   connectTimeoutMs?: number;
 }
 
+/** The price table. */
+export interface PricingOptions {
+  /**
+   * Prices (USD per 1M tokens) laid over the shipped `DEFAULT_PRICES` (see its date and source), by
+   * model snapshot or base name, e.g. `{ 'gpt-4o-2024-08-06': { input: 2.5, cachedInput: 1.25, output: 10 } }`.
+   * @default {}
+   */
+  models?: Record<string, ModelPrice>;
+}
+
+/** Usage ledger (per user, route and model; per day and month). */
+export interface UsageOptions {
+  /** Record usage and cost in the shared store. @default true */
+  enabled?: boolean;
+  /** Days a user's or the project's daily totals are kept. @default 35 */
+  dailyRetentionDays?: number;
+  /** Days monthly totals are kept. @default 400 */
+  monthlyRetentionDays?: number;
+}
+
+/** A spend limit (USD) per calendar period (UTC). */
+export interface SpendLimit {
+  /** Most spend per UTC day (USD). @default undefined (none) */
+  dailyUsd?: number;
+  /** Most spend per UTC calendar month (USD). @default undefined (none) */
+  monthlyUsd?: number;
+}
+
+/** Spend budgets with alerts. */
+export interface BudgetOptions {
+  /** Limits of each end user. @default {} */
+  user?: SpendLimit;
+  /** Limits of the whole project (all users of all instances sharing the store). @default {} */
+  project?: SpendLimit;
+  /**
+   * A user's own limits (e.g. by plan); `undefined` keeps `user`. Keep it O(1).
+   * @default undefined
+   */
+  userLimits?: (user: string) => SpendLimit | undefined | Promise<SpendLimit | undefined>;
+  /**
+   * Fractions of a limit at which an alert fires, once per period and subject.
+   * @default [0.5, 0.8, 1]
+   */
+  alertThresholds?: number[];
+  /** Called for each alert (also on `BudgetService.alerts$` and logged as a warning). @default undefined */
+  onAlert?: (event: BudgetAlertEvent) => void | Promise<void>;
+  /**
+   * A call to a model without a price while a budget applies: `reject` it (400) or `allow` it uncounted.
+   * @default 'reject'
+   */
+  unpricedModels?: 'reject' | 'allow';
+}
+
+/** Prometheus metrics (prom-client). */
+export interface MetricsOptions {
+  /** Collect metrics. @default true */
+  enabled?: boolean;
+  /** Registry to register in; default: a registry of the library's own (serve it with `OpenAIMetricsService.metrics()`). */
+  registry?: Registry;
+  /** Prefix of metric names. @default 'openai_' */
+  prefix?: string;
+  /** Buckets of the latency histograms (seconds). @default [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] */
+  latencyBuckets?: number[];
+}
+
 /** Options a profile may override: everything but the profiles themselves and `environment`. */
 export interface OpenAIProfileOptions {
   apiKey?: string | ApiKeyProvider;
@@ -231,6 +299,10 @@ export interface OpenAIProfileOptions {
   identity?: IdentityOptions;
   limits?: LimitsOptions;
   storage?: StorageOptions;
+  pricing?: PricingOptions;
+  usage?: UsageOptions;
+  budgets?: BudgetOptions;
+  metrics?: MetricsOptions;
 }
 
 /**
@@ -277,4 +349,8 @@ export interface ResolvedOpenAIOptions {
   identity: Required<IdentityOptions>;
   limits: Required<Pick<LimitsOptions, 'requests' | 'tokens'>> & Pick<LimitsOptions, 'tiers' | 'getTracker'>;
   storage: Required<Pick<StorageOptions, 'type' | 'onFailure' | 'instances' | 'connectTimeoutMs'>> & Pick<StorageOptions, 'memory' | 'redis'>;
+  pricing: Required<PricingOptions>;
+  usage: Required<UsageOptions>;
+  budgets: Required<Pick<BudgetOptions, 'user' | 'project' | 'alertThresholds' | 'unpricedModels'>> & Pick<BudgetOptions, 'onAlert' | 'userLimits'>;
+  metrics: Required<Pick<MetricsOptions, 'enabled' | 'prefix' | 'latencyBuckets'>> & Pick<MetricsOptions, 'registry'>;
 }

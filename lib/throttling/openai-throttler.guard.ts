@@ -2,6 +2,7 @@ import { Inject, Injectable, type ExecutionContext } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
 import { ThrottlerGuard, normalizeIp } from '@nestjs/throttler';
 import { RequestContextStore } from '../context/request-context.js';
+import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import type { ResolvedOpenAIOptions, ThrottleWindow } from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
 import { OpenAIThrottlerStorage } from './openai-throttler.storage.js';
@@ -36,6 +37,7 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
     @Inject(RateLimitService) private readonly limiter: RateLimitService,
     @Inject(OpenAIThrottlerStorage) storage: OpenAIThrottlerStorage,
     @Inject(Reflector) reflector: Reflector,
+    @Inject(OpenAIMetricsService) private readonly metrics: OpenAIMetricsService,
   ) {
     super({ throttlers: openaiOptions.limits.requests.map((w) => ({ name: w.name, limit: w.limit, ttl: w.ttl })) }, storage, reflector);
   }
@@ -75,6 +77,7 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
       const w = result.blockedBy!;
       const retryAfter = Math.max(1, Math.ceil(w.resetMs / 1000));
       this.setResponseHeader(res, 'retry-after', retryAfter);
+      this.metrics.rateLimited('requests', w.name);
       throw new RateLimitExceededException('requests', w.name, w.limit, retryAfter);
     }
     return true;

@@ -1,6 +1,7 @@
 import { Injectable } from '@nestjs/common';
 import type { CallReservation, OpenAICallHook, SettledCall, UpstreamCall } from '../call/upstream-call.js';
 import { RequestContextStore } from '../context/request-context.js';
+import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { RateLimitExceededException, TokenReservationTooLargeException } from './rate-limit.exceptions.js';
 import { RateLimitService } from './rate-limit.service.js';
 
@@ -11,7 +12,10 @@ import { RateLimitService } from './rate-limit.service.js';
  */
 @Injectable()
 export class TokenLimitHook implements OpenAICallHook {
-  constructor(private readonly limits: RateLimitService) {}
+  constructor(
+    private readonly limits: RateLimitService,
+    private readonly metrics: OpenAIMetricsService,
+  ) {}
 
   async reserve(call: UpstreamCall): Promise<CallReservation | void> {
     if (call.user === undefined || call.endpoint === 'moderations') return;
@@ -25,6 +29,7 @@ export class TokenLimitHook implements OpenAICallHook {
       const w = result.blockedBy!;
       const retryAfter = Math.max(1, Math.ceil(w.resetMs / 1000));
       RequestContextStore.setHeader('retry-after', retryAfter);
+      this.metrics.rateLimited('tokens', w.name);
       throw new RateLimitExceededException('tokens', w.name, w.limit, retryAfter);
     }
     const user = call.user;

@@ -27,7 +27,7 @@ export class ChatController {
       model: r.model,
       content: r.content,
       usage: { prompt_tokens: r.usage.prompt_tokens, completion_tokens: r.usage.completion_tokens, total_tokens: r.usage.total_tokens },
-      cost_usd: null,
+      cost_usd: r.costUsd,
       request_id: RequestContextStore.get()?.requestId,
       openai_request_id: r.openaiRequestId ?? null,
     };
@@ -38,6 +38,6 @@ export class ChatController {
     // Errors before the first byte (400, 429, 502, 504) go through the exception filter as JSON.
     const stream = await this.openai.stream(body, { signal: clientAbortSignal(res) });
     res.hijack?.();
-    await sendChatStreamAsSse(stream, rawResponse(res));
+    await sendChatStreamAsSse(stream, rawResponse(res), { summaryFields: (s) => ({ cost_usd: s.costUsd }) });
   }
 }

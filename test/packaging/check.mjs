@@ -33,7 +33,8 @@ for (;;) {
     break;
   } catch (err) {
     const code = err?.cause?.code;
-    if (code !== 'ECONNREFUSED' && code !== 'ECONNRESET') fail(`POST ${url} failed: ${err?.cause?.message ?? err}`);
+    if (code !== 'ECONNREFUSED' && code !== 'ECONNRESET')
+      fail(`POST ${url} failed: ${err?.cause?.message ?? err}`);
     if (Date.now() > deadline) fail(`the app did not listen on port ${port} within 45 s`);
     await new Promise((r) => setTimeout(r, 200));
   }
@@ -47,7 +48,8 @@ try {
 } catch {
   fail(`POST /chat answered non-JSON: ${text}`);
 }
-if (json.content !== 'Echo: Say hello') fail(`content is ${JSON.stringify(json.content)}, expected "Echo: Say hello": ${text}`);
+if (json.content !== 'Echo: Say hello')
+  fail(`content is ${JSON.stringify(json.content)}, expected "Echo: Say hello": ${text}`);
 if (typeof json.openai_request_id !== 'string' || !json.openai_request_id.startsWith('req_')) {
   fail(`openai_request_id ${JSON.stringify(json.openai_request_id)} does not start with "req_": ${text}`);
 }

@@ -14,10 +14,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$ROOT/test/packaging"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nestjs-openai-packaging.XXXXXX")"
 
-# Packages every app installs next to the tarball. The library's peers are not declared in its package.json yet,
-# so they are listed here by hand (gpt-tokenizer and @nestjs/throttler are required at runtime by the main entry).
-COMMON_DEPS=(openai@7.59.0 rxjs@^7.8.1 reflect-metadata@^0.2.2 gpt-tokenizer@^4.0.0 zod@^4.0.0 @nestjs/throttler@^6.7.1
-  typescript@7.0.2 @types/node@^20.19.0)
+# What a user installs next to the package: the Nest packages, openai, rxjs, reflect-metadata (and the app's own
+# typescript and @types/node). Everything else the library needs at runtime (zod, gpt-tokenizer, @nestjs/throttler)
+# must come from the package's own dependencies / peerDependencies, so it is deliberately not listed here.
+COMMON_DEPS=(openai@7.59.0 rxjs@^7.8.1 reflect-metadata@^0.2.2 typescript@7.0.2 @types/node@^20.19.0)
 NEST12_DEPS=(@nestjs/common@^12 @nestjs/core@^12 @nestjs/platform-express@^12)
 NEST11_DEPS=(@nestjs/common@^11 @nestjs/core@^11 @nestjs/platform-express@^11)
 
@@ -151,7 +151,7 @@ run_app() {
   else
     fail "$name ($(tail -n 1 "$log"))"
     echo "  app log (last 40 lines):"
-    tail -n 40 "$applog" | sed 's/^/  | /'
+    tail -n 40 "$applog" | sed 's/\x1b\[[0-9;]*m//g; s/^/  | /'
   fi
   print_warnings "$applog"
   print_npm_warnings "$log"

@@ -4,6 +4,7 @@ import { APP_FILTER } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
 import {
+  OPENAI_CALL_HOOKS,
   OPENAI_REQUEST_ID_HEADER,
   OpenAIExceptionFilter,
   OpenAIModule,
@@ -14,6 +15,7 @@ import {
   sendChatStreamAsSse,
   setResponseHeader,
   type ChatRequest,
+  type OpenAICallHook,
   type OpenAIModuleOptions,
 } from '../../lib/index.js';
 import { CapturingLogger } from './capturing-logger.js';
@@ -65,6 +67,8 @@ export interface FixtureOptions {
   imports?: Array<Type | DynamicModule>;
   /** The OpenAIModule import; default `OpenAIModule.forRoot(options)`. */
   openai?: DynamicModule;
+  /** Replaces the module's call hooks (to observe reservations, settlements and releases). */
+  hooks?: OpenAICallHook[];
 }
 
 export interface FixtureHandle {
@@ -90,13 +94,13 @@ export function fixtureOptions(baseURL: string, apiKey: OpenAIModuleOptions['api
 /** Starts (without listening) a fixture app on `platform`. */
 export async function startFixtureApp(platform: Platform, options: OpenAIModuleOptions, fixture: FixtureOptions = {}): Promise<FixtureHandle> {
   const logger = new CapturingLogger();
-  const moduleRef = await Test.createTestingModule({
+  const builder = Test.createTestingModule({
     imports: [fixture.openai ?? OpenAIModule.forRoot({ ...options }), ...(fixture.imports ?? [])],
     controllers: fixture.controllers ?? [FixtureController],
     providers: [{ provide: APP_FILTER, useClass: OpenAIExceptionFilter }, ...(fixture.providers ?? [])],
-  })
-    .setLogger(logger)
-    .compile();
+  });
+  if (fixture.hooks) builder.overrideProvider(OPENAI_CALL_HOOKS).useValue(fixture.hooks);
+  const moduleRef = await builder.setLogger(logger).compile();
   const app = platform === 'fastify' ? moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger }) : moduleRef.createNestApplication({ logger });
   await app.init();
   if (platform === 'fastify') await (app as NestFastifyApplication).getHttpAdapter().getInstance().ready();

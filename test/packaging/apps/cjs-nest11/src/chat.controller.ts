@@ -11,7 +11,9 @@ export class ChatController {
 
   @Post('chat')
   @HttpCode(200)
-  async chat(@Body() body: ChatBody): Promise<{ content: string | null; openai_request_id: string | undefined }> {
+  async chat(
+    @Body() body: ChatBody,
+  ): Promise<{ content: string | null; openai_request_id: string | undefined }> {
     const r = await this.openai.chat({ messages: body.messages });
     return { content: r.content, openai_request_id: r.openaiRequestId };
   }

@@ -7,7 +7,9 @@ async function main(): Promise<void> {
   const fake = await FakeOpenAIServer.start();
   const app = await NestFactory.create(AppModule.register(fake.baseURL));
   await app.listen(Number(process.env.PORT ?? 3000), '127.0.0.1');
-  console.log(`packaging app listening on http://127.0.0.1:${process.env.PORT ?? 3000} (fake upstream ${fake.baseURL})`);
+  console.log(
+    `packaging app listening on http://127.0.0.1:${process.env.PORT ?? 3000} (fake upstream ${fake.baseURL})`,
+  );
 
   const stop = async (): Promise<void> => {
     await app.close();

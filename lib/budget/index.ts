@@ -1,0 +1,3 @@
+export * from './budget-alert.event.js';
+export * from './budget.exceptions.js';
+export * from './budget.service.js';

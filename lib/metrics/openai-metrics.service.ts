@@ -1,0 +1,147 @@
+import { Inject, Injectable } from '@nestjs/common';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { NormalizedUsage, UpstreamCall } from '../call/upstream-call.js';
+import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
+import { DEFAULT_PRICES } from '../pricing/default-prices.js';
+
+/** HTTP status class of an upstream outcome, or `timeout` / `connection` when there was no status. */
+export type StatusClass = '2xx' | '4xx' | '5xx' | 'timeout' | 'connection' | 'aborted';
+
+/**
+ * The library's Prometheus metrics (prom-client). Labels are low-cardinality by construction: model
+ * (a configured or priced model, else `other`), route (the route pattern), status class, window and
+ * category names; never users or request IDs. Disabled (`metrics.enabled: false`): every method is a no-op.
+ *
+ * Serve them from your own controller:
+ * @example @Get('metrics') async metrics(@Res() res) { res.type(this.metrics.contentType).send(await this.metrics.metrics()); }
+ */
+@Injectable()
+export class OpenAIMetricsService {
+  /** The registry holding the metrics. */
+  readonly registry: Registry;
+  private readonly enabled: boolean;
+  private readonly knownModels: Set<string>;
+  private readonly upstreamRequests: Counter<'endpoint' | 'model' | 'status_class'>;
+  private readonly upstreamErrors: Counter<'endpoint' | 'model' | 'error'>;
+  private readonly upstreamLatency: Histogram<'endpoint' | 'model'>;
+  private readonly tokens: Counter<'model' | 'route' | 'type'>;
+  private readonly cost: Counter<'model' | 'route'>;
+  private readonly retries: Counter<'model'>;
+  private readonly fallbacks: Counter<'from' | 'to'>;
+  private readonly rateLimitRejections: Counter<'kind' | 'limit'>;
+  private readonly budgetRejections: Counter<'scope' | 'period'>;
+  private readonly moderationChecks: Counter<'direction' | 'outcome'>;
+  private readonly moderationFlags: Counter<'direction' | 'category'>;
+  private readonly storageErrors: Counter<'store'>;
+  private readonly storageDegraded: Gauge<'store'>;
+  private readonly unpriced: Counter<'model'>;
+  private readonly estimatedUsage: Counter<'model'>;
+
+  constructor(@Inject(OPENAI_RESOLVED_OPTIONS) options: ResolvedOpenAIOptions) {
+    const m = options.metrics;
+    this.enabled = m.enabled;
+    this.registry = m.registry ?? new Registry();
+    const models = options.models;
+    this.knownModels = new Set([
+      ...Object.keys(DEFAULT_PRICES),
+      ...Object.keys(options.pricing.models),
+      models.default,
+      ...Object.values(models.aliases),
+      ...models.fallbacks,
+      ...(models.allow ?? []),
+      models.moderation,
+      models.embedding,
+    ]);
+    const p = m.prefix;
+    const registers = [this.registry];
+    const counter = <L extends string>(name: string, help: string, labelNames: L[]) => new Counter<L>({ name: p + name, help, labelNames, registers });
+    this.upstreamRequests = counter('upstream_requests_total', 'Upstream (OpenAI) attempts by outcome', ['endpoint', 'model', 'status_class']);
+    this.upstreamErrors = counter('upstream_errors_total', 'Calls that failed after retries and fallbacks, by error code', ['endpoint', 'model', 'error']);
+    this.upstreamLatency = new Histogram({
+      name: `${p}upstream_latency_seconds`,
+      help: 'Latency of successful upstream calls, retries included (s)',
+      labelNames: ['endpoint', 'model'],
+      buckets: m.latencyBuckets,
+      registers,
+    });
+    this.tokens = counter('tokens_total', 'Tokens by type: prompt, cached (part of prompt), completion, reasoning (part of completion)', ['model', 'route', 'type']);
+    this.cost = counter('cost_usd_total', 'Spend in USD from the price table', ['model', 'route']);
+    this.retries = counter('retries_total', 'Retries of upstream calls', ['model']);
+    this.fallbacks = counter('fallbacks_total', 'Calls answered by a fallback model', ['from', 'to']);
+    this.rateLimitRejections = counter('rate_limit_rejections_total', 'Requests refused by a per-user limit', ['kind', 'limit']);
+    this.budgetRejections = counter('budget_rejections_total', 'Calls refused by a spend budget', ['scope', 'period']);
+    this.moderationChecks = counter('moderation_checks_total', 'Moderation checks by outcome (clean, flagged, error)', ['direction', 'outcome']);
+    this.moderationFlags = counter('moderation_flags_total', 'Flagged moderation categories', ['direction', 'category']);
+    this.storageErrors = counter('storage_errors_total', 'Shared store outages (transitions to degraded)', ['store']);
+    this.storageDegraded = new Gauge({ name: `${p}storage_degraded`, help: '1 while the shared store is down and its failure policy is in force', labelNames: ['store'], registers });
+    this.unpriced = counter('unpriced_calls_total', 'Calls to models without a price (cost unknown)', ['model']);
+    this.estimatedUsage = counter('estimated_usage_total', 'Calls whose usage was estimated (stream cut before its usage chunk)', ['model']);
+  }
+
+  /** Content type of `metrics()`. */
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** The Prometheus text exposition of the registry. */
+  metrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** A model name safe as a label: configured or priced models keep their name, any other is `other`. */
+  modelLabel(model: string): string {
+    if (this.knownModels.has(model)) return model;
+    const base = model.replace(/-(?:\d{4}-\d{2}-\d{2}|\d{4})$/, '');
+    return this.knownModels.has(base) ? model : 'other';
+  }
+
+  attempt(call: UpstreamCall, model: string, status: StatusClass, retry: boolean): void {
+    if (!this.enabled) return;
+    this.upstreamRequests.inc({ endpoint: call.endpoint, model: this.modelLabel(model), status_class: status });
+    if (retry) this.retries.inc({ model: this.modelLabel(model) });
+  }
+
+  succeeded(call: UpstreamCall, model: string, latencyMs: number, usage: NormalizedUsage, costUsd: number | null, fallbackFrom?: string): void {
+    if (!this.enabled) return;
+    const ml = this.modelLabel(model);
+    const route = call.route ?? 'none';
+    this.upstreamLatency.observe({ endpoint: call.endpoint, model: ml }, latencyMs / 1000);
+    this.tokens.inc({ model: ml, route, type: 'prompt' }, usage.prompt_tokens);
+    this.tokens.inc({ model: ml, route, type: 'cached' }, usage.cached_tokens);
+    this.tokens.inc({ model: ml, route, type: 'completion' }, usage.completion_tokens);
+    this.tokens.inc({ model: ml, route, type: 'reasoning' }, usage.reasoning_tokens);
+    if (costUsd !== null) this.cost.inc({ model: ml, route }, costUsd);
+    if (usage.estimated) this.estimatedUsage.inc({ model: ml });
+    if (fallbackFrom) this.fallbacks.inc({ from: this.modelLabel(fallbackFrom), to: ml });
+  }
+
+  failed(call: UpstreamCall, error: string): void {
+    if (!this.enabled) return;
+    this.upstreamErrors.inc({ endpoint: call.endpoint, model: this.modelLabel(call.model), error });
+  }
+
+  rateLimited(kind: 'requests' | 'tokens', limit: string): void {
+    if (this.enabled) this.rateLimitRejections.inc({ kind, limit });
+  }
+
+  budgetRejected(scope: 'user' | 'project', period: 'day' | 'month'): void {
+    if (this.enabled) this.budgetRejections.inc({ scope, period });
+  }
+
+  moderation(direction: 'input' | 'output', outcome: 'clean' | 'flagged' | 'error', categories: readonly string[] = []): void {
+    if (!this.enabled) return;
+    this.moderationChecks.inc({ direction, outcome });
+    for (const category of categories) this.moderationFlags.inc({ direction, category });
+  }
+
+  storageTransition(store: string, degraded: boolean): void {
+    if (!this.enabled) return;
+    this.storageDegraded.set({ store }, degraded ? 1 : 0);
+    if (degraded) this.storageErrors.inc({ store });
+  }
+
+  unpricedCall(model: string): void {
+    if (this.enabled) this.unpriced.inc({ model: this.modelLabel(model) });
+  }
+}

@@ -1,0 +1,39 @@
+/** Prices of one model in USD per 1M tokens. */
+export interface ModelPrice {
+  /** Uncached input (prompt) tokens, USD per 1M. */
+  input: number;
+  /** Input tokens served from OpenAI's prompt cache, USD per 1M. Defaults to `input` when absent. */
+  cachedInput?: number;
+  /** Output (completion, reasoning included) tokens, USD per 1M. */
+  output: number;
+}
+
+/** When and where the shipped prices were taken. Override or extend them with `pricing.models`. */
+export const DEFAULT_PRICES_SOURCE = { asOf: '2025-08-07', url: 'https://openai.com/api/pricing' } as const;
+
+/**
+ * Standard-tier prices (USD per 1M tokens) of current OpenAI models, from {@link DEFAULT_PRICES_SOURCE}.
+ * Keys are snapshot names; a snapshot not listed here is looked up by its base name (the name without
+ * its date), so `gpt-4o-mini-2024-07-18` and `gpt-4o-mini` share a price unless one is listed itself.
+ */
+export const DEFAULT_PRICES: Readonly<Record<string, ModelPrice>> = Object.freeze({
+  'gpt-5': { input: 1.25, cachedInput: 0.125, output: 10 },
+  'gpt-5-mini': { input: 0.25, cachedInput: 0.025, output: 2 },
+  'gpt-5-nano': { input: 0.05, cachedInput: 0.005, output: 0.4 },
+  'gpt-4.1': { input: 2, cachedInput: 0.5, output: 8 },
+  'gpt-4.1-mini': { input: 0.4, cachedInput: 0.1, output: 1.6 },
+  'gpt-4.1-nano': { input: 0.1, cachedInput: 0.025, output: 0.4 },
+  'gpt-4o': { input: 2.5, cachedInput: 1.25, output: 10 },
+  'gpt-4o-2024-05-13': { input: 5, output: 15 },
+  'gpt-4o-mini': { input: 0.15, cachedInput: 0.075, output: 0.6 },
+  o3: { input: 2, cachedInput: 0.5, output: 8 },
+  'o3-mini': { input: 1.1, cachedInput: 0.55, output: 4.4 },
+  'o4-mini': { input: 1.1, cachedInput: 0.275, output: 4.4 },
+  o1: { input: 15, cachedInput: 7.5, output: 60 },
+  'text-embedding-3-small': { input: 0.02, output: 0 },
+  'text-embedding-3-large': { input: 0.13, output: 0 },
+  'text-embedding-ada-002': { input: 0.1, output: 0 },
+  // Moderation is free of charge.
+  'omni-moderation-latest': { input: 0, output: 0 },
+  'omni-moderation-2024-09-26': { input: 0, output: 0 },
+});

@@ -1,0 +1,2 @@
+export * from './default-prices.js';
+export * from './pricing.service.js';

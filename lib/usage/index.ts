@@ -1,0 +1,2 @@
+export * from './usage.service.js';
+export * from './usage.hook.js';

@@ -1,0 +1,156 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import type { NormalizedUsage } from '../call/upstream-call.js';
+import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
+import { keyPart, type OpenAIStore } from '../storage/openai-store.interface.js';
+
+/** Totals of a period (tokens; USD). */
+export interface UsageTotals {
+  requests: number;
+  prompt_tokens: number;
+  /** Part of `prompt_tokens` served from OpenAI's prompt cache. */
+  cached_tokens: number;
+  completion_tokens: number;
+  /** Part of `completion_tokens` spent on reasoning. */
+  reasoning_tokens: number;
+  /** Spend of the priced calls (USD). */
+  cost_usd: number;
+  /** Calls to models without a price: their cost is not in `cost_usd`. */
+  unpriced_requests: number;
+  /** Calls whose usage was estimated (a stream cut before its usage chunk). */
+  estimated_requests: number;
+}
+
+/** A breakdown line (per model or per route). */
+export interface UsageBreakdown {
+  requests: number;
+  total_tokens: number;
+  cost_usd: number;
+}
+
+/** Usage of a user or of the whole project for one period. */
+export interface UsageReport extends UsageTotals {
+  /** The user, or `null` for the project. */
+  user: string | null;
+  period: 'day' | 'month';
+  /** `YYYY-MM-DD` or `YYYY-MM` (UTC). */
+  period_key: string;
+  by_model: Record<string, UsageBreakdown>;
+  by_route: Record<string, UsageBreakdown>;
+}
+
+/** One call to record. */
+export interface UsageEntry {
+  user?: string;
+  route?: string;
+  model: string;
+  usage: NormalizedUsage;
+  /** USD, or null when the model has no price. */
+  costUsd: number | null;
+}
+
+const DAY_MS = 86_400_000;
+const TOTAL_FIELDS = ['requests', 'prompt_tokens', 'cached_tokens', 'completion_tokens', 'reasoning_tokens', 'cost_usd', 'unpriced_requests', 'estimated_requests'] as const;
+
+/** UTC period keys of `at`. */
+export function periodKeys(at: Date): { day: string; month: string } {
+  const iso = at.toISOString();
+  return { day: iso.slice(0, 10), month: iso.slice(0, 7) };
+}
+
+const label = (s: string) => s.replace(/[|]/g, '_').slice(0, 120);
+
+/**
+ * The usage ledger: per user and for the project, per UTC day and month, with breakdowns by model and
+ * by route. Writes go to the shared store off the request path (one atomic write per key); `flush()`
+ * (called by the module on shutdown, before the store closes) waits for those in flight.
+ */
+@Injectable()
+export class UsageService {
+  private readonly logger = new Logger('OpenAIUsage');
+  private readonly pending = new Set<Promise<void>>();
+
+  constructor(
+    @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
+    @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
+  ) {}
+
+  /** Records one call; returns at once (the write is tracked for `flush()`). */
+  record(entry: UsageEntry, at = new Date()): void {
+    if (!this.options.usage.enabled) return;
+    const u = entry.usage;
+    const cost = entry.costUsd ?? 0;
+    const model = label(entry.model);
+    const route = label(entry.route ?? 'none');
+    const fields: Record<string, number> = {
+      requests: 1,
+      prompt_tokens: u.prompt_tokens,
+      cached_tokens: u.cached_tokens,
+      completion_tokens: u.completion_tokens,
+      reasoning_tokens: u.reasoning_tokens,
+      cost_usd: cost,
+      unpriced_requests: entry.costUsd === null ? 1 : 0,
+      estimated_requests: u.estimated ? 1 : 0,
+      [`m|${model}|requests`]: 1,
+      [`m|${model}|total_tokens`]: u.total_tokens,
+      [`m|${model}|cost_usd`]: cost,
+      [`r|${route}|requests`]: 1,
+      [`r|${route}|total_tokens`]: u.total_tokens,
+      [`r|${route}|cost_usd`]: cost,
+    };
+    for (const k of Object.keys(fields)) if (fields[k] === 0) delete fields[k];
+    const { day, month } = periodKeys(at);
+    const dayTtl = this.options.usage.dailyRetentionDays * DAY_MS;
+    const monthTtl = this.options.usage.monthlyRetentionDays * DAY_MS;
+    const writes: Array<Promise<void>> = [
+      this.store.incrementFields(this.key(null, day), fields, dayTtl),
+      this.store.incrementFields(this.key(null, month), fields, monthTtl),
+    ];
+    if (entry.user !== undefined) {
+      writes.push(this.store.incrementFields(this.key(entry.user, day), fields, dayTtl));
+      writes.push(this.store.incrementFields(this.key(entry.user, month), fields, monthTtl));
+    }
+    const p = Promise.all(writes).then(
+      () => undefined,
+      (err: unknown) => this.logger.error(`recording usage failed: ${(err as Error)?.message ?? String(err)}`),
+    );
+    this.pending.add(p);
+    void p.finally(() => this.pending.delete(p));
+  }
+
+  /**
+   * Totals of `user` (or of the project when `user` is null) for the UTC day or month containing `at`.
+   * Includes what was recorded on every instance sharing the store.
+   */
+  async totals(user: string | null, period: 'day' | 'month' = 'day', at = new Date()): Promise<UsageReport> {
+    const keys = periodKeys(at);
+    const periodKey = period === 'day' ? keys.day : keys.month;
+    const raw = await this.store.getFields(this.key(user, periodKey));
+    const report: UsageReport = {
+      user,
+      period,
+      period_key: periodKey,
+      ...(Object.fromEntries(TOTAL_FIELDS.map((f) => [f, raw[f] ?? 0])) as unknown as UsageTotals),
+      by_model: {},
+      by_route: {},
+    };
+    for (const [field, value] of Object.entries(raw)) {
+      const parts = field.split('|');
+      if (parts.length !== 3) continue;
+      const target = parts[0] === 'm' ? report.by_model : parts[0] === 'r' ? report.by_route : undefined;
+      if (!target) continue;
+      const line = (target[parts[1]] ??= { requests: 0, total_tokens: 0, cost_usd: 0 });
+      (line as unknown as Record<string, number>)[parts[2]] = value;
+    }
+    return report;
+  }
+
+  /** Waits until every recorded call is written. */
+  async flush(): Promise<void> {
+    while (this.pending.size) await Promise.all([...this.pending]);
+  }
+
+  private key(user: string | null, period: string): string {
+    return user === null ? `usage:project:${period}` : `usage:user:${keyPart(user)}:${period}`;
+  }
+}

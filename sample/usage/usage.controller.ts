@@ -1,0 +1,28 @@
+import { Controller, Get, Req } from '@nestjs/common';
+import { BudgetService, UsageService } from '../../lib/index.js';
+
+@Controller('usage')
+export class UsageController {
+  constructor(
+    private readonly usage: UsageService,
+    private readonly budgets: BudgetService,
+  ) {}
+
+  /** The caller's totals for the current UTC day, and its daily budget. */
+  @Get()
+  async today(@Req() req: { user: { id: string } }) {
+    const user = req.user.id;
+    const [u, budget] = await Promise.all([this.usage.totals(user, 'day'), this.budgets.status(user)]);
+    const daily = budget.find((b) => b.period === 'day');
+    return {
+      user,
+      requests: u.requests,
+      prompt_tokens: u.prompt_tokens,
+      cached_tokens: u.cached_tokens,
+      completion_tokens: u.completion_tokens,
+      cost_usd: u.cost_usd,
+      by_model: u.by_model,
+      budget: daily ? { limit_usd: daily.limit_usd, remaining_usd: daily.remaining_usd, period: 'day', resets_at: daily.resets_at } : null,
+    };
+  }
+}
