@@ -2,11 +2,12 @@ import { ConsoleLogger, type INestApplication, type LoggerService } from '@nestj
 import { NestFactory } from '@nestjs/core';
 import { FastifyAdapter } from '@nestjs/platform-fastify';
 import { AppModule } from './app.module.js';
+import { JsonLogger } from './json-logger.js';
 import type { SampleConfig } from './sample.config.js';
 
 /** Creates (without listening) the sample app on the configured platform. */
 export async function createSampleApp(config: SampleConfig, logger?: LoggerService): Promise<INestApplication> {
-  const log = logger ?? new ConsoleLogger({ json: config.logFormat === 'json', prefix: 'sample' });
+  const log = logger ?? (config.logFormat === 'json' ? new JsonLogger() : new ConsoleLogger({ prefix: 'sample', compact: true }));
   const module = AppModule.register(config);
   const app =
     config.platform === 'fastify'

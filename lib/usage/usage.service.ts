@@ -58,6 +58,9 @@ export function periodKeys(at: Date): { day: string; month: string } {
   return { day: iso.slice(0, 10), month: iso.slice(0, 7) };
 }
 
+/** Sums of float prices drift in the last digits; a nano-dollar is far below any price. */
+const roundUsd = (usd: number) => Math.round(usd * 1e9) / 1e9;
+
 const label = (s: string) => s.replace(/[|]/g, '_').slice(0, 120);
 
 /**
@@ -134,8 +137,10 @@ export class UsageService {
       by_model: {},
       by_route: {},
     };
-    for (const [field, value] of Object.entries(raw)) {
+    report.cost_usd = roundUsd(report.cost_usd);
+    for (const [field, raw_] of Object.entries(raw)) {
       const parts = field.split('|');
+      const value = parts[2] === 'cost_usd' ? roundUsd(raw_) : raw_;
       if (parts.length !== 3) continue;
       const target = parts[0] === 'm' ? report.by_model : parts[0] === 'r' ? report.by_route : undefined;
       if (!target) continue;
