@@ -26,6 +26,9 @@ import { OpenAIMetricsService } from './metrics/openai-metrics.service.js';
 import { PricingService } from './pricing/pricing.service.js';
 import { UsageHook } from './usage/usage.hook.js';
 import { UsageService } from './usage/usage.service.js';
+import { ModerationPipe } from './moderation/moderation.pipe.js';
+import { ModerationService } from './moderation/moderation.service.js';
+import { ChatRequestPipe } from './pipes/chat-request.pipe.js';
 import type { OpenAIStore } from './storage/openai-store.interface.js';
 import { OpenAIThrottlerGuard } from './throttling/openai-throttler.guard.js';
 import { OpenAIThrottlerStorage } from './throttling/openai-throttler.storage.js';
@@ -81,6 +84,9 @@ const providers: Provider[] = [
   UsageService,
   UsageHook,
   BudgetService,
+  ModerationService,
+  ModerationPipe,
+  ChatRequestPipe,
   // Order matters: token limits, then budgets, then the usage ledger (which only settles).
   {
     provide: OPENAI_CALL_HOOKS,
@@ -117,6 +123,9 @@ const providers: Provider[] = [
     OpenAIMetricsService,
     UsageService,
     BudgetService,
+    ModerationService,
+    ModerationPipe,
+    ChatRequestPipe,
   ],
 })
 export class OpenAIModule extends OpenAIConfigurableModule implements NestModule {

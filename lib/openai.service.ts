@@ -2,11 +2,14 @@ import { HttpException, Inject, Injectable, Logger, Optional } from '@nestjs/com
 import OpenAI, { APIConnectionTimeoutError, APIUserAbortError } from 'openai';
 import { OpenAIMetricsService, type StatusClass } from './metrics/openai-metrics.service.js';
 import { PricingService } from './pricing/pricing.service.js';
+import { MODERATION_METADATA, type ModerateOptions } from './moderation/moderate.decorator.js';
+import { ContentFlaggedException } from './moderation/moderation.exceptions.js';
 import { sseCompleted } from './client/sse-completion.js';
 import { RequestContextStore } from './context/request-context.js';
 import type {
   CallOptions,
   CallReservation,
+  ModerationCheckOptions,
   CallResultMeta,
   NormalizedUsage,
   OpenAICallHook,
@@ -19,11 +22,12 @@ import { AttemptTimeoutError, CallAbortedException, mapUpstreamError, upstreamRe
 import { OpenAIBadRequestException, OpenAIUpstreamException, OpenAIUpstreamTimeoutException } from './errors/openai-http.exceptions.js';
 import { hashUserId } from './identity/safety-identifier.js';
 import type { ResolvedOpenAIOptions } from './interfaces/openai-module-options.interface.js';
-import { fingerprintKey, redactSecrets } from './logging/redact.js';
+import { fingerprintKey, redactSecrets, redactText } from './logging/redact.js';
 import { ModelPolicy } from './models/model-policy.js';
 import { OPENAI_CALL_HOOKS, OPENAI_RESOLVED_OPTIONS } from './openai.constants.js';
 import { isRetryable, retryDelayMs } from './retry/retry-policy.js';
-import { countChatPromptTokens, countTextTokens } from './tokens/token-counter.js';
+import { countTextTokens } from './tokens/token-counter.js';
+import { enforceInputLimits } from './pipes/chat-request.pipe.js';
 
 type ChatParams = OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming;
 type ChatCompletion = OpenAI.Chat.Completions.ChatCompletion;
@@ -38,7 +42,12 @@ export interface ChatResult extends CallResultMeta {
   completion: ChatCompletion;
   /** Text of the first choice (`null` when the model returned none, e.g. a refusal or a tool call). */
   content: string | null;
+  /** Set when output moderation ran: whether the completion was flagged (and replaced by the safe message). */
+  outputModeration?: { flagged: boolean; categories: string[] };
 }
+
+/** Checks a completion's text; throws when moderation is unavailable and fails closed. */
+export type OutputModerator = (text: string, options: ModerationCheckOptions) => Promise<{ flagged: boolean; categories: string[] }>;
 
 /** Result of `OpenAIService.embed()`. */
 export interface EmbeddingResult extends CallResultMeta {
@@ -136,6 +145,7 @@ export class OpenAIService {
   private readonly logger = new Logger('OpenAI');
   private readonly policy: ModelPolicy;
   private readonly hooks: OpenAICallHook[];
+  private outputModerator?: OutputModerator;
 
   constructor(
     @InjectOpenAI() readonly client: OpenAI,
@@ -157,6 +167,7 @@ export class OpenAIService {
     const prep = this.prepareChat(request, options, false);
     const started = performance.now();
     const reservations = await this.reserve(prep.call);
+    let result: ChatResult;
     try {
       const ok = await this.execute<ChatCompletion>(prep, started, (model, a) =>
         this.client.chat.completions
@@ -164,18 +175,51 @@ export class OpenAIService {
           .withResponse(),
       );
       const usage = normalizeUsage(ok.data.usage);
-      const result: ChatResult = {
+      result = {
         completion: ok.data,
         content: ok.data.choices[0]?.message?.content ?? null,
         ...this.meta(prep, ok, usage, started),
       };
       await this.settle(reservations, result);
       this.logCall(prep, 'ok', result, prep.body, result.content);
-      return result;
     } catch (err) {
       await this.release(reservations);
       throw this.fail(prep, err, started);
     }
+    // After settling: the completion was produced and billed whatever moderation says of it.
+    return this.moderateChatOutput(result, options);
+  }
+
+  /** Registers the output moderator (done by `ModerationService`). @internal */
+  useOutputModerator(moderator: OutputModerator): void {
+    this.outputModerator = moderator;
+  }
+
+  /** Output moderation settings of a call: its `moderateOutput` option, else the route's `@Moderate({ output })`. @internal */
+  outputModerationFor(options: CallOptions): ModerationCheckOptions | undefined {
+    let setting = options.moderateOutput;
+    if (setting === undefined) {
+      const ctx = RequestContextStore.get();
+      const route = (ctx?.handler && Reflect.getMetadata(MODERATION_METADATA, ctx.handler)) ?? (ctx?.controller && Reflect.getMetadata(MODERATION_METADATA, ctx.controller));
+      setting = (route as ModerateOptions | undefined)?.output;
+    }
+    if (!setting) return undefined;
+    if (!this.outputModerator) throw new Error('Output moderation needs ModerationService (provided by OpenAIModule)');
+    return setting === true ? {} : setting;
+  }
+
+  private async moderateChatOutput(result: ChatResult, options: CallOptions): Promise<ChatResult> {
+    const check = this.outputModerationFor(options);
+    if (!check || !result.content) return result;
+    const verdict = await this.outputModerator!(result.content, check);
+    result.outputModeration = { flagged: verdict.flagged, categories: verdict.categories };
+    if (verdict.flagged) {
+      const safe = this.options.moderation.safeMessage;
+      result.content = safe;
+      const message = result.completion.choices[0]?.message;
+      if (message) message.content = safe;
+    }
+    return result;
   }
 
   /**
@@ -204,7 +248,9 @@ export class OpenAIService {
       await this.release(reservations);
       throw this.fail(prep, err, started);
     }
-    return new ChatStream(this, prep, ok, reservations, started);
+    const check = this.outputModerationFor(options);
+    const moderator = check ? (text: string) => this.outputModerator!(text, check) : undefined;
+    return new ChatStream(this, prep, ok, reservations, started, moderator);
   }
 
   /**
@@ -242,7 +288,7 @@ export class OpenAIService {
     const model = request.model ?? this.options.models.embedding;
     // One token array (`number[]`) is one input, not a list of inputs.
     const single = !Array.isArray(request.input) || request.input.every((i) => typeof i === 'number');
-    const inputs = single ? [request.input] : request.input;
+    const inputs: unknown[] = single ? [request.input] : (request.input as unknown[]);
     const promptTokens = inputs.reduce<number>((n, i) => n + (typeof i === 'string' ? countTextTokens(i) : Array.isArray(i) ? i.length : 0), 0);
     const prep = this.prepareOther('embeddings', model, { ...request }, options, promptTokens);
     // The embeddings endpoint has no `safety_identifier`: the hashed user goes in its `user` field.
@@ -300,7 +346,7 @@ export class OpenAIService {
       user,
       route: options.route ?? ctx?.route,
       requestId: ctx?.requestId,
-      promptTokens: countChatPromptTokens(request.messages as never),
+      promptTokens: enforceInputLimits(request as never, this.options.input),
       maxOutputTokens,
       candidates: [model, ...fallbacks],
     };
@@ -378,7 +424,7 @@ export class OpenAIService {
     const { options } = prep;
     const maxRetries = options.maxRetries ?? this.options.retry.maxRetries;
     const attemptMs = options.attemptTimeoutMs ?? this.options.timeouts.attemptMs;
-    const deadlineAt = started + this.options.timeouts.deadlineMs;
+    const deadlineAt = started + (options.deadlineMs ?? this.options.timeouts.deadlineMs);
     const models = [prep.call.model, ...prep.fallbacks];
     let attempts = 0;
     let lastErr: unknown;
@@ -536,8 +582,9 @@ export class OpenAIService {
       usage_estimated: u.estimated || undefined,
     };
     if (this.options.logging.prompts && body) {
-      line.prompt = redactSecrets(JSON.stringify((body.messages as unknown[]) ?? body.input ?? ''));
-      if (output != null) line.completion = redactSecrets(output);
+      const extra = this.options.logging.redact;
+      line.prompt = redactText(JSON.stringify((body.messages as unknown[]) ?? body.input ?? ''), extra);
+      if (output != null) line.completion = redactText(output, extra);
     }
     this.logger.log(compact(line));
   }
@@ -592,6 +639,7 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     private readonly ok: Success<AsyncIterable<ChatCompletionChunk>>,
     private readonly reservations: CallReservation[],
     private readonly started: number,
+    private readonly moderator?: (text: string) => Promise<{ flagged: boolean; categories: string[] }>,
   ) {
     this.model = ok.model;
     this.fallbackFrom = ok.fallbackFrom;
@@ -620,7 +668,7 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     this.consumed = true;
     const { controller } = this.ok;
     const idleMs = this.prep.options.attemptTimeoutMs ?? this.service.options.timeouts.attemptMs;
-    const deadlineAt = this.started + this.service.options.timeouts.deadlineMs;
+    const deadlineAt = this.started + (this.prep.options.deadlineMs ?? this.service.options.timeouts.deadlineMs);
     let timedOut: AttemptTimeoutError | undefined;
     let timer: NodeJS.Timeout | undefined;
     const arm = () => {
@@ -640,14 +688,21 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     let completed = false;
     arm();
     try {
+      let checked = 0;
+      const interval = this.service.options.moderation.streamCheckIntervalChars;
       for await (const chunk of this.ok.data) {
         arm();
         const choice = chunk.choices[0];
         if (choice?.delta?.content) this.text += choice.delta.content;
         if (choice?.finish_reason) finishReason = choice.finish_reason;
         if (chunk.usage) usage = normalizeUsage(chunk.usage);
+        if (this.moderator && this.text.length - checked >= interval) {
+          checked = this.text.length;
+          await this.checkOutput();
+        }
         yield chunk;
       }
+      if (this.moderator && this.text.length > checked) await this.checkOutput();
       completed = sseCompleted(this.ok.response) !== false && !controller.signal.aborted;
       if (!completed) failure = timedOut ?? controller.signal.reason ?? new Error('stream ended without data: [DONE]');
     } catch (err) {
@@ -664,6 +719,18 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     }
     if (failure !== undefined) throw this.mapStreamError(failure);
   }
+
+  /** Moderates the text so far; a flagged one ends the stream with a 422 `output_flagged`. */
+  private async checkOutput(): Promise<void> {
+    const verdict = await this.moderator!(this.text);
+    if (verdict.flagged) {
+      this.flaggedCategories = verdict.categories;
+      throw new ContentFlaggedException(verdict.categories, 'output');
+    }
+  }
+
+  /** Categories that ended the stream, when output moderation flagged it. */
+  flaggedCategories?: string[];
 
   private mapStreamError(failure: unknown): HttpException {
     if (failure instanceof HttpException) return failure;

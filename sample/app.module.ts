@@ -38,6 +38,7 @@ function fromEnvironment(config: SampleConfig): OpenAIProfileOptions {
       ...(config.rpm ? { requests: [perMinute(config.rpm)] } : {}),
       ...(config.tpm ? { tokens: [perMinute(config.tpm)] } : {}),
     },
+    ...(config.moderation !== undefined ? { moderation: { enabled: config.moderation } } : {}),
     ...(config.budgetDailyUsd ? { budgets: { user: { dailyUsd: config.budgetDailyUsd } } } : {}),
     ...(config.redisUrl
       ? { storage: { type: 'redis', redis: { url: config.redisUrl }, onFailure: config.environment === 'production' ? 'fail-closed' : 'memory' } }

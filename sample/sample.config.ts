@@ -20,6 +20,8 @@ export interface SampleConfig {
   redisUrl?: string;
   /** spend budget per user per UTC day (USD) */
   budgetDailyUsd?: number;
+  /** input moderation on the chat routes (undefined: on) */
+  moderation?: boolean;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, problems: string[], min = 0): number | undefined {
@@ -31,6 +33,14 @@ function int(env: NodeJS.ProcessEnv, name: string, problems: string[], min = 0):
     return undefined;
   }
   return n;
+}
+
+function onOff(env: NodeJS.ProcessEnv, name: string, problems: string[]): boolean | undefined {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return undefined;
+  if (raw === 'on' || raw === 'off') return raw === 'on';
+  problems.push(`${name} must be on or off, got "${raw}"`);
+  return undefined;
 }
 
 function positiveNumber(env: NodeJS.ProcessEnv, name: string, problems: string[]): number | undefined {
@@ -74,6 +84,7 @@ export function readSampleConfig(env: NodeJS.ProcessEnv, upstream: { apiKey: str
     tpm: int(env, 'RATE_LIMIT_TPM', problems, 1),
     redisUrl: env.REDIS_URL || undefined,
     budgetDailyUsd: positiveNumber(env, 'BUDGET_USD_DAILY', problems),
+    moderation: onOff(env, 'MODERATION', problems),
   };
   if (problems.length) throw new Error(`Invalid sample settings:\n  - ${problems.join('\n  - ')}`);
   return config;

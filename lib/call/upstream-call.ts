@@ -79,6 +79,28 @@ export interface CallOptions {
   maxRetries?: number;
   /** Attempt timeout for this call instead of `timeouts.attemptMs` (ms). */
   attemptTimeoutMs?: number;
+  /** Deadline of this call instead of `timeouts.deadlineMs` (ms). */
+  deadlineMs?: number;
+  /**
+   * Check the completion with the moderations endpoint before returning it (chat and streams).
+   * `true` uses the module's `moderation` options; an object overrides some. Default: the route's
+   * `@Moderate({ output: ... })`, else off.
+   */
+  moderateOutput?: boolean | ModerationCheckOptions;
+}
+
+/** Which moderation results count as flagged, for one check. */
+export interface ModerationCheckOptions {
+  /** Only these categories count (e.g. `['violence', 'self-harm']`). @default all */
+  categories?: string[];
+  /**
+   * Score thresholds per category (0..1): a category counts as flagged when its score reaches the
+   * threshold, stricter or looser than OpenAI's own `flagged`. Categories without a threshold use OpenAI's verdict.
+   * @default {}
+   */
+  thresholds?: Record<string, number>;
+  /** `fail-closed`: an unavailable moderation endpoint is a 503. `fail-open`: the text passes, logged and counted. */
+  onError?: 'fail-closed' | 'fail-open';
 }
 
 /** Result metadata common to all endpoints. */

@@ -14,7 +14,7 @@ export const BASE_DEFAULTS = {
   maxTokens: { cap: 1024, overCap: 'clamp' },
   timeouts: { attemptMs: 30_000, deadlineMs: 90_000 },
   retry: { maxRetries: 2, initialDelayMs: 500, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 },
-  logging: { prompts: false, config: true, calls: true },
+  logging: { prompts: false, config: true, calls: true, redact: [] },
   identity: { field: 'safety_identifier', salt: '' },
   limits: { requests: [], tokens: [] },
   storage: { type: 'memory', onFailure: 'memory', instances: 1, connectTimeoutMs: 5_000 },
@@ -22,6 +22,17 @@ export const BASE_DEFAULTS = {
   usage: { enabled: true, dailyRetentionDays: 35, monthlyRetentionDays: 400 },
   budgets: { user: {}, project: {}, alertThresholds: [0.5, 0.8, 1], unpricedModels: 'reject' },
   metrics: { enabled: true, prefix: 'openai_', latencyBuckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] },
+  moderation: {
+    enabled: true,
+    onError: 'fail-open',
+    timeoutMs: 5_000,
+    cacheTtlMs: 3_600_000,
+    thresholds: {},
+    roles: ['user'],
+    safeMessage: "Sorry, I can't help with that.",
+    streamCheckIntervalChars: 400,
+  },
+  input: { maxMessages: 50, maxChars: 32_000, maxPromptTokens: 8_000 },
 } satisfies OpenAIProfileOptions;
 
 /**
@@ -32,8 +43,8 @@ export const BASE_DEFAULTS = {
 export const ENVIRONMENT_DEFAULTS: Record<string, OpenAIProfileOptions> = {
   development: { models: { pinning: 'warn' } },
   test: { models: { pinning: 'warn' }, logging: { config: false } },
-  staging: { models: { pinning: 'enforce' } },
-  production: { models: { pinning: 'enforce' }, logging: { prompts: false } },
+  staging: { models: { pinning: 'enforce' }, moderation: { onError: 'fail-closed' } },
+  production: { models: { pinning: 'enforce' }, logging: { prompts: false }, moderation: { onError: 'fail-closed' } },
 };
 
 /** Environments whose rules forbid prompt logging whatever the options say. */

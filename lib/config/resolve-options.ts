@@ -26,6 +26,8 @@ const PROFILE_KEYS = new Set<keyof OpenAIProfileOptions>([
   'usage',
   'budgets',
   'metrics',
+  'moderation',
+  'input',
 ]);
 
 /**
@@ -208,5 +210,17 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   }
   if (!['reject', 'allow'].includes(o.budgets.unpricedModels)) add('budgets.unpricedModels', "must be 'reject' or 'allow'", "set 'reject'");
   if (!o.metrics.prefix || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(o.metrics.prefix)) add('metrics.prefix', 'must be a valid Prometheus name prefix', "set 'openai_'");
+  const mod = o.moderation;
+  if (!['fail-closed', 'fail-open'].includes(mod.onError)) add('moderation.onError', "must be 'fail-closed' or 'fail-open'", "set 'fail-closed' in production");
+  if (!isPositiveInt(mod.timeoutMs)) add('moderation.timeoutMs', 'must be a positive integer (ms)', 'set a value such as 5000');
+  if (!(Number.isInteger(mod.cacheTtlMs) && mod.cacheTtlMs >= 0)) add('moderation.cacheTtlMs', 'must be an integer >= 0 (ms)', 'set 0 to disable the cache');
+  for (const [cat, t] of Object.entries(mod.thresholds ?? {})) {
+    if (!(typeof t === 'number' && t >= 0 && t <= 1)) add(`moderation.thresholds.${cat}`, 'must be a score from 0 to 1', 'set e.g. 0.5');
+  }
+  if (!Array.isArray(mod.roles) || mod.roles.length === 0) add('moderation.roles', 'must list at least one role', "set ['user']");
+  if (!isPositiveInt(mod.streamCheckIntervalChars)) add('moderation.streamCheckIntervalChars', 'must be a positive integer', 'set e.g. 400');
+  for (const key of ['maxMessages', 'maxChars', 'maxPromptTokens'] as const) {
+    if (!isPositiveInt(o.input[key])) add(`input.${key}`, `must be a positive integer, got ${String(o.input[key])}`, 'set a cap');
+  }
   if (!['safety_identifier', 'user', 'none'].includes(o.identity.field)) add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
 }

@@ -18,6 +18,9 @@ export interface RequestContext {
   startedAt: number;
   /** Upstream `x-request-id` of the last OpenAI call made for this request. */
   openaiRequestId?: string;
+  /** The route handler and its controller, set before pipes run, so pipes and the service can read route metadata. */
+  handler?: Function;
+  controller?: Function;
   /** The raw Node response, so limits enforced deep in the pipeline can set headers (`retry-after`). */
   response?: ServerResponse;
 }

@@ -5,6 +5,20 @@ import type { OpenAIErrorBody } from '../errors/openai-http.exceptions.js';
 import { redactSecrets } from '../logging/redact.js';
 import { REQUEST_ID_HEADER } from '../openai.constants.js';
 
+/**
+ * The body-parser (http-errors) or Fastify error with a client status under an HttpException that
+ * Nest's adapter made from it, or `undefined`.
+ */
+function frameworkClientError(exception: unknown): Error | undefined {
+  const cause = exception instanceof HttpException ? exception.cause : undefined;
+  if (!(cause instanceof Error) || cause instanceof HttpException) return undefined;
+  const c = cause as Error & { statusCode?: unknown; status?: unknown; expose?: unknown };
+  const status = c.statusCode ?? c.status;
+  if (typeof status !== 'number' || status < 400 || status >= 500) return undefined;
+  const fromFramework = c.name === 'FastifyError' || typeof c.expose === 'boolean' || c instanceof SyntaxError || c instanceof URIError;
+  return fromFramework ? cause : undefined;
+}
+
 const snake = (s: string) =>
   s
     .replace(/Exception$/, '')
@@ -46,6 +60,9 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
   }
 
   private toBody(exception: unknown, requestId: string): OpenAIErrorBody {
+    // Nest 12 wraps body-parser and Fastify errors in a plain HttpException that keeps the parser's
+    // message (which may quote the body): answer those from the framework error itself.
+    exception = frameworkClientError(exception) ?? exception;
     if (exception instanceof HttpException) {
       const status = exception.getStatus();
       const response = exception.getResponse();
@@ -60,8 +77,9 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
     const status = (exception as { statusCode?: unknown; status?: unknown })?.statusCode ?? (exception as { status?: unknown })?.status;
     // Framework errors that carry a client status (body parser: invalid JSON, too large, bad encoding).
     if (typeof status === 'number' && status >= 400 && status < 500) {
-      const code = (exception as { code?: string }).code;
-      const message = status === 413 ? 'Request body is too large' : code && /JSON/i.test(code + String((exception as Error).message)) ? 'Request body is not valid JSON' : 'Invalid request';
+      const { code, type } = exception as { code?: string; type?: string };
+      const notJson = type === 'entity.parse.failed' || (code && /JSON/i.test(code + String((exception as Error).message)));
+      const message = status === 413 ? 'Request body is too large' : notJson ? 'Request body is not valid JSON' : 'Invalid request';
       return { statusCode: status, error: status === 413 ? 'payload_too_large' : 'bad_request', message, request_id: requestId };
     }
     this.logger.error({

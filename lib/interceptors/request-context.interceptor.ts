@@ -21,6 +21,8 @@ export class RequestContextInterceptor implements NestInterceptor {
       const id = u?.id ?? u?.sub;
       if (typeof id === 'string' || typeof id === 'number') ctx.user = String(id);
     }
+    ctx.handler = context.getHandler();
+    ctx.controller = context.getClass();
     if (!ctx.route) {
       const path = req.route?.path ?? req.routeOptions?.url;
       if (path) ctx.route = `${req.method} ${path}`;

@@ -1,5 +1,6 @@
 import type { Registry } from 'prom-client';
 import type { BudgetAlertEvent } from '../budget/budget-alert.event.js';
+import type { ModerationCheckOptions } from '../call/upstream-call.js';
 import type { ModelPrice } from '../pricing/default-prices.js';
 import type { MemoryStoreOptions } from '../storage/memory.store.js';
 import type { StorageFailurePolicy } from '../storage/openai-store.interface.js';
@@ -122,8 +123,8 @@ export interface RetryOptions {
 /** What the library logs. Logs go through Nest's `Logger`, so pino or winston set up on the app receive them. */
 export interface LoggingOptions {
   /**
-   * Log prompt and completion text with each call (redacted: key-like strings, e-mail addresses and
-   * phone numbers are masked). Refused at boot in production.
+   * Log prompt and completion text with each call, redacted (API keys, Authorization values, e-mail
+   * addresses, phone numbers and `redact` patterns are masked). Refused at boot in production.
    * @default false
    */
   prompts?: boolean;
@@ -137,6 +138,12 @@ export interface LoggingOptions {
    * @default true
    */
   calls?: boolean;
+  /**
+   * Extra patterns (global RegExps) masked in logged prompts and completions, besides API keys,
+   * Authorization values, e-mail addresses and phone numbers.
+   * @default []
+   */
+  redact?: RegExp[];
 }
 
 /** How the end user is identified to OpenAI (abuse monitoring). The ID is hashed before it leaves. */
@@ -284,6 +291,40 @@ export interface MetricsOptions {
   latencyBuckets?: number[];
 }
 
+/** Input and output moderation (the moderations endpoint), used by `ModerationPipe` and `moderateOutput`. */
+export interface ModerationOptions extends ModerationCheckOptions {
+  /** Input moderation by `ModerationPipe`; `false` makes the pipe a no-op (output moderation is opt-in per call or route anyway). @default true */
+  enabled?: boolean;
+  /**
+   * What an unavailable or timed-out moderation endpoint means: `fail-closed` refuses the request (503),
+   * `fail-open` lets it through with a warning and a metric.
+   * @default 'fail-closed' in staging and production, 'fail-open' elsewhere
+   */
+  onError?: 'fail-closed' | 'fail-open';
+  /** Timeout of one moderation call (ms); one retry. @default 5000 */
+  timeoutMs?: number;
+  /** How long a text's verdict is reused (ms) from the shared store, keyed by a SHA-256 of the text; 0: never. @default 3600000 */
+  cacheTtlMs?: number;
+  /** Roles of the messages whose content is moderated. @default ['user'] */
+  roles?: Array<'user' | 'system' | 'developer' | 'assistant'>;
+  /** Body fields (dotted paths) to moderate instead of messages, for bodies that are not chat requests. @default undefined */
+  fields?: string[];
+  /** Text that replaces a flagged completion. @default "Sorry, I can't help with that." */
+  safeMessage?: string;
+  /** Streams with output moderation are checked each time this many characters have accumulated, and at the end. @default 400 */
+  streamCheckIntervalChars?: number;
+}
+
+/** Caps on what a chat request may send, checked before anything reaches OpenAI (OWASP LLM10). */
+export interface InputLimitsOptions {
+  /** Most messages in one request. @default 50 */
+  maxMessages?: number;
+  /** Most characters of message content in one request, all messages together. @default 32000 */
+  maxChars?: number;
+  /** Most prompt tokens (as OpenAI counts them for o200k models) of one request. @default 8000 */
+  maxPromptTokens?: number;
+}
+
 /** Options a profile may override: everything but the profiles themselves and `environment`. */
 export interface OpenAIProfileOptions {
   apiKey?: string | ApiKeyProvider;
@@ -303,6 +344,8 @@ export interface OpenAIProfileOptions {
   usage?: UsageOptions;
   budgets?: BudgetOptions;
   metrics?: MetricsOptions;
+  moderation?: ModerationOptions;
+  input?: InputLimitsOptions;
 }
 
 /**
@@ -353,4 +396,6 @@ export interface ResolvedOpenAIOptions {
   usage: Required<UsageOptions>;
   budgets: Required<Pick<BudgetOptions, 'user' | 'project' | 'alertThresholds' | 'unpricedModels'>> & Pick<BudgetOptions, 'onAlert' | 'userLimits'>;
   metrics: Required<Pick<MetricsOptions, 'enabled' | 'prefix' | 'latencyBuckets'>> & Pick<MetricsOptions, 'registry'>;
+  moderation: Required<Omit<ModerationOptions, 'categories' | 'fields'>> & Pick<ModerationOptions, 'categories' | 'fields'>;
+  input: Required<InputLimitsOptions>;
 }

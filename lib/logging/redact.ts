@@ -20,3 +20,20 @@ export function fingerprintKey(key: string | null | undefined): string {
   const prefix = /^(sk-(?:proj|svcacct|admin)-|sk-)/.exec(key)?.[1] ?? '';
   return `${prefix}...${key.slice(-4)}`;
 }
+
+/** Personal data masked in logged prompts and completions, besides secrets. */
+export const PERSONAL_DATA_PATTERNS: readonly RegExp[] = [
+  /[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}/g, // e-mail addresses
+  /(?<![\w])\+?\d[\d\s().-]{7,}\d(?![\w])/g, // phone numbers (7+ digits with separators)
+];
+
+/**
+ * Masks secrets, e-mail addresses, phone numbers and any `extra` patterns in user text before it is
+ * logged (prompt logging). Patterns must be global (`/g`).
+ */
+export function redactText(text: string, extra: readonly RegExp[] = []): string {
+  let out = redactSecrets(text);
+  out = out.replace(PERSONAL_DATA_PATTERNS[0], '[REDACTED_EMAIL]').replace(PERSONAL_DATA_PATTERNS[1], '[REDACTED_PHONE]');
+  for (const re of extra) out = out.replace(re, '[REDACTED]');
+  return out;
+}

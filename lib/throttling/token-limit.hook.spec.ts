@@ -4,6 +4,7 @@ import type { CallReservation, SettledCall, UpstreamCall } from '../call/upstrea
 import { resolveOpenAIOptions } from '../config/resolve-options.js';
 import { RequestContextStore } from '../context/request-context.js';
 import type { LimitsOptions } from '../interfaces/openai-module-options.interface.js';
+import type { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { MemoryStore } from '../storage/memory.store.js';
 import { RateLimitExceededException, TokenReservationTooLargeException } from './rate-limit.exceptions.js';
 import { RateLimitService } from './rate-limit.service.js';
@@ -30,10 +31,13 @@ describe('TokenLimitHook', () => {
   let store: MemoryStore;
   let limits: RateLimitService;
   let hook: TokenLimitHook;
+  let rejections: Array<[string, string]>;
   const used = async (user = 'u1') => (await limits.reserveTokens(user, 0, TOKENS)).windows[0].used;
   const setup = (l: LimitsOptions = { tokens: TOKENS }) => {
     limits = new RateLimitService(store, resolveOpenAIOptions({ environment: 'test', apiKey: 'sk-test', limits: l }));
-    hook = new TokenLimitHook(limits);
+    rejections = [];
+    const metrics = { rateLimited: (kind: string, window: string) => rejections.push([kind, window]) } as unknown as OpenAIMetricsService;
+    hook = new TokenLimitHook(limits, metrics);
   };
   beforeEach(() => {
     store = new MemoryStore();
@@ -79,6 +83,7 @@ describe('TokenLimitHook', () => {
     expect(Number(e.headers['retry-after'])).toBeLessThanOrEqual(60);
     expect(headers['retry-after']).toBe(e.headers['retry-after']);
     expect(await used()).toBe(200);
+    expect(rejections).toEqual([['tokens', 'minute']]);
   });
 
   it('413 when one call needs more than a whole window, without counting', async () => {

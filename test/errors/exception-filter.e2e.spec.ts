@@ -2,6 +2,7 @@ import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { PLATFORMS, TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import { auth, startSampleApp } from '../support/sample-app.js';
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
@@ -78,5 +79,36 @@ describe.each(PLATFORMS)('OpenAIExceptionFilter on %s', (platform) => {
     expectErrorBody(res, 400, 'invalid_request');
     expect(res.text).not.toContain('secret plans');
     expect(res.body.message).toContain('invalid_prompt');
+  });
+});
+
+describe.each(PLATFORMS)('sample error bodies on %s', (platform) => {
+  let fake: FakeOpenAIServer;
+  let h: Awaited<ReturnType<typeof startSampleApp>>;
+  beforeAll(async () => {
+    fake = await FakeOpenAIServer.start();
+    h = await startSampleApp(platform, fake);
+  });
+  afterAll(async () => {
+    await h.close();
+    await fake.close();
+  });
+
+  it('a wrong body shape: 400 invalid_body naming the paths, never the values', async () => {
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .send({ messages: [{ role: 'wizard', content: 'secret-value-123' }], logit_bias: {} });
+    expect(res.status).toBe(400);
+    expect(res.body).toMatchObject({ statusCode: 400, error: 'invalid_body', request_id: res.headers['x-request-id'] });
+    expect(res.body.issues.map((i: { path: string }) => i.path)).toEqual(expect.arrayContaining(['messages.0.role']));
+    expect(res.text).not.toContain('secret-value-123');
+    expect(fake.requests).toHaveLength(0);
+  });
+
+  it('invalid JSON before authentication: still the JSON error body', async () => {
+    const res = await request(h.server).post('/chat').set(auth()).set('content-type', 'application/json').send('{"messages":');
+    expect(res.status).toBe(400);
+    expect(res.body).toEqual({ statusCode: 400, error: 'bad_request', message: 'Request body is not valid JSON', request_id: res.headers['x-request-id'] });
   });
 });

@@ -16,6 +16,16 @@ const BAD: OpenAIModuleOptions = {
 };
 const BAD_PATHS = ['apiKey', 'timeouts.attemptMs', 'timeouts.deadlineMs', 'models.default', 'models.fallbacks[0]', 'logging.prompts'];
 
+/** The error a boot promise rejects with (fails the test when it resolves). */
+async function bootError(boot: Promise<unknown>): Promise<OpenAIConfigError> {
+  const outcome = await boot.then(
+    () => new Error('expected the boot to fail'),
+    (e: unknown) => e,
+  );
+  expect(outcome).toBeInstanceOf(OpenAIConfigError);
+  return outcome as OpenAIConfigError;
+}
+
 function moduleWith(options: OpenAIModuleOptions) {
   @Module({ imports: [OpenAIModule.forRoot(options)] })
   class AppModule {}
@@ -66,14 +76,10 @@ describe.each(PLATFORMS)('boot on %s', (platform) => {
 
   it('NestFactory.create rejects with every problem listed', async () => {
     const logger = new CapturingLogger();
-    const err = await create(moduleWith(BAD), logger).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
-    expect(err).toBeInstanceOf(OpenAIConfigError);
-    const paths = (err as OpenAIConfigError).problems.map((p) => p.path);
+    const err = await bootError(create(moduleWith(BAD), logger));
+    const paths = err.problems.map((p) => p.path);
     expect(paths).toEqual(expect.arrayContaining(BAD_PATHS));
-    for (const p of BAD_PATHS) expect((err as Error).message).toContain(`  - ${p}: `);
+    for (const p of BAD_PATHS) expect(err.message).toContain(`  - ${p}: `);
   });
 });
 
@@ -83,7 +89,7 @@ describe('boot with the testing module', () => {
       .setLogger(new CapturingLogger())
       .compile();
     await expect(compiled).rejects.toBeInstanceOf(OpenAIConfigError);
-    const err = await compiled.catch((e: OpenAIConfigError) => e);
+    const err = await bootError(compiled);
     expect(err.problems.map((p) => p.path)).toEqual(expect.arrayContaining(BAD_PATHS));
   });
 
@@ -93,8 +99,7 @@ describe('boot with the testing module', () => {
     })
       .setLogger(new CapturingLogger())
       .compile();
-    const err = await compiled.catch((e: OpenAIConfigError) => e);
-    expect(err).toBeInstanceOf(OpenAIConfigError);
+    const err = await bootError(compiled);
     expect(err.environment).toBe('staging');
     expect(err.problems.map((p) => p.path).sort()).toEqual(['apiKey', 'timeouts.deadlineMs']);
   });
@@ -103,12 +108,12 @@ describe('boot with the testing module', () => {
     const saved = process.env.NODE_ENV;
     process.env.NODE_ENV = 'prod';
     try {
-      const err = await Test.createTestingModule({ imports: [OpenAIModule.forRoot({ apiKey: TEST_API_KEY })] })
-        .setLogger(new CapturingLogger())
-        .compile()
-        .catch((e: OpenAIConfigError) => e);
-      expect(err).toBeInstanceOf(OpenAIConfigError);
-      expect((err as OpenAIConfigError).problems.map((p) => p.path)).toEqual(['environment']);
+      const err = await bootError(
+        Test.createTestingModule({ imports: [OpenAIModule.forRoot({ apiKey: TEST_API_KEY })] })
+          .setLogger(new CapturingLogger())
+          .compile(),
+      );
+      expect(err.problems.map((p) => p.path)).toEqual(['environment']);
     } finally {
       process.env.NODE_ENV = saved;
     }

@@ -21,15 +21,23 @@ COMMON_DEPS=(openai@7.59.0 rxjs@^7.8.1 reflect-metadata@^0.2.2 typescript@7.0.2 
 NEST12_DEPS=(@nestjs/common@^12 @nestjs/core@^12 @nestjs/platform-express@^12)
 NEST11_DEPS=(@nestjs/common@^11 @nestjs/core@^11 @nestjs/platform-express@^11)
 
+# stop_app <pid>: SIGTERM, then SIGKILL after 5 s.
+stop_app() {
+  local pid="$1"
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 25); do
+    kill -0 "$pid" 2>/dev/null || return 0
+    sleep 0.2
+  done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
 APP_PIDS=()
 cleanup() {
   local pid
-  for pid in "${APP_PIDS[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then
-      kill "$pid" 2>/dev/null || true
-      for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-      kill -9 "$pid" 2>/dev/null || true
-    fi
+  for pid in ${APP_PIDS[@]+"${APP_PIDS[@]}"}; do
+    stop_app "$pid"
   done
   [[ "${KEEP_WORK:-}" == 1 ]] || rm -rf "$WORK"
 }
@@ -141,9 +149,7 @@ run_app() {
   rc=0
   node "$HERE/check.mjs" "$port" "$pid" >>"$log" 2>&1 || rc=$?
 
-  if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
-  fi
+  stop_app "$pid"
   wait "$pid" 2>/dev/null || true
 
   if [[ $rc -eq 0 ]]; then

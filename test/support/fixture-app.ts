@@ -3,6 +3,7 @@ import { Body, Controller, Get, HttpCode, Post, Res, type DynamicModule, type IN
 import { APP_FILTER } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
+import type request from 'supertest';
 import {
   OPENAI_CALL_HOOKS,
   OPENAI_REQUEST_ID_HEADER,
@@ -108,7 +109,7 @@ export async function startFixtureApp(platform: Platform, options: OpenAIModuleO
 }
 
 /** Reads an SSE response body with supertest: `.buffer(true).parse(sseText)`. */
-export function sseText(res: NodeJS.ReadableStream, cb: (err: Error | null, body: string) => void): void {
+export function sseText(res: request.Response, cb: (err: Error | null, body: string) => void): void {
   let data = '';
   res.on('data', (c: Buffer) => (data += c.toString()));
   res.on('end', () => cb(null, data));

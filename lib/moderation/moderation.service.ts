@@ -1,0 +1,98 @@
+import { Inject, Injectable, Logger } from '@nestjs/common';
+import { createHash } from 'node:crypto';
+import type { ModerationCheckOptions } from '../call/upstream-call.js';
+import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
+import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
+import { OpenAIService } from '../openai.service.js';
+import type { OpenAIStore } from '../storage/openai-store.interface.js';
+import { ModerationUnavailableException } from './moderation.exceptions.js';
+
+/** Verdict of one moderation check over one or more texts. */
+export interface ModerationVerdict {
+  flagged: boolean;
+  /** Flagged category names (sorted, unique). */
+  categories: string[];
+  /** True when the endpoint failed and the policy let the text through. */
+  failedOpen?: boolean;
+}
+
+/** What is cached per text: OpenAI's verdict per category and the scores. */
+interface CachedResult {
+  c: Record<string, boolean>;
+  s: Record<string, number>;
+}
+
+const hashText = (t: string) => createHash('sha256').update(t).digest('base64url');
+
+/**
+ * Moderates texts with the moderations endpoint: all uncached texts of a check in one call (array
+ * input), verdicts cached per text hash in the shared store, per-category thresholds, and the failure
+ * policy. Used by `ModerationPipe` (input) and `OpenAIService` (output).
+ */
+@Injectable()
+export class ModerationService {
+  private readonly logger = new Logger('OpenAIModeration');
+
+  constructor(
+    private readonly openai: OpenAIService,
+    @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
+    @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
+    private readonly metrics: OpenAIMetricsService,
+  ) {
+    openai.useOutputModerator((text, opts) => this.check([text], 'output', opts));
+  }
+
+  /**
+   * Moderates `texts` (empty strings ignored).
+   * @throws ModerationUnavailableException (503) when the endpoint fails and the policy is `fail-closed`.
+   */
+  async check(texts: readonly string[], direction: 'input' | 'output', overrides: ModerationCheckOptions = {}): Promise<ModerationVerdict> {
+    const opts = { ...this.options.moderation, ...overrides, thresholds: { ...this.options.moderation.thresholds, ...overrides.thresholds } };
+    const unique = [...new Set(texts.filter((t) => t.trim() !== ''))];
+    if (unique.length === 0) return { flagged: false, categories: [] };
+    const ttl = this.options.moderation.cacheTtlMs;
+    let results: CachedResult[];
+    try {
+      const cached = ttl > 0 ? await Promise.all(unique.map((t) => this.cacheGet(t))) : unique.map(() => undefined);
+      const missing = unique.filter((_, i) => cached[i] === undefined);
+      let fresh: CachedResult[] = [];
+      if (missing.length) {
+        const r = await this.openai.moderate(missing, { attemptTimeoutMs: opts.timeoutMs, deadlineMs: opts.timeoutMs * 2 + 500, maxRetries: 1, fallbacks: false });
+        fresh = r.response.results.map((x) => ({ c: { ...x.categories } as Record<string, boolean>, s: { ...x.category_scores } as Record<string, number> }));
+        if (ttl > 0) await Promise.all(missing.map((t, i) => this.store.set(`mod:${hashText(t)}`, JSON.stringify(fresh[i]), ttl).catch(() => undefined)));
+      }
+      let j = 0;
+      results = cached.map((c) => c ?? fresh[j++]);
+    } catch (err) {
+      this.metrics.moderation(direction, 'error');
+      if (opts.onError === 'fail-open') {
+        this.logger.warn(`moderation unavailable, ${direction} let through (fail-open): ${(err as Error)?.message ?? String(err)}`);
+        return { flagged: false, categories: [], failedOpen: true };
+      }
+      throw new ModerationUnavailableException(err);
+    }
+    const flagged = new Set<string>();
+    const only = opts.categories ? new Set(opts.categories) : undefined;
+    for (const r of results) {
+      for (const [cat, verdict] of Object.entries(r.c)) {
+        if (only && !only.has(cat)) continue;
+        const t = opts.thresholds[cat];
+        if (t !== undefined ? (r.s[cat] ?? 0) >= t : verdict) flagged.add(cat);
+      }
+    }
+    const categories = [...flagged].sort();
+    this.metrics.moderation(direction, categories.length ? 'flagged' : 'clean', categories);
+    return { flagged: categories.length > 0, categories };
+  }
+
+  private async cacheGet(text: string): Promise<CachedResult | undefined> {
+    const raw = await this.store.get(`mod:${hashText(text)}`).catch(() => undefined);
+    if (!raw) return undefined;
+    try {
+      return JSON.parse(raw) as CachedResult;
+    } catch {
+      return undefined;
+    }
+  }
+}
