@@ -70,6 +70,8 @@ export interface StreamSummary extends CallResultMeta {
 interface Attempt {
   signal: AbortSignal;
   controller: AbortController;
+  /** This attempt's timeout, also given to the SDK so that its client-wide `timeout` does not cut a longer per-call one. */
+  timeoutMs: number;
 }
 
 interface Prepared {
@@ -171,7 +173,7 @@ export class OpenAIService {
     try {
       const ok = await this.execute<ChatCompletion>(prep, started, (model, a) =>
         this.client.chat.completions
-          .create({ ...(prep.body as unknown as ChatParams), model, stream: false }, { signal: a.signal, maxRetries: 0 })
+          .create({ ...(prep.body as unknown as ChatParams), model, stream: false }, { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 })
           .withResponse(),
       );
       const usage = normalizeUsage(ok.data.usage);
@@ -240,7 +242,7 @@ export class OpenAIService {
         this.client.chat.completions
           .create(
             { ...(prep.body as unknown as ChatParams), model, stream: true, stream_options: { include_usage: true } },
-            { signal: a.signal, maxRetries: 0 },
+            { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 },
           )
           .withResponse(),
       );
@@ -263,7 +265,7 @@ export class OpenAIService {
     const started = performance.now();
     try {
       const ok = await this.execute<OpenAI.ModerationCreateResponse>(prep, started, (m, a) =>
-        this.client.moderations.create({ input, model: m }, { signal: a.signal, maxRetries: 0 }).withResponse(),
+        this.client.moderations.create({ input, model: m }, { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 }).withResponse(),
       );
       const result: ModerationResult = {
         response: ok.data,
@@ -300,7 +302,7 @@ export class OpenAIService {
     try {
       const ok = await this.execute<OpenAI.CreateEmbeddingResponse>(prep, started, (m, a) =>
         this.client.embeddings
-          .create({ ...(prep.body as Omit<OpenAI.EmbeddingCreateParams, 'model'>), model: m }, { signal: a.signal, maxRetries: 0 })
+          .create({ ...(prep.body as Omit<OpenAI.EmbeddingCreateParams, 'model'>), model: m }, { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 })
           .withResponse(),
       );
       const result: EmbeddingResult = { response: ok.data, ...this.meta(prep, ok, normalizeUsage(ok.data.usage), started) };
@@ -460,7 +462,7 @@ export class OpenAIService {
         }
         options.signal?.addEventListener('abort', onCallerAbort, { once: true });
         try {
-          const { data, response, request_id } = await attemptFn(model, { signal: controller.signal, controller });
+          const { data, response, request_id } = await attemptFn(model, { signal: controller.signal, controller, timeoutMs });
           this.metrics.attempt(prep.call, model, '2xx', retry > 0);
           return {
             data,

@@ -15,6 +15,12 @@ import { BudgetExceededException, UnpricedModelException } from './budget.except
 /** Budgets are counted in micro-USD (integers), so concurrent updates stay exact. */
 const MICRO = 1e6;
 
+/**
+ * A cost in whole micro-USD, rounded up. Float sums of prices drift in the last digits
+ * (123e-6 * 1e6 = 123.00000000000001), so round to nano-USD first: a whole micro-USD stays whole.
+ */
+const toMicro = (usd: number) => Math.ceil(Math.round(usd * MICRO * 1000) / 1000);
+
 /** A budget's state for one period. */
 export interface BudgetStatus {
   period: 'day' | 'month';
@@ -100,7 +106,7 @@ export class BudgetService implements OpenAICallHook {
       }
       maxCost = Math.max(maxCost, c);
     }
-    const reserved = Math.ceil(maxCost * MICRO);
+    const reserved = toMicro(maxCost);
     const held: Array<{ subject: Subject_; result: ConsumeResult }> = [];
     try {
       for (const subject of subjects) {
@@ -126,8 +132,8 @@ export class BudgetService implements OpenAICallHook {
       settle: async (s: SettledCall) => {
         if (done) return;
         done = true;
-        const actual = s.costUsd ?? this.pricing.cost(s.model, s.usage) ?? maxCost;
-        await this.adjustAll(held, Math.ceil(actual * MICRO) - reserved);
+        const actual = (s.costUsd !== undefined ? s.costUsd : this.pricing.cost(s.model, s.usage)) ?? maxCost;
+        await this.adjustAll(held, toMicro(actual) - reserved);
         this.track(this.checkAlerts(held));
       },
       release: async () => {

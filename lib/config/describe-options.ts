@@ -6,6 +6,7 @@ export function describeOptions(o: ResolvedOpenAIOptions): Record<string, unknow
   return {
     ...o,
     apiKey: typeof o.apiKey === 'function' ? 'provider()' : fingerprintKey(o.apiKey),
+    baseURL: o.baseURL?.replace(/\/\/[^@/]*@/, '//***@'),
     defaultHeaders: Object.fromEntries(Object.keys(o.defaultHeaders).map((k) => [k, '***'])),
     identity: { ...o.identity, salt: o.identity.salt ? '***' : '' },
     limits: { ...o.limits, tiers: o.limits.tiers ? 'function' : undefined, getTracker: o.limits.getTracker ? 'function' : undefined },

@@ -65,11 +65,11 @@ describe('resolveOpenAIOptions: merge order', () => {
   it('shipped development defaults: pinning warn, config logged', () => {
     const r = resolveOpenAIOptions({ apiKey: KEY }, { NODE_ENV: 'development' });
     expect(r.models.pinning).toBe('warn');
-    expect(r.logging).toEqual({ prompts: false, config: true, calls: true });
-    expect(r.timeouts).toEqual({ attemptMs: 30_000, deadlineMs: 90_000 });
-    expect(r.retry).toEqual({ maxRetries: 2, initialDelayMs: 500, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 });
-    expect(r.maxTokens).toEqual({ cap: 1024, default: 1024, overCap: 'clamp' });
-    expect(r.identity).toEqual({ field: 'safety_identifier', salt: '' });
+    expect(r.logging).toMatchObject({ prompts: false, config: true, calls: true });
+    expect(r.timeouts).toMatchObject({ attemptMs: 30_000, deadlineMs: 90_000 });
+    expect(r.retry).toMatchObject({ maxRetries: 2, initialDelayMs: 500, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 });
+    expect(r.maxTokens).toMatchObject({ cap: 1024, default: 1024, overCap: 'clamp' });
+    expect(r.identity).toMatchObject({ field: 'safety_identifier', salt: '' });
   });
 
   it('shipped test defaults: boot config log off', () => {
@@ -95,8 +95,8 @@ describe('resolveOpenAIOptions: merge order', () => {
       },
       { NODE_ENV: 'development' },
     );
-    expect(r.retry).toEqual({ maxRetries: 1, initialDelayMs: 100, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 });
-    expect(r.timeouts).toEqual({ attemptMs: 5_000, deadlineMs: 90_000 });
+    expect(r.retry).toMatchObject({ maxRetries: 1, initialDelayMs: 100, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 });
+    expect(r.timeouts).toMatchObject({ attemptMs: 5_000, deadlineMs: 90_000 });
     expect(r.models.pinning).toBe('off');
     expect(r.models.embedding).toBe('text-embedding-3-large');
     expect(r.models.default).toBe(BASE_DEFAULTS.models.default);
@@ -261,6 +261,13 @@ describe('describeOptions', () => {
     expect(text).not.toContain('hdr-value');
     expect(text).not.toContain('pepper');
     expect(d.defaultHeaders).toEqual({ 'x-secret': '***' });
+  });
+
+  it('masks credentials in the base URL (a proxy with basic auth)', () => {
+    const d = describeOptions(resolveOpenAIOptions({ apiKey: KEY, baseURL: 'https://gateway:pr0xy-pass@llm-proxy.internal/v1' }, {}));
+    expect(d.baseURL).toBe('https://***@llm-proxy.internal/v1');
+    expect(JSON.stringify(d)).not.toContain('pr0xy-pass');
+    expect(describeOptions(resolveOpenAIOptions({ apiKey: KEY, baseURL: 'http://127.0.0.1:8080/v1' }, {})).baseURL).toBe('http://127.0.0.1:8080/v1');
   });
 
   it('names a key provider without calling it', () => {

@@ -89,11 +89,15 @@ export class OpenAIMetricsService {
     return this.registry.metrics();
   }
 
-  /** A model name safe as a label: configured or priced models keep their name, any other is `other`. */
+  /**
+   * A model name safe as a label: configured or priced models keep their name, an unlisted snapshot of
+   * one of them is labelled by its base name (the client chooses the date, so it must not become a
+   * label), any other is `other`.
+   */
   modelLabel(model: string): string {
     if (this.knownModels.has(model)) return model;
     const base = model.replace(/-(?:\d{4}-\d{2}-\d{2}|\d{4})$/, '');
-    return this.knownModels.has(base) ? model : 'other';
+    return this.knownModels.has(base) ? base : 'other';
   }
 
   attempt(call: UpstreamCall, model: string, status: StatusClass, retry: boolean): void {

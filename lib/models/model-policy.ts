@@ -35,10 +35,14 @@ export class ModelPolicy {
     return model;
   }
 
-  /** Fallback models (already resolved) to try after `model`, excluding it. */
+  /**
+   * Fallback models (already resolved) to try after `model`, excluding it. The configured ones were
+   * checked at boot; a per-call list goes through the same rules as a requested model.
+   * @throws ModelNotAllowedException (400) when a per-call fallback is not allowed.
+   */
   fallbacksFor(model: string, override?: string[] | false): string[] {
     if (override === false) return [];
-    const list = (override ?? this.options.fallbacks).map((f) => this.options.aliases[f] ?? f);
+    const list = override ? override.map((f) => this.resolve(f)) : this.options.fallbacks.map((f) => this.options.aliases[f] ?? f);
     return list.filter((f, i) => f !== model && list.indexOf(f) === i);
   }
 }

@@ -48,7 +48,9 @@ export class ModerationService {
    * @throws ModerationUnavailableException (503) when the endpoint fails and the policy is `fail-closed`.
    */
   async check(texts: readonly string[], direction: 'input' | 'output', overrides: ModerationCheckOptions = {}): Promise<ModerationVerdict> {
-    const opts = { ...this.options.moderation, ...overrides, thresholds: { ...this.options.moderation.thresholds, ...overrides.thresholds } };
+    // Unset overrides (the pipe passes `{ onError: undefined, ... }` for a route without them) keep the module's values.
+    const set = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)) as ModerationCheckOptions;
+    const opts = { ...this.options.moderation, ...set, thresholds: { ...this.options.moderation.thresholds, ...set.thresholds } };
     const unique = [...new Set(texts.filter((t) => t.trim() !== ''))];
     if (unique.length === 0) return { flagged: false, categories: [] };
     const ttl = this.options.moderation.cacheTtlMs;

@@ -1,5 +1,5 @@
 import { Logger } from '@nestjs/common';
-import { afterEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { resolveOpenAIOptions } from '../config/resolve-options.js';
 import type { OpenAIModuleOptions } from '../interfaces/openai-module-options.interface.js';
 import { DEFAULT_PRICES, DEFAULT_PRICES_SOURCE } from './default-prices.js';
@@ -10,6 +10,10 @@ const pricing = (extra: OpenAIModuleOptions = {}) =>
 
 const usage = (prompt_tokens: number, cached_tokens: number, completion_tokens: number) => ({ prompt_tokens, cached_tokens, completion_tokens });
 
+let warn: ReturnType<typeof vi.spyOn>;
+beforeEach(() => {
+  warn = vi.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
+});
 afterEach(() => {
   vi.restoreAllMocks();
 });
@@ -126,7 +130,6 @@ describe('PricingService.cost', () => {
 
 describe('PricingService: unpriced models', () => {
   it('prices an unpriced model null (never 0), warns once per model, tells listeners on every call', () => {
-    const warn = vi.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
     const p = pricing();
     const heard: string[] = [];
     p.unpricedListeners.push((m) => heard.push(m));

@@ -5,6 +5,7 @@ import { RequestContextStore } from '../context/request-context.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import type { ResolvedOpenAIOptions, ThrottleWindow } from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
+import { rawResponse } from '../utils/http.js';
 import { OpenAIThrottlerStorage } from './openai-throttler.storage.js';
 import { RateLimitExceededException } from './rate-limit.exceptions.js';
 import { RateLimitService, tightestWindow } from './rate-limit.service.js';
@@ -24,8 +25,9 @@ const COUNTED = Symbol.for('OPENAI:THROTTLE_COUNTED');
  * - a request is counted once even when the guard is both global (`APP_GUARD`) and on the route;
  * - sets `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset` (s) for the tightest window and,
  *   on 429, `retry-after` (s).
- * `@Throttle({ minute: { limit, ttl } })` overrides a window on a route or controller, `@SkipThrottle()`
- * skips all windows (or `@SkipThrottle({ minute: true })` one).
+ * `@Throttle({ minute: { limit, ttl } })` overrides a window on a route or controller (the overridden
+ * window is then counted per route, as `@nestjs/throttler` does), `@SkipThrottle()` skips all windows
+ * (or `@SkipThrottle({ minute: true })` one).
  *
  * @example @UseGuards(OpenAIThrottlerGuard) @Post('chat') chat() {}
  */
@@ -54,15 +56,24 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
     if (await this.shouldSkip(context)) return true;
     const handler = context.getHandler();
     const classRef = context.getClass();
+    // `@SkipThrottle()` without arguments marks the `default` throttler: here it skips the route.
+    if (this.reflector.getAllAndOverride<boolean>(THROTTLER_SKIP + 'default', [handler, classRef])) return true;
     const tracker = await this.getTracker(req);
     const user = tracker.startsWith('user:') ? tracker.slice(5) : undefined;
     const { requests } = await this.limiter.limitsFor(user);
     const windows: ThrottleWindow[] = [];
+    // stored window name -> the configured name, shown in headers, messages and metrics
+    const shownName = new Map<string, string>();
     for (const w of requests) {
       if (this.reflector.getAllAndOverride<boolean>(THROTTLER_SKIP + w.name, [handler, classRef])) continue;
       const limit = this.reflector.getAllAndOverride<number>(THROTTLER_LIMIT + w.name, [handler, classRef]);
       const ttl = this.reflector.getAllAndOverride<number>(THROTTLER_TTL + w.name, [handler, classRef]);
-      windows.push({ name: w.name, limit: typeof limit === 'number' ? limit : w.limit, ttl: typeof ttl === 'number' ? ttl : w.ttl });
+      const window = { name: w.name, limit: typeof limit === 'number' ? limit : w.limit, ttl: typeof ttl === 'number' ? ttl : w.ttl };
+      // An overridden window is counted for its route alone: on the user's shared counter, another
+      // length would restart or shorten the window every other route counts in.
+      if (window.limit !== w.limit || window.ttl !== w.ttl) window.name = `${w.name}@${classRef.name}.${handler.name}`;
+      shownName.set(window.name, w.name);
+      windows.push(window);
     }
     if (windows.length === 0) return true;
     const result = await this.limiter.hitRequest(tracker, windows);
@@ -77,10 +88,20 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
       const w = result.blockedBy!;
       const retryAfter = Math.max(1, Math.ceil(w.resetMs / 1000));
       this.setResponseHeader(res, 'retry-after', retryAfter);
-      this.metrics.rateLimited('requests', w.name);
-      throw new RateLimitExceededException('requests', w.name, w.limit, retryAfter);
+      const name = shownName.get(w.name) ?? w.name;
+      this.metrics.rateLimited('requests', name);
+      throw new RateLimitExceededException('requests', name, w.limit, retryAfter);
     }
     return true;
+  }
+
+  /**
+   * Sets the header on the Node response (`reply.raw` with Fastify), so that it survives a handler
+   * that hijacks the reply to stream (SSE); Node merges it into the headers Fastify writes otherwise.
+   */
+  protected override setResponseHeader(res: Record<string, any>, name: string, value: string | number): void {
+    const raw = rawResponse(res);
+    if (!raw.headersSent) raw.setHeader(name, String(value));
   }
 
   /** The user of the request, else `ip:<client IP>` (IPv6 grouped by /64 as in `@nestjs/throttler`). */

@@ -25,7 +25,10 @@ export interface UsageTotals {
 export interface UsageBreakdown {
   requests: number;
   total_tokens: number;
-  cost_usd: number;
+  /** Spend of the line's priced calls (USD); `null` when every call of the line was to a model without a price. */
+  cost_usd: number | null;
+  /** Calls of the line to models without a price: their cost is not in `cost_usd`. */
+  unpriced_requests: number;
 }
 
 /** Usage of a user or of the whole project for one period. */
@@ -97,9 +100,11 @@ export class UsageService {
       [`m|${model}|requests`]: 1,
       [`m|${model}|total_tokens`]: u.total_tokens,
       [`m|${model}|cost_usd`]: cost,
+      [`m|${model}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
       [`r|${route}|requests`]: 1,
       [`r|${route}|total_tokens`]: u.total_tokens,
       [`r|${route}|cost_usd`]: cost,
+      [`r|${route}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
     };
     for (const k of Object.keys(fields)) if (fields[k] === 0) delete fields[k];
     const { day, month } = periodKeys(at);
@@ -144,8 +149,12 @@ export class UsageService {
       if (parts.length !== 3) continue;
       const target = parts[0] === 'm' ? report.by_model : parts[0] === 'r' ? report.by_route : undefined;
       if (!target) continue;
-      const line = (target[parts[1]] ??= { requests: 0, total_tokens: 0, cost_usd: 0 });
+      const line = (target[parts[1]] ??= { requests: 0, total_tokens: 0, cost_usd: 0, unpriced_requests: 0 });
       (line as unknown as Record<string, number>)[parts[2]] = value;
+    }
+    // A model (or route) whose calls were all unpriced has an unknown cost, not a cost of $0.
+    for (const line of [...Object.values(report.by_model), ...Object.values(report.by_route)]) {
+      if (line.requests > 0 && line.unpriced_requests >= line.requests) line.cost_usd = null;
     }
     return report;
   }

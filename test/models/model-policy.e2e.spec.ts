@@ -93,6 +93,21 @@ describe.each(PLATFORMS)('model policy on %s', (platform) => {
     expect(fake.requests).toHaveLength(0);
   });
 
+  it('per-call fallbacks obey the allow-list too: 400 before any upstream call', async () => {
+    await expect(dev.openai.chat(msg() as never, { fallbacks: ['gpt-3.5-turbo-0125'] })).rejects.toMatchObject({
+      status: 400,
+      response: expect.objectContaining({ error: 'model_not_allowed' }),
+    });
+    expect(fake.requests).toHaveLength(0);
+  });
+
+  it('per-call fallbacks resolve aliases', async () => {
+    fake.fault({ path: '/v1/chat/completions', model: 'gpt-4o-mini-2024-07-18', status: 500 });
+    const r = await dev.openai.chat(msg() as never, { fallbacks: ['chat'], maxRetries: 0 });
+    expect(r.model).toBe('gpt-4o-2024-08-06');
+    expect(upstream().map((x) => x.model)).toEqual(['gpt-4o-mini-2024-07-18', 'gpt-4o-2024-08-06']);
+  });
+
   describe('production: pinning enforced, overCap reject', () => {
     beforeAll(async () => {
       prod = await startFixtureApp(
@@ -110,6 +125,15 @@ describe.each(PLATFORMS)('model policy on %s', (platform) => {
       expect(res.status).toBe(400);
       expect(res.body.error).toBe('model_not_allowed');
       expect(res.body.message).toContain('gpt-4o');
+      expect(fake.requests).toHaveLength(0);
+    });
+
+    it('an unpinned per-call fallback is a 400 at call time, with no upstream call', async () => {
+      fake.fault({ path: '/v1/chat/completions', status: 500 });
+      await expect(prod.openai.chat(msg() as never, { fallbacks: ['gpt-4o'] })).rejects.toMatchObject({
+        status: 400,
+        response: expect.objectContaining({ error: 'model_not_allowed' }),
+      });
       expect(fake.requests).toHaveLength(0);
     });
 

@@ -5,6 +5,7 @@
 #
 #   bash test/packaging/run.sh            (from any directory; npm's registry must be reachable)
 #   KEEP_WORK=1 bash test/packaging/run.sh   keeps the temporary work directory for inspection
+#   PACKAGING_EXTRA_DEPS="prom-client@^15" bash test/packaging/run.sh   installs extra packages in both apps
 #
 # The apps are installed in a temporary directory outside the repository on purpose: inside it, Node and tsc would
 # also find the repository's own node_modules and hide a dependency missing from the package.
@@ -18,6 +19,9 @@ WORK="$(mktemp -d "${TMPDIR:-/tmp}/nestjs-openai-packaging.XXXXXX")"
 # typescript and @types/node). Everything else the library needs at runtime (zod, gpt-tokenizer, @nestjs/throttler)
 # must come from the package's own dependencies / peerDependencies, so it is deliberately not listed here.
 COMMON_DEPS=(openai@7.59.0 rxjs@^7.8.1 reflect-metadata@^0.2.2 typescript@7.0.2 @types/node@^20.19.0)
+# PACKAGING_EXTRA_DEPS="pkg@range ..." adds packages to both apps (to confirm a missing dependency is the only problem).
+read -r -a EXTRA_DEPS <<<"${PACKAGING_EXTRA_DEPS:-}"
+COMMON_DEPS+=(${EXTRA_DEPS[@]+"${EXTRA_DEPS[@]}"})
 NEST12_DEPS=(@nestjs/common@^12 @nestjs/core@^12 @nestjs/platform-express@^12)
 NEST11_DEPS=(@nestjs/common@^11 @nestjs/core@^11 @nestjs/platform-express@^11)
 

@@ -33,7 +33,9 @@ import {
 import { fixtureOptions, startFixtureApp, type FixtureHandle, type Platform } from '../support/fixture-app.js';
 
 /** Bearer tokens of the fixture apps and the users they stand for. */
-export const FIXTURE_USERS: Record<string, string> = { 'alice-token': 'alice', 'bob-token': 'bob', 'carol-token': 'carol' };
+export const FIXTURE_USERS: Record<string, string> = Object.fromEntries(
+  ['alice', 'bob', 'carol', 'dave', 'erin', 'frank', 'grace', 'heidi'].map((name) => [`${name}-token`, name]),
+);
 
 /**
  * The fixture's identity: `Authorization: Bearer <token>` from FIXTURE_USERS sets `req.user` and the
@@ -95,9 +97,9 @@ export class LimitedController {
     return { ok: true };
   }
 
-  @SkipThrottle({ long: true })
-  @Get('no-long')
-  noLong() {
+  @SkipThrottle({ burst: true })
+  @Get('no-burst')
+  noBurst() {
     return { ok: true };
   }
 }

@@ -1,8 +1,9 @@
 import { performance } from 'node:perf_hooks';
 import request from 'supertest';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
-import { PLATFORMS, auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
+import { fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import { PLATFORMS, TEST_API_KEY, auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
 
 const CHAT = '/v1/chat/completions';
 
@@ -52,11 +53,71 @@ describe.each(PLATFORMS)('sample upstream timeouts on %s (OPENAI_TIMEOUT_MS)', (
     expect(fake.requestsTo(CHAT)).toHaveLength(2);
   });
 
+  it('a client that goes away cancels the upstream call: no retry, logged as 499', async () => {
+    fake.fault({ path: CHAT, hang: true });
+    await expect(request(h.server).post('/chat').set(auth()).set('x-request-id', 'gone-1').timeout(100).send(userMessage('bye'))).rejects.toThrow(/timeout/i);
+    const line = await vi.waitFor(
+      () => {
+        const l = h.logger.records('openai call failed').find((x) => x.request_id === 'gone-1');
+        if (!l) throw new Error('not logged yet');
+        return l;
+      },
+      { timeout: 2_000, interval: 20 },
+    );
+    expect(line).toMatchObject({ status: 499, error: 'client_closed_request' });
+    // Past the 250 ms attempt timeout and the backoff: a retry would have arrived by now.
+    await new Promise((r) => setTimeout(r, 400));
+    expect(fake.requestsTo(CHAT)).toHaveLength(1);
+  });
+
   it('a stream whose headers never come: 504 JSON before the first byte', async () => {
     fake.fault({ path: CHAT, hang: true });
     const res = await request(h.server).post('/chat/stream').set(auth()).send(userMessage('wait'));
     expect(res.status).toBe(504);
     expect(res.headers['content-type']).toContain('application/json');
     expect(res.body.error).toBe('upstream_timeout');
+  });
+});
+
+describe('per-call attempt timeout (service, no HTTP)', () => {
+  let fake: FakeOpenAIServer;
+  let h: FixtureHandle;
+  beforeAll(async () => {
+    fake = await FakeOpenAIServer.start();
+    h = await startFixtureApp('express', fixtureOptions(fake.baseURL, TEST_API_KEY, { retry: { maxRetries: 1 }, timeouts: { attemptMs: 200, deadlineMs: 5_000 } }));
+  });
+  afterAll(async () => {
+    await h.close();
+    await fake.close();
+  });
+  beforeEach(() => {
+    fake.reset();
+  });
+  const ask = { messages: [{ role: 'user' as const, content: 'slow one' }] };
+
+  it('a longer attemptTimeoutMs lets a slow upstream answer (the client-wide timeout does not cut it)', async () => {
+    fake.fault({ path: CHAT, delayMs: 500 });
+    const r = await h.openai.chat(ask, { attemptTimeoutMs: 2_000 });
+    expect(r.content).toBe('Echo: slow one');
+    expect(r.attempts).toBe(1);
+    expect(fake.requestsTo(CHAT)).toHaveLength(1);
+  });
+
+  it('a longer attemptTimeoutMs also holds for a stream and for embeddings', async () => {
+    fake.fault({ path: CHAT, delayMs: 500 });
+    fake.fault({ path: '/v1/embeddings', delayMs: 500 });
+    const s = await h.openai.stream(ask, { attemptTimeoutMs: 2_000 });
+    for await (const _ of s) void _;
+    expect((await s.finished).content).toBe('Echo: slow one');
+    expect((await h.openai.embed({ input: 'x' }, { attemptTimeoutMs: 2_000 })).attempts).toBe(1);
+  });
+
+  it('a shorter attemptTimeoutMs times out each attempt: 504', async () => {
+    fake.fault({ path: CHAT, delayMs: 500 });
+    await expect(h.openai.chat(ask, { attemptTimeoutMs: 100 })).rejects.toMatchObject({ status: 504 });
+    const attempts = fake.requestsTo(CHAT);
+    expect(attempts).toHaveLength(2);
+    expect(attempts[1].at - attempts[0].at).toBeGreaterThanOrEqual(80);
+    expect(attempts[1].at - attempts[0].at).toBeLessThan(450);
   });
 });
