@@ -70,7 +70,7 @@ export interface StreamSummary extends CallResultMeta {
 interface Attempt {
   signal: AbortSignal;
   controller: AbortController;
-  /** This attempt's timeout, also given to the SDK so that its client-wide `timeout` does not cut a longer per-call one. */
+  /** This attempt's timeout (whole ms: the SDK wants an integer), also given to the SDK so that its client-wide `timeout` does not cut a longer per-call one. */
   timeoutMs: number;
 }
 
@@ -200,14 +200,18 @@ export class OpenAIService {
   /** Output moderation settings of a call: its `moderateOutput` option, else the route's `@Moderate({ output })`. @internal */
   outputModerationFor(options: CallOptions): ModerationCheckOptions | undefined {
     let setting = options.moderateOutput;
+    let base: ModerationCheckOptions = {};
     if (setting === undefined) {
       const ctx = RequestContextStore.get();
-      const route = (ctx?.handler && Reflect.getMetadata(MODERATION_METADATA, ctx.handler)) ?? (ctx?.controller && Reflect.getMetadata(MODERATION_METADATA, ctx.controller));
-      setting = (route as ModerateOptions | undefined)?.output;
+      const route = ((ctx?.handler && Reflect.getMetadata(MODERATION_METADATA, ctx.handler)) ??
+        (ctx?.controller && Reflect.getMetadata(MODERATION_METADATA, ctx.controller))) as ModerateOptions | undefined;
+      setting = route?.output;
+      // The route's categories, thresholds and failure policy hold for its output too, unless `output` overrides them.
+      if (route) base = { categories: route.categories, thresholds: route.thresholds, onError: route.onError };
     }
     if (!setting) return undefined;
     if (!this.outputModerator) throw new Error('Output moderation needs ModerationService (provided by OpenAIModule)');
-    return setting === true ? {} : setting;
+    return setting === true ? base : { ...base, ...setting, thresholds: { ...base.thresholds, ...setting.thresholds } };
   }
 
   private async moderateChatOutput(result: ChatResult, options: CallOptions): Promise<ChatResult> {
@@ -462,7 +466,7 @@ export class OpenAIService {
         }
         options.signal?.addEventListener('abort', onCallerAbort, { once: true });
         try {
-          const { data, response, request_id } = await attemptFn(model, { signal: controller.signal, controller, timeoutMs });
+          const { data, response, request_id } = await attemptFn(model, { signal: controller.signal, controller, timeoutMs: Math.ceil(timeoutMs) });
           this.metrics.attempt(prep.call, model, '2xx', retry > 0);
           return {
             data,
@@ -531,6 +535,7 @@ export class OpenAIService {
     this.metrics.failed(prep.call, String((mapped.getResponse() as { error?: unknown }).error ?? status));
     const cause = (mapped as { cause?: unknown }).cause;
     const upstreamStatus = (cause as { status?: number } | undefined)?.status;
+    const attempts = (err as { attempts?: number }).attempts ?? (mapped as { attempts?: number }).attempts;
     const line = {
       msg: 'openai call failed',
       ...this.baseLine(prep),
@@ -539,7 +544,8 @@ export class OpenAIService {
       upstream_status: upstreamStatus,
       error: (mapped.getResponse() as { error?: string }).error,
       latency_ms: Math.round(performance.now() - started),
-      attempts: (err as { attempts?: number }).attempts ?? (mapped as { attempts?: number }).attempts,
+      attempts,
+      retries: attempts === undefined ? undefined : attempts - 1,
       cause: cause ? describeError(cause) : undefined,
     };
     if (upstreamStatus === 401 || upstreamStatus === 403) {

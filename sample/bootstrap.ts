@@ -12,7 +12,7 @@ export async function createSampleApp(config: SampleConfig, logger?: LoggerServi
   const app =
     config.platform === 'fastify'
       ? await NestFactory.create(module, new FastifyAdapter({ bodyLimit: 1_048_576 }), { logger: log, abortOnError: false })
-      : await NestFactory.create(module, { logger: log, bodyParser: true, abortOnError: false });
+      : await NestFactory.create(module, { logger: log, bodyParser: false, abortOnError: false });
   if (config.platform === 'express') {
     (app as unknown as { useBodyParser(t: string, o: object): void }).useBodyParser('json', { limit: '1mb' });
   }

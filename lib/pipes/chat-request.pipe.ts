@@ -22,6 +22,8 @@ export class InputTooLargeException extends OpenAIHttpException {
   }
 }
 
+const clip = (s: string, max = 120) => (s.length > max ? `${s.slice(0, max)}...` : s);
+
 /** Validates a body against a zod schema compiled once; throws `InvalidBodyException` (400). */
 export function parseBody<T>(schema: ZodType<T>, value: unknown): T {
   if (value === undefined || value === null || typeof value !== 'object' || Array.isArray(value)) {
@@ -29,7 +31,8 @@ export function parseBody<T>(schema: ZodType<T>, value: unknown): T {
   }
   const result = schema.safeParse(value);
   if (result.success) return result.data;
-  const issues = result.error.issues.slice(0, 10).map((i) => ({ path: i.path.map(String).join('.') || '(body)', message: i.message }));
+  // zod quotes unknown keys in its messages, and a key can be most of the body: clip what is echoed.
+  const issues = result.error.issues.slice(0, 10).map((i) => ({ path: clip(i.path.map(String).join('.') || '(body)'), message: clip(i.message) }));
   throw new InvalidBodyException(`Invalid body: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
 }
 

@@ -10,7 +10,7 @@ const pricing = (extra: OpenAIModuleOptions = {}) =>
 
 const usage = (prompt_tokens: number, cached_tokens: number, completion_tokens: number) => ({ prompt_tokens, cached_tokens, completion_tokens });
 
-let warn: ReturnType<typeof vi.spyOn>;
+let warn: { mock: { calls: unknown[][] } };
 beforeEach(() => {
   warn = vi.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
 });

@@ -22,7 +22,10 @@ describe('createStore', () => {
   it('an unreachable Redis fails at boot, naming the fix, with the password masked', async () => {
     const port = await freePort();
     const started = Date.now();
-    const err = await createStore(options({ type: 'redis', redis: { url: `redis://user:s3cret@127.0.0.1:${port}` }, connectTimeoutMs: 300 })).catch((e: unknown) => e as Error);
+    const err = (await createStore(options({ type: 'redis', redis: { url: `redis://user:s3cret@127.0.0.1:${port}` }, connectTimeoutMs: 300 })).then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as Error;
     expect(err).toBeInstanceOf(Error);
     expect(err.message).toMatch(/did not answer within 300 ms/);
     expect(err.message).toMatch(/Fix: start Redis, correct storage\.redis\.url, or use storage\.type 'memory'/);

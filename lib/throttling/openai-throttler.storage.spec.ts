@@ -1,5 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemoryStore } from '../storage/memory.store.js';
+import type { OpenAIStore } from '../storage/openai-store.interface.js';
+import { StoreDegradedError } from '../storage/resilient.store.js';
+import { StorageUnavailableException } from './rate-limit.exceptions.js';
 import { OpenAIThrottlerStorage } from './openai-throttler.storage.js';
 
 describe('OpenAIThrottlerStorage', () => {
@@ -23,5 +26,16 @@ describe('OpenAIThrottlerStorage', () => {
     // another throttler name or key has its own counter
     expect((await s.increment('k1', 60_000, 2, 60_000, 'long')).totalHits).toBe(1);
     expect((await s.increment('k2', 60_000, 2, 60_000, 'default')).totalHits).toBe(1);
+  });
+});
+
+describe('OpenAIThrottlerStorage with the store down under fail-closed', () => {
+  it('answers 503 storage_unavailable (as OpenAIThrottlerGuard does), not a 500', async () => {
+    const down = { consume: () => Promise.reject(new StoreDegradedError()) } as unknown as OpenAIStore;
+    const err = await new OpenAIThrottlerStorage(down).increment('k', 1_000, 1, 1_000, 'default').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(StorageUnavailableException);
+    expect((err as StorageUnavailableException).getStatus()).toBe(503);
+    const bug = { consume: () => Promise.reject(new TypeError('boom')) } as unknown as OpenAIStore;
+    await expect(new OpenAIThrottlerStorage(bug).increment('k', 1_000, 1, 1_000, 'default')).rejects.toBeInstanceOf(TypeError);
   });
 });

@@ -1,7 +1,9 @@
 import { Inject, Injectable } from '@nestjs/common';
 import type { ThrottlerStorage } from '@nestjs/throttler';
 import { OPENAI_STORE } from '../openai.constants.js';
-import { keyPart, type OpenAIStore } from '../storage/openai-store.interface.js';
+import { keyPart, type ConsumeResult, type OpenAIStore } from '../storage/openai-store.interface.js';
+import { StoreDegradedError } from '../storage/resilient.store.js';
+import { StorageUnavailableException } from './rate-limit.exceptions.js';
 
 /** Record returned to `@nestjs/throttler`'s guard (its `ThrottlerStorageRecord`). */
 export interface OpenAIThrottlerStorageRecord {
@@ -25,7 +27,14 @@ export class OpenAIThrottlerStorage implements ThrottlerStorage {
   constructor(@Inject(OPENAI_STORE) private readonly store: OpenAIStore) {}
 
   async increment(key: string, ttl: number, limit: number, _blockDuration: number, throttlerName: string): Promise<OpenAIThrottlerStorageRecord> {
-    const r = await this.store.consume(`thr:${keyPart(key)}`, [{ name: keyPart(throttlerName), limit, windowMs: ttl }], 1);
+    let r: ConsumeResult;
+    try {
+      r = await this.store.consume(`thr:${keyPart(key)}`, [{ name: keyPart(throttlerName), limit, windowMs: ttl }], 1);
+    } catch (err) {
+      // The store is down under `fail-closed`: a 503 as from OpenAIThrottlerGuard, not a 500.
+      if (err instanceof StoreDegradedError) throw new StorageUnavailableException(err);
+      throw err;
+    }
     const w = r.windows[0];
     const seconds = Math.ceil(w.resetMs / 1000);
     return { totalHits: r.allowed ? w.used : w.used + 1, timeToExpire: seconds, isBlocked: !r.allowed, timeToBlockExpire: r.allowed ? 0 : seconds };

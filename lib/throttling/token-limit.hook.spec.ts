@@ -17,6 +17,7 @@ const call = (over: Partial<UpstreamCall> = {}): UpstreamCall => ({
   user: 'u1',
   promptTokens: 40,
   maxOutputTokens: 60,
+  candidates: ['gpt-4o-mini-2024-07-18'],
   ...over,
 });
 const settled = (total: number): SettledCall => ({

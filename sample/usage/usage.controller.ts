@@ -20,7 +20,10 @@ export class UsageController {
       prompt_tokens: u.prompt_tokens,
       cached_tokens: u.cached_tokens,
       completion_tokens: u.completion_tokens,
+      reasoning_tokens: u.reasoning_tokens,
       cost_usd: u.cost_usd,
+      // Calls to models without a price: their cost is unknown, so it is not in cost_usd (never counted as $0).
+      unpriced_requests: u.unpriced_requests,
       by_model: u.by_model,
       budget: daily ? { limit_usd: daily.limit_usd, remaining_usd: daily.remaining_usd, period: 'day', resets_at: daily.resets_at } : null,
     };

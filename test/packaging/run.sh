@@ -25,23 +25,43 @@ COMMON_DEPS+=(${EXTRA_DEPS[@]+"${EXTRA_DEPS[@]}"})
 NEST12_DEPS=(@nestjs/common@^12 @nestjs/core@^12 @nestjs/platform-express@^12)
 NEST11_DEPS=(@nestjs/common@^11 @nestjs/core@^11 @nestjs/platform-express@^11)
 
-# stop_app <pid>: SIGTERM, then SIGKILL after 5 s.
-stop_app() {
-  local pid="$1"
-  kill -0 "$pid" 2>/dev/null || return 0
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 25); do
-    kill -0 "$pid" 2>/dev/null || return 0
-    sleep 0.2
+# children <pid>: the pids of a process's children (pgrep, else /proc on Linux).
+children() {
+  if command -v pgrep >/dev/null 2>&1; then
+    pgrep -P "$1" 2>/dev/null || true
+  elif [[ -d /proc ]]; then
+    awk -v ppid="$1" '{ sub(/^.*\) /, ""); if ($2 == ppid) print FILENAME }' /proc/[0-9]*/stat 2>/dev/null |
+      sed -E 's#^/proc/([0-9]+)/stat$#\1#' || true
+  fi
+}
+descendants() {
+  local child
+  for child in $(children "$1"); do
+    echo "$child"
+    descendants "$child"
   done
-  kill -9 "$pid" 2>/dev/null || true
 }
 
-APP_PIDS=()
+# stop_job <pid>: SIGTERM to a background job and everything it started (e.g. npm's children), SIGKILL after 5 s.
+stop_job() {
+  local pid="$1" p alive
+  kill -0 "$pid" 2>/dev/null || return 0
+  local pids=("$pid" $(descendants "$pid"))
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 1 25); do
+    alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [[ $alive -eq 0 ]] && return 0
+    sleep 0.2
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
+}
+
+JOB_PIDS=()
 cleanup() {
   local pid
-  for pid in ${APP_PIDS[@]+"${APP_PIDS[@]}"}; do
-    stop_app "$pid"
+  for pid in ${JOB_PIDS[@]+"${JOB_PIDS[@]}"}; do
+    stop_job "$pid"
   done
   [[ "${KEEP_WORK:-}" == 1 ]] || rm -rf "$WORK"
 }
@@ -129,16 +149,27 @@ fi
 # ---------------------------------------------------------------------------------------------------------------------
 # 2. The apps
 # ---------------------------------------------------------------------------------------------------------------------
-# run_app <name> <deps...>: copies apps/<name> to the work directory, installs the tarball and the deps, builds,
-# starts dist/main.js on a free port, checks one POST /chat, stops the app. Prints PASS/FAIL.
-run_app() {
+# install_app <name> <deps...>: copies apps/<name> to the work directory, then installs the tarball and the deps and
+# builds the app, in the background (both apps install at the same time). Sets INSTALL_PID.
+install_app() {
   local name="$1"
   shift
-  local dir="$WORK/$name" log="$WORK/$name.log" applog="$WORK/$name.app.log" port pid rc
+  local dir="$WORK/$name"
   cp -R "$HERE/apps/$name" "$dir"
   rm -rf "$dir/node_modules" "$dir/dist" "$dir/package-lock.json"
+  (cd "$dir" && npm install --no-audit --no-fund "$TARBALL" "$@" && npm run build) >"$WORK/$name.log" 2>&1 &
+  INSTALL_PID=$!
+  JOB_PIDS+=("$INSTALL_PID")
+}
 
-  if ! (cd "$dir" && npm install --no-audit --no-fund "$TARBALL" "$@" && npm run build) >"$log" 2>&1; then
+# check_app <name> <install pid>: waits for the install, starts dist/main.js on a free port, checks one POST /chat,
+# stops the app. Prints PASS/FAIL, then the warnings seen in the app's output and in npm's.
+check_app() {
+  local name="$1" install_pid="$2"
+  local dir="$WORK/$name" log="$WORK/$name.log" applog="$WORK/$name.app.log" port pid rc
+  rc=0
+  wait "$install_pid" || rc=$?
+  if [[ $rc -ne 0 ]]; then
     fail "$name (npm install or build failed)"
     tail -n 40 "$log" | sed 's/^/  | /'
     print_npm_warnings "$log"
@@ -148,12 +179,11 @@ run_app() {
   port="$(free_port)"
   (cd "$dir" && PORT="$port" exec node dist/main.js) >"$applog" 2>&1 &
   pid=$!
-  APP_PIDS+=("$pid")
+  JOB_PIDS+=("$pid")
 
   rc=0
   node "$HERE/check.mjs" "$port" "$pid" >>"$log" 2>&1 || rc=$?
-
-  stop_app "$pid"
+  stop_job "$pid"
   wait "$pid" 2>/dev/null || true
 
   if [[ $rc -eq 0 ]]; then
@@ -167,8 +197,12 @@ run_app() {
   print_npm_warnings "$log"
 }
 
-run_app esm-nest12 "${COMMON_DEPS[@]}" "${NEST12_DEPS[@]}"
-run_app cjs-nest11 "${COMMON_DEPS[@]}" "${NEST11_DEPS[@]}"
+install_app esm-nest12 "${COMMON_DEPS[@]}" "${NEST12_DEPS[@]}"
+ESM_INSTALL=$INSTALL_PID
+install_app cjs-nest11 "${COMMON_DEPS[@]}" "${NEST11_DEPS[@]}"
+CJS_INSTALL=$INSTALL_PID
+check_app esm-nest12 "$ESM_INSTALL"
+check_app cjs-nest11 "$CJS_INSTALL"
 
 echo "took $((SECONDS - START)) s"
 echo "$PASSED passed, $FAILED failed"

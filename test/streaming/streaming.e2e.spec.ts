@@ -50,7 +50,7 @@ describe.each(PLATFORMS)('sample POST /chat/stream failures on %s', (platform) =
     // It waited for the 300 ms silence, and not much longer.
     expect(ended - fake.requestsTo(CHAT)[0].at).toBeGreaterThanOrEqual(250);
     expect(ended - started).toBeLessThan(3_000);
-    const line = h.logger.records('openai call').find((l) => l.request_id === 'stall-1')!;
+    const line = h.logger.records('openai call').find((l) => l.request_id === 'stall-1' && l.endpoint === 'chat.completions')!;
     expect(line).toMatchObject({ status: 'incomplete', usage_estimated: true, user: 'alice' });
     expect(line.completion_tokens).toBeGreaterThan(0);
   });
@@ -62,7 +62,7 @@ describe.each(PLATFORMS)('sample POST /chat/stream failures on %s', (platform) =
     expect(errors).toEqual([{ statusCode: 502, error: expect.any(String), message: expect.any(String), request_id: 'cut-1' }]);
     expect(events).not.toContain('[DONE]');
     expect(fake.requestsTo(CHAT)).toHaveLength(1);
-    expect(h.logger.records('openai call').find((l) => l.request_id === 'cut-1')).toMatchObject({ status: 'incomplete', usage_estimated: true });
+    expect(h.logger.records('openai call').find((l) => l.request_id === 'cut-1' && l.endpoint === 'chat.completions')).toMatchObject({ status: 'incomplete', usage_estimated: true });
   });
 
   it('a stream that ends without data: [DONE] is an error: one 502 error event, no [DONE]', async () => {
@@ -73,7 +73,7 @@ describe.each(PLATFORMS)('sample POST /chat/stream failures on %s', (platform) =
     expect(errors[0]).toMatchObject({ statusCode: 502, request_id: 'nodone-1' });
     expect(events).not.toContain('[DONE]');
     // The usage chunk did arrive: the incomplete call is accounted with real usage.
-    const line = h.logger.records('openai call').find((l) => l.request_id === 'nodone-1')!;
+    const line = h.logger.records('openai call').find((l) => l.request_id === 'nodone-1' && l.endpoint === 'chat.completions')!;
     expect(line.status).toBe('incomplete');
     expect(line.usage_estimated).toBeUndefined();
   });

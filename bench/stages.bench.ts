@@ -1,0 +1,163 @@
+// Where the pipeline's time goes: wraps the steps of OpenAIService.chat() (and what they call) with
+// performance.now() timers and runs sequential in-process calls against the zero-delay fake upstream.
+//   npm run bench:stages is not defined: run
+//   tsc -p bench/tsconfig.json && node bench/dist/bench/stages.bench.js [bare|memory|redis] [calls]
+// For a CPU profile of the same loop: node --cpu-prof --cpu-prof-dir=bench/dist/prof bench/dist/bench/stages.bench.js memory 20000 --no-wrap
+// then: node bench/dist/bench/support/cpuprofile-summary.js bench/dist/prof/<file>.cpuprofile
+import 'reflect-metadata';
+import { NestFactory } from '@nestjs/core';
+import type OpenAI from 'openai';
+import { OPENAI_CLIENT, OpenAIModule, OpenAIService } from '../lib/index.js';
+import { FakeOpenAIServer } from '../lib/testing/index.js';
+import { BODY, MODEL, USER, benchOptions } from './support/options.js';
+import { BenchRedis } from './support/redis-server.js';
+import { Samples, summarize, table, us } from './support/stats.js';
+
+const timings = new Map<string, Samples>();
+
+function record(label: string, ms: number): void {
+  let s = timings.get(label);
+  if (!s) timings.set(label, (s = new Samples()));
+  s.push(ms);
+}
+
+/** Replaces `target[name]` with a timed version (sync or promise-returning); inclusive time. */
+function wrap(target: Record<string, any>, name: string, label: string): void {
+  const original = target[name] as (...args: unknown[]) => unknown;
+  if (typeof original !== 'function') throw new Error(`cannot wrap ${label}: not a function`);
+  // Created now, so that the report lists the steps in the order they are wrapped.
+  timings.set(label, new Samples());
+  target[name] = function (this: unknown, ...args: unknown[]) {
+    const t0 = performance.now();
+    let out: unknown;
+    try {
+      out = original.apply(this, args);
+    } catch (err) {
+      record(label, performance.now() - t0);
+      throw err;
+    }
+    if (
+      out &&
+      typeof (out as Promise<unknown>).then === 'function' &&
+      !(out as { withResponse?: unknown }).withResponse
+    ) {
+      return (out as Promise<unknown>).finally(() => {
+        record(label, performance.now() - t0);
+      });
+    }
+    record(label, performance.now() - t0);
+    return out;
+  };
+}
+
+async function main(): Promise<void> {
+  const mode = (process.argv[2] ?? 'memory') as 'bare' | 'memory' | 'redis';
+  const calls = Number(process.argv[3] ?? 5_000);
+  const noWrap = process.argv.includes('--no-wrap');
+  const fake = await FakeOpenAIServer.start();
+  const redis = mode === 'redis' ? await BenchRedis.start() : undefined;
+  const app = await NestFactory.createApplicationContext(
+    OpenAIModule.forRoot(benchOptions(mode === 'bare' ? 'bare' : 'limited', fake.baseURL, redis?.url)),
+    { logger: false, abortOnError: false },
+  );
+  try {
+    const service = app.get(OpenAIService);
+    const client = app.get<OpenAI>(OPENAI_CLIENT);
+    const chat = () => service.chat(JSON.parse(BODY), { user: USER });
+    const raw = () => client.chat.completions.create({ model: MODEL, messages: JSON.parse(BODY).messages });
+    for (let i = 0; i < 1_000; i++) {
+      await chat();
+      await raw();
+    }
+    if (!noWrap) {
+      const lib = (p: string) => require(`../lib/${p}`) as Record<string, any>;
+      const proto = (p: string, cls: string) => lib(p)[cls].prototype as Record<string, any>;
+      const svc = proto('openai.service.js', 'OpenAIService');
+      wrap(svc, 'prepareChat', 'prepareChat (all)');
+      wrap(
+        lib('pipes/chat-request.pipe.js'),
+        'enforceInputLimits',
+        '  enforceInputLimits (caps + prompt tokens)',
+      );
+      wrap(lib('tokens/prompt-token-cache.js'), 'promptTokensOf', '    promptTokensOf (tokenizer, o200k)');
+      wrap(lib('identity/safety-identifier.js'), 'hashUserId', '  hashUserId (SHA-256 safety_identifier)');
+      wrap(proto('models/model-policy.js', 'ModelPolicy'), 'resolve', '  ModelPolicy.resolve');
+      wrap(proto('models/model-policy.js', 'ModelPolicy'), 'fallbacksFor', '  ModelPolicy.fallbacksFor');
+      wrap(svc, 'reserve', 'reserve (all hooks)');
+      wrap(proto('throttling/token-limit.hook.js', 'TokenLimitHook'), 'reserve', '  TokenLimitHook.reserve');
+      wrap(proto('budget/budget.service.js', 'BudgetService'), 'reserve', '  BudgetService.reserve');
+      wrap(proto('usage/usage.hook.js', 'UsageHook'), 'reserve', '  UsageHook.reserve');
+      wrap(svc, 'execute', 'execute (attempt loop + upstream call)');
+      wrap(svc, 'meta', 'meta (latency, cost, metrics.succeeded)');
+      wrap(
+        proto('metrics/openai-metrics.service.js', 'OpenAIMetricsService'),
+        'attempt',
+        '  metrics.attempt',
+      );
+      wrap(
+        proto('metrics/openai-metrics.service.js', 'OpenAIMetricsService'),
+        'succeeded',
+        '  metrics.succeeded',
+      );
+      wrap(proto('pricing/pricing.service.js', 'PricingService'), 'cost', '  PricingService.cost');
+      wrap(svc, 'settle', 'settle (all reservations)');
+      wrap(proto('usage/usage.service.js', 'UsageService'), 'record', '  UsageService.record (sync part)');
+      wrap(svc, 'logCall', 'logCall');
+      wrap(svc, 'moderateChatOutput', 'moderateChatOutput');
+      const store = mode === 'redis' ? 'storage/resilient.store.js' : 'storage/memory.store.js';
+      const storeCls = mode === 'redis' ? 'ResilientStore' : 'MemoryStore';
+      for (const m of ['consume', 'adjust', 'incrementFields'])
+        wrap(proto(store, storeCls), m, `  store.${m} (${storeCls})`);
+    }
+    const chatMs = new Samples(calls);
+    const rawMs = new Samples(calls);
+    for (let i = 0; i < calls; i++) {
+      let t0 = performance.now();
+      await chat();
+      chatMs.push(performance.now() - t0);
+      t0 = performance.now();
+      await raw();
+      rawMs.push(performance.now() - t0);
+    }
+    const c = summarize(chatMs.values());
+    const r = summarize(rawMs.values());
+    console.log(
+      `# Stages of OpenAIService.chat() — ${mode} store, ${calls} calls (interleaved with raw SDK calls)\n`,
+    );
+    console.log(
+      table(
+        ['', 'p50 µs', 'p99 µs', 'mean µs'],
+        [
+          ['chat() total', us(c.p50), us(c.p99), us(c.mean)],
+          ['raw SDK call', us(r.p50), us(r.p99), us(r.mean)],
+          ['added', us(c.p50 - r.p50, true), us(c.p99 - r.p99, true), us(c.mean - r.mean, true)],
+        ],
+      ),
+    );
+    if (!noWrap) {
+      console.log('\nInclusive time of each step (↳: called inside the step above it), per invocation:\n');
+      const rows = [...timings.entries()].map(([label, s]) => {
+        const x = summarize(s.values());
+        return [
+          label.replace(/^( +)/, (m) => '↳ '.repeat(m.length / 2)),
+          (x.n / calls).toFixed(2),
+          us(x.p50),
+          us(x.p99),
+          us(x.mean),
+          us((x.mean * x.n) / calls),
+        ];
+      });
+      console.log(table(['step', 'per chat', 'p50 µs', 'p99 µs', 'mean µs', 'µs per chat'], rows));
+      console.log('\n(each timer adds ~0.1-0.3 µs; the chat() total above includes them)');
+    }
+  } finally {
+    await app.close();
+    await fake.close();
+    await redis?.stop();
+  }
+}
+
+main().catch((err: unknown) => {
+  console.error(err);
+  process.exit(1);
+});

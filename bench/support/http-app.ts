@@ -1,0 +1,156 @@
+// Child process of the bench: the Nest apps autocannon measures, on Express, with the fake upstream
+// (zero delay) in this same process. Talks to the parent over IPC:
+//   child -> parent: { ready: { lib: port, bare?: port } }, { cpu: { user, system } }, { reset: true }
+//   parent -> child: { cmd: 'cpu' } | { cmd: 'reset' } | { cmd: 'stop' }
+// argv[2]: 'memory' | 'redis' (REDIS_URL in the environment for 'redis').
+import 'reflect-metadata';
+import {
+  Body,
+  Controller,
+  HttpCode,
+  Module,
+  Post,
+  UseGuards,
+  type DynamicModule,
+  type INestApplication,
+} from '@nestjs/common';
+import { NestFactory } from '@nestjs/core';
+import OpenAI from 'openai';
+import {
+  ChatRequestPipe,
+  InjectOpenAI,
+  OpenAIModule,
+  OpenAIService,
+  OpenAIThrottlerGuard,
+  type ChatRequestBody,
+} from '../../lib/index.js';
+import { FakeOpenAIServer } from '../../lib/testing/index.js';
+import { MODEL, USER, benchOptions } from './options.js';
+
+type Messages = OpenAI.Chat.ChatCompletionMessageParam[];
+
+@Controller()
+class BenchController {
+  constructor(
+    @InjectOpenAI() private readonly client: OpenAI,
+    private readonly openai: OpenAIService,
+  ) {}
+
+  /** The module's configured SDK client, called directly: the baseline. */
+  @Post('raw')
+  @HttpCode(200)
+  async raw(@Body() body: { messages: Messages }) {
+    const c = await this.client.chat.completions.create({ model: MODEL, messages: body.messages });
+    return { content: c.choices[0]?.message?.content ?? null, usage: c.usage };
+  }
+
+  /** The service pipeline (token limit, budgets and usage of the module's options apply). */
+  @Post('service')
+  @HttpCode(200)
+  async service(@Body() body: { messages: Messages }) {
+    const r = await this.openai.chat(body);
+    return { content: r.content, usage: r.usage };
+  }
+
+  /** The guard (request limit) and the body pipe (shape, input caps, prompt tokens) in front of the service. */
+  @Post('guarded')
+  @HttpCode(200)
+  @UseGuards(OpenAIThrottlerGuard)
+  async guarded(@Body(ChatRequestPipe) body: ChatRequestBody) {
+    const r = await this.openai.chat(body);
+    return { content: r.content, usage: r.usage };
+  }
+}
+
+@Module({})
+class BenchAppModule {
+  static register(baseURL: string, redisUrl?: string): DynamicModule {
+    return {
+      module: BenchAppModule,
+      imports: [OpenAIModule.forRoot({ ...benchOptions('limited', baseURL, redisUrl), isGlobal: true })],
+      controllers: [BenchController],
+    };
+  }
+}
+
+/** A Nest app without the library: its own plain SDK client (retries off), no module middleware or interceptor. */
+@Controller()
+class BareController {
+  private readonly client: OpenAI;
+  constructor() {
+    this.client = new OpenAI({
+      apiKey: 'sk-bench-0000000000000000000000000000',
+      baseURL: process.env.BENCH_UPSTREAM,
+      maxRetries: 0,
+    });
+  }
+
+  @Post('raw')
+  @HttpCode(200)
+  async raw(@Body() body: { messages: Messages }) {
+    const c = await this.client.chat.completions.create({ model: MODEL, messages: body.messages });
+    return { content: c.choices[0]?.message?.content ?? null, usage: c.usage };
+  }
+}
+
+@Module({ controllers: [BareController] })
+class BareAppModule {}
+
+/** Sets the identity the guard tracks (as an auth guard or passport would), on every route alike. */
+function identify(app: INestApplication): void {
+  app.use((req: { user?: unknown }, _res: unknown, next: () => void) => {
+    req.user = { id: USER };
+    next();
+  });
+}
+
+async function listen(app: INestApplication): Promise<number> {
+  identify(app);
+  await app.listen(0, '127.0.0.1');
+  return (app.getHttpServer().address() as { port: number }).port;
+}
+
+async function main(): Promise<void> {
+  const mode = process.argv[2];
+  if (mode !== 'memory' && mode !== 'redis') throw new Error(`usage: http-app.js memory|redis (got ${mode})`);
+  const fake = await FakeOpenAIServer.start();
+  process.env.BENCH_UPSTREAM = fake.baseURL;
+  // The fake records every request: drop them often so the heap does not grow during a run.
+  setInterval(() => fake.reset(), 200).unref();
+  const apps: INestApplication[] = [];
+  const lib = await NestFactory.create(
+    BenchAppModule.register(fake.baseURL, mode === 'redis' ? process.env.REDIS_URL : undefined),
+    {
+      logger: false,
+      abortOnError: false,
+    },
+  );
+  apps.push(lib);
+  const ports: { lib: number; bare?: number } = { lib: await listen(lib) };
+  if (mode === 'memory') {
+    const bare = await NestFactory.create(BareAppModule, { logger: false, abortOnError: false });
+    apps.push(bare);
+    ports.bare = await listen(bare);
+  }
+  const send = (m: unknown) => process.send!(m);
+  process.on('message', (m: { cmd?: string }) => {
+    if (m.cmd === 'cpu') send({ cpu: process.cpuUsage() });
+    else if (m.cmd === 'reset') {
+      fake.reset();
+      send({ reset: true });
+    } else if (m.cmd === 'stop') {
+      void (async () => {
+        for (const app of apps) await app.close();
+        await fake.close();
+        process.exit(0);
+      })();
+    }
+  });
+  process.on('disconnect', () => process.exit(0));
+  send({ ready: ports });
+}
+
+main().catch((err: unknown) => {
+  console.error('bench app failed:', err);
+  process.exit(1);
+});

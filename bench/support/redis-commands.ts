@@ -1,0 +1,141 @@
+import type { Redis } from 'ioredis';
+import { cannon } from './http.js';
+
+/** `INFO commandstats` as { command: calls }. */
+export async function commandStats(client: Redis): Promise<Record<string, number>> {
+  const info = await client.info('commandstats');
+  const out: Record<string, number> = {};
+  for (const line of info.split('\n')) {
+    const m = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim());
+    if (m) out[m[1]!] = Number(m[2]);
+  }
+  return out;
+}
+
+export interface CommandLine {
+  command: string;
+  perRequest: number;
+}
+
+/** What one client command of the library does, from its keys and argument shape (see lib/storage/redis.store.ts). */
+export interface Classified {
+  what: string;
+  /** On the request path: awaited before the response is sent. */
+  onPath: boolean;
+  /** Order of the step on the request path (for display). */
+  order: number;
+}
+
+/**
+ * Classifies a client command by key and script shape: CONSUME has ARGV cost + 3 per key, ADJUST has
+ * delta + 1 per key, INCREMENT_FIELDS has one key and ttl + field/value pairs.
+ */
+export function classify(args: string[]): Classified {
+  const cmd = args[0]!.toLowerCase();
+  if (cmd === 'evalsha' || cmd === 'eval') {
+    const numkeys = Number(args[2]);
+    const keys = args.slice(3, 3 + numkeys);
+    const argv = args.slice(3 + numkeys);
+    const key = keys[0] ?? '';
+    const consume = argv.length === 1 + 3 * numkeys;
+    const cost = Number(argv[0]);
+    if (key.includes('{rl:req:'))
+      return consume
+        ? { what: 'request window, consume (guard)', onPath: true, order: 1 }
+        : { what: 'request window, adjust', onPath: true, order: 1.5 };
+    if (key.includes('{rl:tok:')) {
+      return consume
+        ? { what: 'token window, reserve', onPath: true, order: 2 }
+        : { what: 'token window, settle (adjust)', onPath: true, order: 5 };
+    }
+    if (key.includes('{budget:')) {
+      const who = key.includes('{budget:project}') ? 'project' : 'user';
+      if (consume && cost > 0)
+        return { what: `budget ${who}, reserve`, onPath: true, order: who === 'user' ? 3 : 4 };
+      if (consume) return { what: `budget ${who}, alert check (peek, cost 0)`, onPath: false, order: 8 };
+      return { what: `budget ${who}, settle (adjust)`, onPath: true, order: 6 };
+    }
+    if (key.includes('{usage:')) {
+      const who = key.includes('{usage:project:') ? 'project' : 'user';
+      const period = /:\d{4}-\d{2}-\d{2}\}/.test(key) ? 'day' : 'month';
+      return { what: `usage ledger ${who}/${period} (HINCRBYFLOAT script)`, onPath: false, order: 9 };
+    }
+    return { what: `${cmd} ${key}`, onPath: true, order: 10 };
+  }
+  if (cmd === 'set' && args.some((a) => a.toUpperCase() === 'NX'))
+    return { what: 'budget alert, SET NX', onPath: false, order: 8.5 };
+  return { what: `${cmd} ${args[1] ?? ''}`.trim(), onPath: true, order: 10 };
+}
+
+export interface RedisCommandReport {
+  requests: number;
+  /** `INFO commandstats` delta per request, INFO itself excluded. */
+  stats: CommandLine[];
+  /** MONITOR over `monitored` requests: client commands per request, classified. */
+  monitored: number;
+  clientCommands: Array<Classified & { perRequest: number }>;
+  /** Commands run inside the Lua scripts (no round trip of their own), per request. */
+  scriptCommands: CommandLine[];
+}
+
+/**
+ * Part C: Redis commands per `/guarded` request. INFO commandstats before and after `requests`
+ * sequential requests (counts every command, inside scripts too), then MONITOR over `monitored`
+ * requests to tell which client command is which step and which commands ran inside scripts.
+ */
+export async function redisCommands(
+  admin: Redis,
+  monitorClient: Redis,
+  url: string,
+  requests: number,
+  monitored: number,
+): Promise<RedisCommandReport> {
+  const settle = () => new Promise((r) => setTimeout(r, 300));
+  await settle();
+  const before = await commandStats(admin);
+  const run = await cannon(url, 1, { amount: requests });
+  if (run.result['2xx'] !== requests)
+    throw new Error(`part C: ${run.result['2xx']} of ${requests} requests answered 2xx`);
+  await settle();
+  const after = await commandStats(admin);
+  const stats: CommandLine[] = [];
+  for (const [command, calls] of Object.entries(after)) {
+    if (command === 'info') continue;
+    const delta = calls - (before[command] ?? 0);
+    if (delta > 0) stats.push({ command, perRequest: delta / requests });
+  }
+  stats.sort((a, b) => b.perRequest - a.perRequest);
+
+  const monitor = await monitorClient.monitor();
+  const client = new Map<string, Classified & { count: number }>();
+  const inScripts = new Map<string, number>();
+  monitor.on('monitor', (_time: string, args: string[], source: string) => {
+    const cmd = args[0]!.toLowerCase();
+    if (cmd === 'info' || cmd === 'monitor') return;
+    if (source === 'lua') {
+      inScripts.set(cmd, (inScripts.get(cmd) ?? 0) + 1);
+      return;
+    }
+    const c = classify(args);
+    const seen = client.get(c.what);
+    if (seen) seen.count++;
+    else client.set(c.what, { ...c, count: 1 });
+  });
+  await settle();
+  const mrun = await cannon(url, 1, { amount: monitored });
+  if (mrun.result['2xx'] !== monitored)
+    throw new Error(`part C (monitor): ${mrun.result['2xx']} of ${monitored} requests answered 2xx`);
+  await settle();
+  monitor.disconnect();
+  return {
+    requests,
+    stats,
+    monitored,
+    clientCommands: [...client.values()]
+      .map(({ count, ...c }) => ({ ...c, perRequest: count / monitored }))
+      .sort((a, b) => a.order - b.order),
+    scriptCommands: [...inScripts.entries()]
+      .map(([command, n]) => ({ command, perRequest: n / monitored }))
+      .sort((a, b) => b.perRequest - a.perRequest),
+  };
+}
