@@ -61,19 +61,32 @@ function machine(): string[] {
 }
 
 function partA(results: VariantResult[]): string {
-  const base = results[0]!.summary;
+  const base = results[0]!;
   const rows = results.map((r, i) => [
     r.name,
     r.summary.n,
     us(r.summary.p50),
     us(r.summary.p99),
     us(r.summary.mean),
-    i === 0 ? '—' : us(r.summary.p50 - base.p50, true),
-    i === 0 ? '—' : us(r.summary.p99 - base.p99, true),
-    i === 0 ? '—' : us(r.summary.mean - base.mean, true),
+    i === 0 ? '—' : us(r.summary.p50 - base.summary.p50, true),
+    i === 0 ? '—' : us(r.summary.p99 - base.summary.p99, true),
+    i === 0 ? '—' : us(r.summary.mean - base.summary.mean, true),
+    us(r.cpuPerCallMs),
+    i === 0 ? '—' : us(r.cpuPerCallMs - base.cpuPerCallMs, true),
   ]);
   return table(
-    ['variant', 'calls', 'p50 µs', 'p99 µs', 'mean µs', 'added p50 µs', 'added p99 µs', 'added mean µs'],
+    [
+      'variant',
+      'calls',
+      'p50 µs',
+      'p99 µs',
+      'mean µs',
+      'added p50 µs',
+      'added p99 µs',
+      'added mean µs',
+      'CPU µs/call',
+      'added CPU µs/call',
+    ],
     rows,
   );
 }

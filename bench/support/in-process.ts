@@ -18,6 +18,8 @@ export interface InProcessSettings {
 export interface VariantResult {
   name: string;
   summary: Summary;
+  /** CPU time of this process per call (ms), off-path work and the in-process fake upstream included. */
+  cpuPerCallMs: number;
 }
 
 interface Variant {
@@ -26,6 +28,9 @@ interface Variant {
   /** Waits for the off-path writes (usage ledger, budget alert checks) of this variant. */
   drain: () => Promise<void>;
   samples: Samples;
+  /** CPU time (µs) and calls measured. */
+  cpuUs: number;
+  cpuCalls: number;
 }
 
 async function context(
@@ -85,24 +90,32 @@ export async function runInProcess(redisUrl: string, settings: InProcessSettings
         },
         drain: none,
         samples: new Samples(settings.calls),
+        cpuUs: 0,
+        cpuCalls: 0,
       },
       {
         name: '`OpenAIService.chat()`, no limits',
         call: service(bare),
         drain: drainOf(bare),
         samples: new Samples(settings.calls),
+        cpuUs: 0,
+        cpuCalls: 0,
       },
       {
         name: '`chat()` + token limit + budgets + usage, memory',
         call: service(memory),
         drain: drainOf(memory),
         samples: new Samples(settings.calls),
+        cpuUs: 0,
+        cpuCalls: 0,
       },
       {
         name: '`chat()` + token limit + budgets + usage, Redis',
         call: service(redis),
         drain: drainOf(redis),
         samples: new Samples(settings.calls),
+        cpuUs: 0,
+        cpuCalls: 0,
       },
     ];
 
@@ -117,6 +130,7 @@ export async function runInProcess(redisUrl: string, settings: InProcessSettings
         for (let i = 0; i < variants.length; i++) {
           const v = variants[(i + round) % variants.length]!;
           const count = Math.min(settings.block, perVariant - round * settings.block);
+          const cpu0 = process.cpuUsage();
           for (let k = 0; k < count; k++) {
             // The body is parsed outside the timing, fresh per call (as an HTTP body would be), so the
             // service's per-array prompt-token cache does not hide the tokenizer.
@@ -127,13 +141,22 @@ export async function runInProcess(redisUrl: string, settings: InProcessSettings
             if (record) v.samples.push(dt);
           }
           await v.drain();
+          if (record) {
+            const cpu = process.cpuUsage(cpu0);
+            v.cpuUs += cpu.user + cpu.system;
+            v.cpuCalls += count;
+          }
           fake.reset();
         }
       }
     };
     await rounds(settings.warmup, false);
     await rounds(settings.calls, true);
-    return variants.map((v) => ({ name: v.name, summary: summarize(v.samples.values()) }));
+    return variants.map((v) => ({
+      name: v.name,
+      summary: summarize(v.samples.values()),
+      cpuPerCallMs: v.cpuUs / 1000 / v.cpuCalls,
+    }));
   } finally {
     for (const app of apps.reverse()) await app.close();
     await fake.close();

@@ -21,8 +21,12 @@ describe('budgetWindows', () => {
 
   it('gives no window for a limit that is not set, day before month when both are', () => {
     expect(budgetWindows({}, utc('2024-03-15T00:00:00Z'))).toEqual([]);
-    expect(budgetWindows({ monthlyUsd: 2 }, utc('2024-03-15T00:00:00Z')).map((w) => w.name)).toEqual(['month']);
-    expect(budgetWindows({ dailyUsd: 1, monthlyUsd: 2 }, utc('2024-03-15T00:00:00Z')).map((w) => w.name)).toEqual(['day', 'month']);
+    expect(budgetWindows({ monthlyUsd: 2 }, utc('2024-03-15T00:00:00Z')).map((w) => w.name)).toEqual([
+      'month',
+    ]);
+    expect(
+      budgetWindows({ dailyUsd: 1, monthlyUsd: 2 }, utc('2024-03-15T00:00:00Z')).map((w) => w.name),
+    ).toEqual(['day', 'month']);
   });
 
   it('rounds the limit to whole micro-USD (no float residue)', () => {
@@ -81,7 +85,13 @@ function setup(extra: OpenAIModuleOptions = {}) {
     environment: 'test',
     ...extra,
     // 1 USD per 1M tokens: a call's cost in micro-USD is its token count, exactly.
-    pricing: { models: { [MODEL]: { input: 1, output: 1 }, [DEAR]: { input: 10, output: 10 }, ...extra.pricing?.models } },
+    pricing: {
+      models: {
+        [MODEL]: { input: 1, output: 1 },
+        [DEAR]: { input: 10, output: 10 },
+        ...extra.pricing?.models,
+      },
+    },
   });
   const store = new MemoryStore();
   const pricing = new PricingService(options);
@@ -90,7 +100,12 @@ function setup(extra: OpenAIModuleOptions = {}) {
   return { options, store, pricing, metrics, budgets };
 }
 
-const call = (user: string | undefined, promptTokens: number, maxOutputTokens: number, candidates = [MODEL]): UpstreamCall => ({
+const call = (
+  user: string | undefined,
+  promptTokens: number,
+  maxOutputTokens: number,
+  candidates = [MODEL],
+): UpstreamCall => ({
   endpoint: 'chat.completions',
   model: candidates[0],
   stream: false,
@@ -109,7 +124,13 @@ const used = (prompt: number, completion: number, cached = 0): NormalizedUsage =
   estimated: false,
 });
 
-const settled = (pricing: PricingService, u: NormalizedUsage, model = MODEL) => ({ model, usage: u, attempts: 1, latencyMs: 1, costUsd: pricing.cost(model, u) });
+const settled = (pricing: PricingService, u: NormalizedUsage, model = MODEL) => ({
+  model,
+  usage: u,
+  attempts: 1,
+  latencyMs: 1,
+  costUsd: pricing.cost(model, u),
+});
 
 const spentMicro = async (budgets: BudgetService, user: string | null, period: 'day' | 'month' = 'day') =>
   Math.round((await budgets.status(user)).find((s) => s.period === period)!.spent_usd * 1e6);
@@ -165,18 +186,25 @@ describe('BudgetService', () => {
     [146, 100, 246],
     [153, 100, 253],
     [392, 100, 492],
-  ])('charges a call of %i + %i tokens at 1 USD per 1M exactly %i micro-USD (held and settled)', async (prompt, output, micro) => {
-    const { budgets, pricing } = setup({ budgets: { user: { dailyUsd: 1 } } });
-    const r = (await budgets.reserve(call('u', prompt, output)))!;
-    expect(await spentMicro(budgets, 'u')).toBe(micro);
-    await r.settle(settled(pricing, used(prompt, output)));
-    expect(await spentMicro(budgets, 'u')).toBe(micro);
-  });
+  ])(
+    'charges a call of %i + %i tokens at 1 USD per 1M exactly %i micro-USD (held and settled)',
+    async (prompt, output, micro) => {
+      const { budgets, pricing } = setup({ budgets: { user: { dailyUsd: 1 } } });
+      const r = (await budgets.reserve(call('u', prompt, output)))!;
+      expect(await spentMicro(budgets, 'u')).toBe(micro);
+      await r.settle(settled(pricing, used(prompt, output)));
+      expect(await spentMicro(budgets, 'u')).toBe(micro);
+    },
+  );
 
   it('rounds a fractional cost up to the next micro-USD', async () => {
     const { budgets, pricing } = setup({ budgets: { user: { dailyUsd: 1 } } });
     // gpt-4o-mini: 0.15 / 0.6 USD per 1M: 7 prompt + 3 completion tokens = 2.85 micro-USD
-    const r = (await budgets.reserve({ ...call('u', 7, 3), model: 'gpt-4o-mini-2024-07-18', candidates: ['gpt-4o-mini-2024-07-18'] }))!;
+    const r = (await budgets.reserve({
+      ...call('u', 7, 3),
+      model: 'gpt-4o-mini-2024-07-18',
+      candidates: ['gpt-4o-mini-2024-07-18'],
+    }))!;
     expect(await spentMicro(budgets, 'u')).toBe(3);
     await r.settle(settled(pricing, used(7, 3), 'gpt-4o-mini-2024-07-18'));
     expect(await spentMicro(budgets, 'u')).toBe(3);
@@ -192,7 +220,14 @@ describe('BudgetService', () => {
     expect(err).toBeInstanceOf(BudgetExceededException);
     const ex = err as BudgetExceededException;
     expect(ex.getStatus()).toBe(429);
-    expect(ex.body).toMatchObject({ error: 'budget_exceeded', scope: 'user', period: 'day', limit_usd: 0.0001, resets_at: '2024-06-11T00:00:00.000Z', retry_after: 7200 });
+    expect(ex.body).toMatchObject({
+      error: 'budget_exceeded',
+      scope: 'user',
+      period: 'day',
+      limit_usd: 0.0001,
+      resets_at: '2024-06-11T00:00:00.000Z',
+      retry_after: 7200,
+    });
     expect(ex.headers['retry-after']).toBe('7200');
     // a refused call holds nothing
     expect(await spentMicro(budgets, 'u')).toBe(90);
@@ -211,17 +246,23 @@ describe('BudgetService', () => {
     expect(await spentMicro(budgets, null)).toBe(300);
     expect(await spentMicro(budgets, 'd')).toBe(0);
     // without a user, only the project budget applies
-    await expect(Promise.resolve(budgets.reserve(call(undefined, 1, 1)))).rejects.toBeInstanceOf(BudgetExceededException);
+    await expect(Promise.resolve(budgets.reserve(call(undefined, 1, 1)))).rejects.toBeInstanceOf(
+      BudgetExceededException,
+    );
   });
 
   it("rejects an unpriced model with 400 model_unpriced while a budget applies ('reject'), lets it through uncounted ('allow')", async () => {
     const { budgets } = setup({ budgets: { user: { dailyUsd: 1 } } });
-    const err = await Promise.resolve(budgets.reserve(call('u', 10, 10, ['acme-llm']))).catch((e: unknown) => e);
+    const err = await Promise.resolve(budgets.reserve(call('u', 10, 10, ['acme-llm']))).catch(
+      (e: unknown) => e,
+    );
     expect(err).toBeInstanceOf(UnpricedModelException);
     expect((err as UnpricedModelException).getStatus()).toBe(400);
     expect((err as UnpricedModelException).body.error).toBe('model_unpriced');
     // a priced model whose fallback is unpriced cannot be bounded either
-    await expect(Promise.resolve(budgets.reserve(call('u', 10, 10, [MODEL, 'acme-llm'])))).rejects.toBeInstanceOf(UnpricedModelException);
+    await expect(
+      Promise.resolve(budgets.reserve(call('u', 10, 10, [MODEL, 'acme-llm']))),
+    ).rejects.toBeInstanceOf(UnpricedModelException);
     expect(await spentMicro(budgets, 'u')).toBe(0);
 
     const allow = setup({ budgets: { user: { dailyUsd: 1 }, unpricedModels: 'allow' } });
@@ -232,11 +273,23 @@ describe('BudgetService', () => {
 
   it('skips moderation calls', async () => {
     const { budgets } = setup({ budgets: { user: { dailyUsd: 0.000001 } } });
-    expect(await budgets.reserve({ ...call('u', 10_000, 0), endpoint: 'moderations', model: 'omni-moderation-latest', candidates: ['omni-moderation-latest'] })).toBeUndefined();
+    expect(
+      await budgets.reserve({
+        ...call('u', 10_000, 0),
+        endpoint: 'moderations',
+        model: 'omni-moderation-latest',
+        candidates: ['omni-moderation-latest'],
+      }),
+    ).toBeUndefined();
   });
 
   it('uses userLimits over the per-user default', async () => {
-    const { budgets } = setup({ budgets: { user: { dailyUsd: 1 }, userLimits: (u) => (u === 'vip' ? { dailyUsd: 5, monthlyUsd: 50 } : undefined) } });
+    const { budgets } = setup({
+      budgets: {
+        user: { dailyUsd: 1 },
+        userLimits: (u) => (u === 'vip' ? { dailyUsd: 5, monthlyUsd: 50 } : undefined),
+      },
+    });
     expect((await budgets.status('vip')).map((s) => [s.period, s.limit_usd])).toEqual([
       ['day', 5],
       ['month', 50],
@@ -255,7 +308,13 @@ describe('BudgetService alerts', () => {
     vi.restoreAllMocks();
   });
 
-  async function spend(budgets: BudgetService, pricing: PricingService, user: string, prompt: number, completion: number) {
+  async function spend(
+    budgets: BudgetService,
+    pricing: PricingService,
+    user: string,
+    prompt: number,
+    completion: number,
+  ) {
     const r = (await budgets.reserve(call(user, prompt, completion)))!;
     await r.settle(settled(pricing, used(prompt, completion)));
     await budgets.flush();
@@ -264,7 +323,13 @@ describe('BudgetService alerts', () => {
   it('fires each threshold once per period and subject, through onAlert and alerts$, in order', async () => {
     vi.setSystemTime(utc('2024-06-10T10:00:00Z'));
     const viaOption: BudgetAlertEvent[] = [];
-    const { budgets, pricing } = setup({ budgets: { user: { dailyUsd: 0.0001 }, alertThresholds: [1, 0.5, 0.8], onAlert: (e) => void viaOption.push(e) } });
+    const { budgets, pricing } = setup({
+      budgets: {
+        user: { dailyUsd: 0.0001 },
+        alertThresholds: [1, 0.5, 0.8],
+        onAlert: (e) => void viaOption.push(e),
+      },
+    });
     const viaStream: BudgetAlertEvent[] = [];
     const sub = budgets.alerts$.subscribe((e) => viaStream.push(e));
     await spend(budgets, pricing, 'u', 20, 20); // 40
@@ -274,28 +339,43 @@ describe('BudgetService alerts', () => {
     sub.unsubscribe();
     expect(viaOption.map((e) => e.threshold)).toEqual([0.5]);
     expect(viaStream).toEqual(viaOption);
-    expect(viaOption[0]).toMatchObject({ scope: 'user', user: 'u', period: 'day', threshold: 0.5, limitUsd: 0.0001, periodStart: '2024-06-10T00:00:00.000Z' });
+    expect(viaOption[0]).toMatchObject({
+      scope: 'user',
+      user: 'u',
+      period: 'day',
+      threshold: 0.5,
+      limitUsd: 0.0001,
+      periodStart: '2024-06-10T00:00:00.000Z',
+    });
     expect(viaOption[0].spentUsd).toBeCloseTo(0.00005, 12);
   });
 
   it('fires 0.8 and 1 as the spend reaches them, each once', async () => {
     vi.setSystemTime(utc('2024-06-10T10:00:00Z'));
     const events: BudgetAlertEvent[] = [];
-    const { budgets, pricing } = setup({ budgets: { user: { dailyUsd: 0.0001 }, onAlert: (e) => void events.push(e) } });
+    const { budgets, pricing } = setup({
+      budgets: { user: { dailyUsd: 0.0001 }, onAlert: (e) => void events.push(e) },
+    });
     await spend(budgets, pricing, 'u', 40, 40); // 80: 0.5 and 0.8 at once
     await spend(budgets, pricing, 'u', 10, 10); // 100: 1
-    await expect(Promise.resolve(budgets.reserve(call('u', 1, 0)))).rejects.toBeInstanceOf(BudgetExceededException);
+    await expect(Promise.resolve(budgets.reserve(call('u', 1, 0)))).rejects.toBeInstanceOf(
+      BudgetExceededException,
+    );
     await budgets.flush();
     expect(events.map((e) => e.threshold)).toEqual([0.5, 0.8, 1]);
   });
 
   it('fires again in the next UTC day and month, not before (January 31 -> February 1)', async () => {
     const events: BudgetAlertEvent[] = [];
-    const { budgets, pricing } = setup({ budgets: { user: { dailyUsd: 0.0001, monthlyUsd: 0.0004 }, onAlert: (e) => void events.push(e) } });
+    const { budgets, pricing } = setup({
+      budgets: { user: { dailyUsd: 0.0001, monthlyUsd: 0.0004 }, onAlert: (e) => void events.push(e) },
+    });
     vi.setSystemTime(utc('2024-01-31T23:00:00Z'));
     await spend(budgets, pricing, 'u', 30, 30); // day 60 (0.5), month 60
     vi.setSystemTime(utc('2024-01-31T23:59:59.999Z'));
-    await expect(Promise.resolve(budgets.reserve(call('u', 30, 30)))).rejects.toMatchObject({ body: { resets_at: '2024-02-01T00:00:00.000Z' } });
+    await expect(Promise.resolve(budgets.reserve(call('u', 30, 30)))).rejects.toMatchObject({
+      body: { resets_at: '2024-02-01T00:00:00.000Z' },
+    });
     await spend(budgets, pricing, 'u', 10, 10); // day 80 (0.8), month 80
     vi.setSystemTime(utc('2024-02-01T00:00:00.000Z'));
     await spend(budgets, pricing, 'u', 30, 30); // new day 60 (0.5 again), new month 60
@@ -310,7 +390,13 @@ describe('BudgetService alerts', () => {
   it('keeps subjects apart: users, and the project', async () => {
     vi.setSystemTime(utc('2024-06-10T10:00:00Z'));
     const events: BudgetAlertEvent[] = [];
-    const { budgets, pricing } = setup({ budgets: { user: { dailyUsd: 0.0001 }, project: { monthlyUsd: 0.0002 }, onAlert: (e) => void events.push(e) } });
+    const { budgets, pricing } = setup({
+      budgets: {
+        user: { dailyUsd: 0.0001 },
+        project: { monthlyUsd: 0.0002 },
+        onAlert: (e) => void events.push(e),
+      },
+    });
     await spend(budgets, pricing, 'a', 25, 25); // a 50: a/day 0.5
     await spend(budgets, pricing, 'b', 25, 25); // b 50: b/day 0.5; project 100: project/month 0.5
     await spend(budgets, pricing, 'a', 5, 5); // nothing new

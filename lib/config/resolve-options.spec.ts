@@ -8,15 +8,20 @@ import { resolveOpenAIOptions } from './resolve-options.js';
 const KEY = 'sk-proj-unit-test-secret-key-abcd';
 const PINNED = 'gpt-4o-2024-08-06';
 
-function problemsOf(options: OpenAIModuleOptions, env: NodeJS.ProcessEnv = {}): string[] {
+/** The OpenAIConfigError that resolving `options` throws (fails the test when it does not throw). */
+function configError(options: OpenAIModuleOptions, env: NodeJS.ProcessEnv = {}): OpenAIConfigError {
+  let caught: unknown;
   try {
     resolveOpenAIOptions(options, env);
   } catch (err) {
-    expect(err).toBeInstanceOf(OpenAIConfigError);
-    return (err as OpenAIConfigError).problems.map((p) => p.path);
+    caught = err;
   }
-  throw new Error('expected resolveOpenAIOptions to throw');
+  expect(caught).toBeInstanceOf(OpenAIConfigError);
+  return caught as OpenAIConfigError;
 }
+
+const problemsOf = (options: OpenAIModuleOptions, env: NodeJS.ProcessEnv = {}): string[] =>
+  configError(options, env).problems.map((p) => p.path);
 
 describe('resolveOpenAIOptions: environment selection', () => {
   it('uses options.environment over NODE_ENV', () => {
@@ -34,31 +39,30 @@ describe('resolveOpenAIOptions: environment selection', () => {
     const saved = process.env.NODE_ENV;
     process.env.NODE_ENV = 'production';
     try {
-      expect(resolveOpenAIOptions({ apiKey: KEY }, { NODE_ENV: 'development' }).environment).toBe('development');
+      expect(resolveOpenAIOptions({ apiKey: KEY }, { NODE_ENV: 'development' }).environment).toBe(
+        'development',
+      );
     } finally {
       process.env.NODE_ENV = saved;
     }
   });
 
   it('rejects an unknown environment, naming the known ones', () => {
-    let err: OpenAIConfigError | undefined;
-    try {
-      resolveOpenAIOptions({ apiKey: KEY, profiles: { qa: {} } }, { NODE_ENV: 'prodution' });
-    } catch (e) {
-      err = e as OpenAIConfigError;
-    }
-    expect(err).toBeInstanceOf(OpenAIConfigError);
-    expect(err!.environment).toBe('prodution');
-    const p = err!.problems.find((x) => x.path === 'environment')!;
+    const err = configError({ apiKey: KEY, profiles: { qa: {} } }, { NODE_ENV: 'prodution' });
+    expect(err.environment).toBe('prodution');
+    const p = err.problems.find((x) => x.path === 'environment')!;
     expect(p.message).toContain('prodution');
     expect(p.fix).toContain('production');
     expect(p.fix).toContain('qa');
-    expect(err!.message).toContain('environment: unknown environment "prodution"');
+    expect(err.message).toContain('environment: unknown environment "prodution"');
   });
 
-  it.each(['toString', 'constructor', 'hasOwnProperty', '__proto__'])('treats the Object.prototype name %j as an unknown environment', (name) => {
-    expect(problemsOf({ apiKey: KEY, environment: name })).toContain('environment');
-  });
+  it.each(['toString', 'constructor', 'hasOwnProperty', '__proto__'])(
+    'treats the Object.prototype name %j as an unknown environment',
+    (name) => {
+      expect(problemsOf({ apiKey: KEY, environment: name })).toContain('environment');
+    },
+  );
 });
 
 describe('resolveOpenAIOptions: merge order', () => {
@@ -67,7 +71,12 @@ describe('resolveOpenAIOptions: merge order', () => {
     expect(r.models.pinning).toBe('warn');
     expect(r.logging).toMatchObject({ prompts: false, config: true, calls: true });
     expect(r.timeouts).toMatchObject({ attemptMs: 30_000, deadlineMs: 90_000 });
-    expect(r.retry).toMatchObject({ maxRetries: 2, initialDelayMs: 500, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 });
+    expect(r.retry).toMatchObject({
+      maxRetries: 2,
+      initialDelayMs: 500,
+      maxDelayMs: 8_000,
+      maxRetryAfterMs: 60_000,
+    });
     expect(r.maxTokens).toMatchObject({ cap: 1024, default: 1024, overCap: 'clamp' });
     expect(r.identity).toMatchObject({ field: 'safety_identifier', salt: '' });
   });
@@ -95,7 +104,12 @@ describe('resolveOpenAIOptions: merge order', () => {
       },
       { NODE_ENV: 'development' },
     );
-    expect(r.retry).toMatchObject({ maxRetries: 1, initialDelayMs: 100, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 });
+    expect(r.retry).toMatchObject({
+      maxRetries: 1,
+      initialDelayMs: 100,
+      maxDelayMs: 8_000,
+      maxRetryAfterMs: 60_000,
+    });
     expect(r.timeouts).toMatchObject({ attemptMs: 5_000, deadlineMs: 90_000 });
     expect(r.models.pinning).toBe('off');
     expect(r.models.embedding).toBe('text-embedding-3-large');
@@ -105,15 +119,27 @@ describe('resolveOpenAIOptions: merge order', () => {
   it('base options override the production default of pinning, and a profile can tighten it again', () => {
     const base = { apiKey: KEY, models: { pinning: 'warn' as const, default: 'gpt-4o' } };
     expect(resolveOpenAIOptions(base, { NODE_ENV: 'production' }).models.pinning).toBe('warn');
-    expect(problemsOf({ ...base, profiles: { production: { models: { pinning: 'enforce' } } } }, { NODE_ENV: 'production' })).toEqual(['models.default']);
+    expect(
+      problemsOf(
+        { ...base, profiles: { production: { models: { pinning: 'enforce' } } } },
+        { NODE_ENV: 'production' },
+      ),
+    ).toEqual(['models.default']);
   });
 
   it('replaces arrays instead of merging them', () => {
     const r = resolveOpenAIOptions(
       {
         apiKey: KEY,
-        models: { fallbacks: ['gpt-4o-mini-2024-07-18', 'gpt-4-0613'], allow: [PINNED, 'gpt-4o-mini-2024-07-18', 'gpt-4-0613'] },
-        profiles: { development: { models: { fallbacks: ['gpt-4-0613'], allow: ['gpt-4o-mini-2024-07-18', 'gpt-4-0613'] } } },
+        models: {
+          fallbacks: ['gpt-4o-mini-2024-07-18', 'gpt-4-0613'],
+          allow: [PINNED, 'gpt-4o-mini-2024-07-18', 'gpt-4-0613'],
+        },
+        profiles: {
+          development: {
+            models: { fallbacks: ['gpt-4-0613'], allow: ['gpt-4o-mini-2024-07-18', 'gpt-4-0613'] },
+          },
+        },
       },
       { NODE_ENV: 'development' },
     );
@@ -122,16 +148,26 @@ describe('resolveOpenAIOptions: merge order', () => {
   });
 
   it('a custom environment defined only in profiles starts from the production defaults', () => {
-    const r = resolveOpenAIOptions({ apiKey: KEY, profiles: { 'eu-prod': { timeouts: { attemptMs: 10_000 } } } }, { NODE_ENV: 'eu-prod' });
+    const r = resolveOpenAIOptions(
+      { apiKey: KEY, profiles: { 'eu-prod': { timeouts: { attemptMs: 10_000 } } } },
+      { NODE_ENV: 'eu-prod' },
+    );
     expect(r.environment).toBe('eu-prod');
     expect(r.models.pinning).toBe('enforce');
     expect(r.timeouts.attemptMs).toBe(10_000);
-    expect(problemsOf({ apiKey: KEY, models: { default: 'gpt-4o' }, profiles: { 'eu-prod': {} } }, { NODE_ENV: 'eu-prod' })).toEqual(['models.default']);
+    expect(
+      problemsOf(
+        { apiKey: KEY, models: { default: 'gpt-4o' }, profiles: { 'eu-prod': {} } },
+        { NODE_ENV: 'eu-prod' },
+      ),
+    ).toEqual(['models.default']);
   });
 
   it('maxTokens.default follows the cap when unset, and is kept when set', () => {
     expect(resolveOpenAIOptions({ apiKey: KEY, maxTokens: { cap: 300 } }, {}).maxTokens.default).toBe(300);
-    expect(resolveOpenAIOptions({ apiKey: KEY, maxTokens: { cap: 300, default: 100 } }, {}).maxTokens.default).toBe(100);
+    expect(
+      resolveOpenAIOptions({ apiKey: KEY, maxTokens: { cap: 300, default: 100 } }, {}).maxTokens.default,
+    ).toBe(100);
   });
 
   it('does not share state between calls (defaults are not mutated)', () => {
@@ -150,10 +186,9 @@ describe('resolveOpenAIOptions: merge order', () => {
   });
 
   it('refuses per-profile keys that only make sense at the top level', () => {
-    expect(problemsOf({ apiKey: KEY, profiles: { development: { environment: 'x', profiles: {} } as never } }, {})).toEqual([
-      'profiles.development.environment',
-      'profiles.development.profiles',
-    ]);
+    expect(
+      problemsOf({ apiKey: KEY, profiles: { development: { environment: 'x', profiles: {} } as never } }, {}),
+    ).toEqual(['profiles.development.environment', 'profiles.development.profiles']);
   });
 });
 
@@ -180,11 +215,16 @@ describe('resolveOpenAIOptions: validation lists every problem at once', () => {
   });
 
   it('deadline shorter than one attempt', () => {
-    expect(problemsOf({ apiKey: KEY, timeouts: { attemptMs: 5_000, deadlineMs: 1_000 } })).toEqual(['timeouts.deadlineMs']);
+    expect(problemsOf({ apiKey: KEY, timeouts: { attemptMs: 5_000, deadlineMs: 1_000 } })).toEqual([
+      'timeouts.deadlineMs',
+    ]);
   });
 
   it('non-integer and non-number timeouts', () => {
-    expect(problemsOf({ apiKey: KEY, timeouts: { attemptMs: 1.5, deadlineMs: '90000' as never } })).toEqual(['timeouts.attemptMs', 'timeouts.deadlineMs']);
+    expect(problemsOf({ apiKey: KEY, timeouts: { attemptMs: 1.5, deadlineMs: '90000' as never } })).toEqual([
+      'timeouts.attemptMs',
+      'timeouts.deadlineMs',
+    ]);
   });
 
   it('a whitespace-only key and a key with whitespace', () => {
@@ -226,34 +266,43 @@ describe('resolveOpenAIOptions: validation lists every problem at once', () => {
   });
 
   it('accepts an alias that maps to a snapshot in production', () => {
-    const r = resolveOpenAIOptions({ apiKey: KEY, models: { default: 'chat', aliases: { chat: PINNED } } }, { NODE_ENV: 'production' });
+    const r = resolveOpenAIOptions(
+      { apiKey: KEY, models: { default: 'chat', aliases: { chat: PINNED } } },
+      { NODE_ENV: 'production' },
+    );
     expect(r.models.default).toBe('chat');
   });
 
   it('allows prompt logging in development, never in production', () => {
-    expect(resolveOpenAIOptions({ apiKey: KEY, logging: { prompts: true } }, { NODE_ENV: 'development' }).logging.prompts).toBe(true);
-    expect(problemsOf({ apiKey: KEY, profiles: { production: { logging: { prompts: true } } } }, { NODE_ENV: 'production' })).toEqual(['logging.prompts']);
+    expect(
+      resolveOpenAIOptions({ apiKey: KEY, logging: { prompts: true } }, { NODE_ENV: 'development' }).logging
+        .prompts,
+    ).toBe(true);
+    expect(
+      problemsOf(
+        { apiKey: KEY, profiles: { production: { logging: { prompts: true } } } },
+        { NODE_ENV: 'production' },
+      ),
+    ).toEqual(['logging.prompts']);
   });
 
   it('the error message lists each problem with its fix', () => {
-    try {
-      resolveOpenAIOptions({ timeouts: { attemptMs: -1 } }, { NODE_ENV: 'development' });
-      expect.unreachable();
-    } catch (err) {
-      const e = err as OpenAIConfigError;
-      expect(e.name).toBe('OpenAIConfigError');
-      expect(e.problems.length).toBeGreaterThanOrEqual(2);
-      for (const p of e.problems) {
-        expect(e.message).toContain(`${p.path}: ${p.message}. Fix: ${p.fix}`);
-        expect(p.fix.length).toBeGreaterThan(5);
-      }
+    const e = configError({ timeouts: { attemptMs: -1 } }, { NODE_ENV: 'development' });
+    expect(e.name).toBe('OpenAIConfigError');
+    expect(e.problems.length).toBeGreaterThanOrEqual(2);
+    for (const p of e.problems) {
+      expect(e.message).toContain(`${p.path}: ${p.message}. Fix: ${p.fix}`);
+      expect(p.fix.length).toBeGreaterThan(5);
     }
   });
 });
 
 describe('describeOptions', () => {
   it('masks the key to a fingerprint, hides header values and the salt', () => {
-    const r = resolveOpenAIOptions({ apiKey: KEY, defaultHeaders: { 'x-secret': 'hdr-value' }, identity: { salt: 'pepper' } }, {});
+    const r = resolveOpenAIOptions(
+      { apiKey: KEY, defaultHeaders: { 'x-secret': 'hdr-value' }, identity: { salt: 'pepper' } },
+      {},
+    );
     const d = describeOptions(r);
     const text = JSON.stringify(d);
     expect(d.apiKey).toBe('sk-proj-...abcd');
@@ -264,10 +313,14 @@ describe('describeOptions', () => {
   });
 
   it('masks credentials in the base URL (a proxy with basic auth)', () => {
-    const d = describeOptions(resolveOpenAIOptions({ apiKey: KEY, baseURL: 'https://gateway:pr0xy-pass@llm-proxy.internal/v1' }, {}));
+    const d = describeOptions(
+      resolveOpenAIOptions({ apiKey: KEY, baseURL: 'https://gateway:pr0xy-pass@llm-proxy.internal/v1' }, {}),
+    );
     expect(d.baseURL).toBe('https://***@llm-proxy.internal/v1');
     expect(JSON.stringify(d)).not.toContain('pr0xy-pass');
-    expect(describeOptions(resolveOpenAIOptions({ apiKey: KEY, baseURL: 'http://127.0.0.1:8080/v1' }, {})).baseURL).toBe('http://127.0.0.1:8080/v1');
+    expect(
+      describeOptions(resolveOpenAIOptions({ apiKey: KEY, baseURL: 'http://127.0.0.1:8080/v1' }, {})).baseURL,
+    ).toBe('http://127.0.0.1:8080/v1');
   });
 
   it('names a key provider without calling it', () => {

@@ -18,9 +18,12 @@ describe('acceptRequestId', () => {
     expect(out).toMatch(UUID);
   });
 
-  it.each(['has space', 'semi;colon', 'slash/x', 'new\nline', 'quote"', 'ünïcode', '<script>', 'tab\t', ''])('replaces %j with a UUID', (bad) => {
-    expect(acceptRequestId(bad)).toMatch(UUID);
-  });
+  it.each(['has space', 'semi;colon', 'slash/x', 'new\nline', 'quote"', 'ünïcode', '<script>', 'tab\t', ''])(
+    'replaces %j with a UUID',
+    (bad) => {
+      expect(acceptRequestId(bad)).toMatch(UUID);
+    },
+  );
 
   it('replaces non-strings (missing header, repeated header)', () => {
     expect(acceptRequestId(undefined)).toMatch(UUID);

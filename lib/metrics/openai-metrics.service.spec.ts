@@ -5,7 +5,8 @@ import { resolveOpenAIOptions } from '../config/resolve-options.js';
 import type { OpenAIModuleOptions } from '../interfaces/openai-module-options.interface.js';
 import { OpenAIMetricsService } from './openai-metrics.service.js';
 
-const service = (extra: OpenAIModuleOptions = {}) => new OpenAIMetricsService(resolveOpenAIOptions({ apiKey: 'sk-unit', environment: 'test', ...extra }));
+const service = (extra: OpenAIModuleOptions = {}) =>
+  new OpenAIMetricsService(resolveOpenAIOptions({ apiKey: 'sk-unit', environment: 'test', ...extra }));
 
 const call = (model: string, route?: string): UpstreamCall => ({
   endpoint: 'chat.completions',
@@ -19,7 +20,14 @@ const call = (model: string, route?: string): UpstreamCall => ({
   candidates: [model],
 });
 
-const usage: NormalizedUsage = { prompt_tokens: 100, cached_tokens: 40, completion_tokens: 30, reasoning_tokens: 10, total_tokens: 130, estimated: false };
+const usage: NormalizedUsage = {
+  prompt_tokens: 100,
+  cached_tokens: 40,
+  completion_tokens: 30,
+  reasoning_tokens: 10,
+  total_tokens: 130,
+  estimated: false,
+};
 
 /** Value of the sample `name{labels}` (labels given must all match; others ignored), summed over matches. */
 function value(text: string, name: string, labels: Record<string, string> = {}): number {
@@ -27,19 +35,36 @@ function value(text: string, name: string, labels: Record<string, string> = {}):
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
     if (!m || m[1] !== name) continue;
-    const got = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    const got = Object.fromEntries(
+      [...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
+    );
     if (Object.entries(labels).every(([k, v]) => got[k] === v)) sum += Number(m[3]);
   }
   return sum;
 }
 
 describe('OpenAIMetricsService.modelLabel', () => {
-  const m = service({ models: { default: 'gpt-4o-mini-2024-07-18', aliases: { chat: 'gpt-4.1-2025-04-14' }, fallbacks: ['gpt-4o-2024-08-06'] }, pricing: { models: { 'acme-llm': { input: 1, output: 1 } } } });
+  const m = service({
+    models: {
+      default: 'gpt-4o-mini-2024-07-18',
+      aliases: { chat: 'gpt-4.1-2025-04-14' },
+      fallbacks: ['gpt-4o-2024-08-06'],
+    },
+    pricing: { models: { 'acme-llm': { input: 1, output: 1 } } },
+  });
 
   it('keeps configured and priced models', () => {
-    for (const name of ['gpt-4o-mini-2024-07-18', 'gpt-4.1-2025-04-14', 'gpt-4o-2024-08-06', 'gpt-4o', 'o3', 'acme-llm', 'omni-moderation-latest', 'text-embedding-3-small']) {
-      expect(m.modelLabel(name), name).toBe(name);
-    }
+    const names = [
+      'gpt-4o-mini-2024-07-18',
+      'gpt-4.1-2025-04-14',
+      'gpt-4o-2024-08-06',
+      'gpt-4o',
+      'o3',
+      'acme-llm',
+      'omni-moderation-latest',
+      'text-embedding-3-small',
+    ];
+    expect(names.map((n) => m.modelLabel(n))).toEqual(names);
   });
 
   it('labels any other model `other`', () => {
@@ -72,11 +97,26 @@ describe('OpenAIMetricsService', () => {
     m.unpricedCall('made-up-model');
     m.succeeded(call('made-up-model'), 'made-up-model', 10, { ...usage, estimated: true }, null);
     const t = await m.metrics();
-    expect(value(t, 'openai_upstream_requests_total', { model: 'gpt-4o-mini-2024-07-18', status_class: '5xx' })).toBe(1);
-    expect(value(t, 'openai_upstream_requests_total', { model: 'gpt-4o-mini-2024-07-18', status_class: 'timeout' })).toBe(1);
-    expect(value(t, 'openai_upstream_requests_total', { model: 'gpt-4o-2024-08-06', status_class: '2xx', endpoint: 'chat.completions' })).toBe(1);
+    expect(
+      value(t, 'openai_upstream_requests_total', { model: 'gpt-4o-mini-2024-07-18', status_class: '5xx' }),
+    ).toBe(1);
+    expect(
+      value(t, 'openai_upstream_requests_total', {
+        model: 'gpt-4o-mini-2024-07-18',
+        status_class: 'timeout',
+      }),
+    ).toBe(1);
+    expect(
+      value(t, 'openai_upstream_requests_total', {
+        model: 'gpt-4o-2024-08-06',
+        status_class: '2xx',
+        endpoint: 'chat.completions',
+      }),
+    ).toBe(1);
     expect(value(t, 'openai_retries_total')).toBe(1);
-    expect(value(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', route: 'POST /chat', type: 'prompt' })).toBe(100);
+    expect(
+      value(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', route: 'POST /chat', type: 'prompt' }),
+    ).toBe(100);
     expect(value(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', type: 'cached' })).toBe(40);
     expect(value(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', type: 'completion' })).toBe(30);
     expect(value(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', type: 'reasoning' })).toBe(10);
@@ -85,10 +125,18 @@ describe('OpenAIMetricsService', () => {
     expect(value(t, 'openai_cost_usd_total', { model: 'other' })).toBe(0);
     expect(value(t, 'openai_upstream_latency_seconds_count', { model: 'gpt-4o-2024-08-06' })).toBe(1);
     expect(value(t, 'openai_upstream_latency_seconds_sum', { model: 'gpt-4o-2024-08-06' })).toBe(1.5);
-    expect(value(t, 'openai_upstream_latency_seconds_bucket', { model: 'gpt-4o-2024-08-06', le: '1' })).toBe(0);
-    expect(value(t, 'openai_upstream_latency_seconds_bucket', { model: 'gpt-4o-2024-08-06', le: '2.5' })).toBe(1);
-    expect(value(t, 'openai_fallbacks_total', { from: 'gpt-4o-mini-2024-07-18', to: 'gpt-4o-2024-08-06' })).toBe(1);
-    expect(value(t, 'openai_upstream_errors_total', { model: 'gpt-4o-mini-2024-07-18', error: 'upstream_error' })).toBe(1);
+    expect(value(t, 'openai_upstream_latency_seconds_bucket', { model: 'gpt-4o-2024-08-06', le: '1' })).toBe(
+      0,
+    );
+    expect(
+      value(t, 'openai_upstream_latency_seconds_bucket', { model: 'gpt-4o-2024-08-06', le: '2.5' }),
+    ).toBe(1);
+    expect(
+      value(t, 'openai_fallbacks_total', { from: 'gpt-4o-mini-2024-07-18', to: 'gpt-4o-2024-08-06' }),
+    ).toBe(1);
+    expect(
+      value(t, 'openai_upstream_errors_total', { model: 'gpt-4o-mini-2024-07-18', error: 'upstream_error' }),
+    ).toBe(1);
     expect(value(t, 'openai_rate_limit_rejections_total', { kind: 'requests', limit: 'minute' })).toBe(1);
     expect(value(t, 'openai_budget_rejections_total', { scope: 'project', period: 'month' })).toBe(1);
     expect(value(t, 'openai_unpriced_calls_total', { model: 'other' })).toBe(1);
@@ -102,7 +150,9 @@ describe('OpenAIMetricsService', () => {
     const registry = new Registry();
     const m = service({ metrics: { registry, prefix: 'llm_' } });
     m.rateLimited('tokens', 'minute');
-    expect(await registry.metrics()).toContain('llm_rate_limit_rejections_total{kind="tokens",limit="minute"} 1');
+    expect(await registry.metrics()).toContain(
+      'llm_rate_limit_rejections_total{kind="tokens",limit="minute"} 1',
+    );
     expect(m.contentType).toBe(registry.contentType);
   });
 

@@ -8,7 +8,11 @@ import { PricingService } from './pricing.service.js';
 const pricing = (extra: OpenAIModuleOptions = {}) =>
   new PricingService(resolveOpenAIOptions({ apiKey: 'sk-unit', environment: 'test', ...extra }));
 
-const usage = (prompt_tokens: number, cached_tokens: number, completion_tokens: number) => ({ prompt_tokens, cached_tokens, completion_tokens });
+const usage = (prompt_tokens: number, cached_tokens: number, completion_tokens: number) => ({
+  prompt_tokens,
+  cached_tokens,
+  completion_tokens,
+});
 
 let warn: { mock: { calls: unknown[][] } };
 beforeEach(() => {
@@ -26,11 +30,16 @@ describe('DEFAULT_PRICES', () => {
   });
 
   it('has no cached-input price above the input price, and no negative price', () => {
-    for (const [model, p] of Object.entries(DEFAULT_PRICES)) {
-      expect(p.input, model).toBeGreaterThanOrEqual(0);
-      expect(p.output, model).toBeGreaterThanOrEqual(0);
-      if (p.cachedInput !== undefined) expect(p.cachedInput, model).toBeLessThanOrEqual(p.input);
-    }
+    const wrong = Object.entries(DEFAULT_PRICES).filter(
+      ([, p]) =>
+        !(
+          p.input >= 0 &&
+          p.output >= 0 &&
+          (p.cachedInput ?? 0) >= 0 &&
+          (p.cachedInput ?? p.input) <= p.input
+        ),
+    );
+    expect(wrong).toEqual([]);
   });
 });
 
@@ -95,7 +104,10 @@ describe('PricingService.cost', () => {
   it('prices uncached prompt tokens at input and completion tokens at output (USD per 1M)', () => {
     expect(p.cost('gpt-4o-mini-2024-07-18', usage(1_000_000, 0, 0))).toBeCloseTo(mini.input, 12);
     expect(p.cost('gpt-4o-mini-2024-07-18', usage(0, 0, 1_000_000))).toBeCloseTo(mini.output, 12);
-    expect(p.cost('gpt-4o-mini-2024-07-18', usage(1200, 0, 345))).toBeCloseTo((1200 * 0.15 + 345 * 0.6) / 1e6, 15);
+    expect(p.cost('gpt-4o-mini-2024-07-18', usage(1200, 0, 345))).toBeCloseTo(
+      (1200 * 0.15 + 345 * 0.6) / 1e6,
+      15,
+    );
   });
 
   it('prices cached prompt tokens at the cached-input rate, the rest at the input rate', () => {
@@ -114,7 +126,10 @@ describe('PricingService.cost', () => {
   });
 
   it('prices reasoning tokens as output: they are part of completion_tokens, not added again', () => {
-    const withReasoning = p.cost('o3-mini-2025-01-31', { ...usage(50, 0, 300), reasoning_tokens: 250 } as never);
+    const withReasoning = p.cost('o3-mini-2025-01-31', {
+      ...usage(50, 0, 300),
+      reasoning_tokens: 250,
+    } as never);
     expect(withReasoning).toBeCloseTo((50 * 1.1 + 300 * 4.4) / 1e6, 15);
   });
 

@@ -4,9 +4,19 @@ import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.
 import { isRetryable, retryDelayMs, serverRetryAfterMs } from './retry-policy.js';
 
 const apiError = (status: number, code?: string, headers: Record<string, string> = {}) =>
-  APIError.generate(status, { error: { message: 'x', type: 't', code: code ?? null, param: null } }, undefined, new Headers(headers));
+  APIError.generate(
+    status,
+    { error: { message: 'x', type: 't', code: code ?? null, param: null } },
+    undefined,
+    new Headers(headers),
+  );
 
-const RETRY: ResolvedOpenAIOptions['retry'] = { maxRetries: 2, initialDelayMs: 100, maxDelayMs: 1_000, maxRetryAfterMs: 5_000 };
+const RETRY: ResolvedOpenAIOptions['retry'] = {
+  maxRetries: 2,
+  initialDelayMs: 100,
+  maxDelayMs: 1_000,
+  maxRetryAfterMs: 5_000,
+};
 
 describe('isRetryable', () => {
   it.each([408, 409, 429, 500, 502, 503, 504, 529])('retries HTTP %i', (status) => {
@@ -70,9 +80,12 @@ describe('serverRetryAfterMs', () => {
     expect(serverRetryAfterMs(h({ 'retry-after-ms': '-5', 'retry-after': '1' }))).toBe(1_000);
   });
 
-  it.each(['soon', '', '-1', 'abc 2', 'soon 5', '5 minutes', '1e3', 'NaN', 'Infinity'])('ignores garbage retry-after %j', (value) => {
-    expect(serverRetryAfterMs(h({ 'retry-after': value }), now)).toBeUndefined();
-  });
+  it.each(['soon', '', '-1', 'abc 2', 'soon 5', '5 minutes', '1e3', 'NaN', 'Infinity'])(
+    'ignores garbage retry-after %j',
+    (value) => {
+      expect(serverRetryAfterMs(h({ 'retry-after': value }), now)).toBeUndefined();
+    },
+  );
 
   it.each(['soon', '200ms', '1e3', 'Infinity'])('ignores garbage retry-after-ms %j', (value) => {
     expect(serverRetryAfterMs(h({ 'retry-after-ms': value }), now)).toBeUndefined();
@@ -102,7 +115,9 @@ describe('retryDelayMs', () => {
   });
 
   it('caps the server-directed wait at maxRetryAfterMs', () => {
-    expect(retryDelayMs(1, apiError(503, undefined, { 'retry-after-ms': '60000' }), RETRY, () => 0)).toBe(5_000);
+    expect(retryDelayMs(1, apiError(503, undefined, { 'retry-after-ms': '60000' }), RETRY, () => 0)).toBe(
+      5_000,
+    );
     expect(retryDelayMs(1, apiError(503, undefined, { 'retry-after': '3600' }), RETRY, () => 0)).toBe(5_000);
   });
 

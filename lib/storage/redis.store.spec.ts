@@ -154,6 +154,24 @@ describe.skipIf(!url)('RedisStore on a real Redis', () => {
     }
   });
 
+  it('a reply that arrived while the event loop was busy is not a timeout', async () => {
+    const s = new RedisStore({ url, keyPrefix: uniquePrefix('busy'), commandTimeoutMs: 100 }, Redis);
+    await s.waitReady(5_000);
+    try {
+      await s.consume('u', [minute(10)], 1);
+      const pending = s.consume('u', [minute(10)], 1);
+      // A CPU-bound stretch longer than the timeout (GC, a burst of requests): Redis has answered
+      // long before the loop gets to read it.
+      const until = Date.now() + 300;
+      while (Date.now() < until) {
+        /* busy */
+      }
+      await expect(pending).resolves.toMatchObject({ allowed: true, windows: [{ used: 2 }] });
+    } finally {
+      await s.close();
+    }
+  });
+
   it('incrementFields adds (floats too) and sets the TTL once, at creation', async () => {
     await store.incrementFields('usage', { requests: 1, cost_usd: 0.1 }, 5_000);
     const ttl1 = await admin.pttl(`${prefix}{usage}`);

@@ -143,7 +143,13 @@ export class RedisStore implements OpenAIStore {
 
   private run<T>(op: () => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new StoreUnavailableError(`Redis did not answer within ${this.timeoutMs} ms`)), this.timeoutMs);
+      // Timers run before pending I/O is read: after a busy stretch of the event loop (GC, a burst of
+      // requests) the reply may be waiting in the socket. Decide after the poll phase (setImmediate), so
+      // only a Redis that really did not answer counts as a timeout (and trips the failure policy).
+      const timer = setTimeout(
+        () => setImmediate(() => reject(new StoreUnavailableError(`Redis did not answer within ${this.timeoutMs} ms`))),
+        this.timeoutMs,
+      );
       op().then(
         (v) => {
           clearTimeout(timer);

@@ -9,7 +9,8 @@ import type { OpenAIStore } from '../storage/openai-store.interface.js';
 import { UsageHook } from './usage.hook.js';
 import { UsageService, periodKeys } from './usage.service.js';
 
-const options = (extra: OpenAIModuleOptions = {}) => resolveOpenAIOptions({ apiKey: 'sk-unit', environment: 'test', ...extra });
+const options = (extra: OpenAIModuleOptions = {}) =>
+  resolveOpenAIOptions({ apiKey: 'sk-unit', environment: 'test', ...extra });
 
 const u = (prompt: number, completion: number, extra: Partial<NormalizedUsage> = {}): NormalizedUsage => ({
   prompt_tokens: prompt,
@@ -38,10 +39,34 @@ describe('periodKeys', () => {
 describe('UsageService', () => {
   it('sums calls per user and for the project, with breakdowns by model and by route', async () => {
     const usage = new UsageService(new MemoryStore(), options());
-    usage.record({ user: 'alice', route: 'POST /chat', model: 'gpt-4o-mini-2024-07-18', usage: u(100, 20, { cached_tokens: 64, reasoning_tokens: 5 }), costUsd: 0.000027 }, AT);
-    usage.record({ user: 'alice', route: 'POST /chat/stream', model: 'gpt-4o-mini-2024-07-18', usage: u(50, 10), costUsd: 0.0000135 }, AT);
-    usage.record({ user: 'alice', route: 'POST /chat', model: 'gpt-4o-2024-08-06', usage: u(10, 10), costUsd: 0.000125 }, AT);
-    usage.record({ user: 'bob', route: 'POST /chat', model: 'gpt-4o-2024-08-06', usage: u(1, 1), costUsd: 0.0000125 }, AT);
+    usage.record(
+      {
+        user: 'alice',
+        route: 'POST /chat',
+        model: 'gpt-4o-mini-2024-07-18',
+        usage: u(100, 20, { cached_tokens: 64, reasoning_tokens: 5 }),
+        costUsd: 0.000027,
+      },
+      AT,
+    );
+    usage.record(
+      {
+        user: 'alice',
+        route: 'POST /chat/stream',
+        model: 'gpt-4o-mini-2024-07-18',
+        usage: u(50, 10),
+        costUsd: 0.0000135,
+      },
+      AT,
+    );
+    usage.record(
+      { user: 'alice', route: 'POST /chat', model: 'gpt-4o-2024-08-06', usage: u(10, 10), costUsd: 0.000125 },
+      AT,
+    );
+    usage.record(
+      { user: 'bob', route: 'POST /chat', model: 'gpt-4o-2024-08-06', usage: u(1, 1), costUsd: 0.0000125 },
+      AT,
+    );
     await usage.flush();
 
     const alice = await usage.totals('alice', 'day', AT);
@@ -69,16 +94,26 @@ describe('UsageService', () => {
 
     const project = await usage.totals(null, 'day', AT);
     expect(project).toMatchObject({ user: null, requests: 4, prompt_tokens: 161, completion_tokens: 41 });
-    expect(project.by_model['gpt-4o-2024-08-06']).toMatchObject({ requests: 2, total_tokens: 22, cost_usd: 0.0001375 });
+    expect(project.by_model['gpt-4o-2024-08-06']).toMatchObject({
+      requests: 2,
+      total_tokens: 22,
+      cost_usd: 0.0001375,
+    });
 
     const month = await usage.totals('alice', 'month', AT);
     expect(month).toMatchObject({ period: 'month', period_key: '2024-07', requests: 3, prompt_tokens: 160 });
-    expect(await usage.totals('carol', 'day', AT)).toMatchObject({ requests: 0, cost_usd: 0, by_model: {}, by_route: {} });
+    expect(await usage.totals('carol', 'day', AT)).toMatchObject({
+      requests: 0,
+      cost_usd: 0,
+      by_model: {},
+      by_route: {},
+    });
   });
 
   it('rounds summed costs to the nano-dollar (no float residue)', async () => {
     const usage = new UsageService(new MemoryStore(), options());
-    for (let i = 0; i < 10; i++) usage.record({ user: 'u', route: 'r', model: 'm', usage: u(1, 1), costUsd: 0.1 }, AT);
+    for (let i = 0; i < 10; i++)
+      usage.record({ user: 'u', route: 'r', model: 'm', usage: u(1, 1), costUsd: 0.1 }, AT);
     usage.record({ user: 'u', route: 'r', model: 'm', usage: u(1, 1), costUsd: 0.2 }, AT);
     await usage.flush();
     const t = await usage.totals('u', 'day', AT);
@@ -91,26 +126,54 @@ describe('UsageService', () => {
     const usage = new UsageService(new MemoryStore(), options());
     usage.record({ user: 'u', route: 'POST /chat', model: 'acme-llm', usage: u(10, 10), costUsd: null }, AT);
     usage.record({ user: 'u', route: 'POST /chat', model: 'acme-llm', usage: u(10, 10), costUsd: null }, AT);
-    usage.record({ user: 'u', route: 'POST /chat', model: 'gpt-4o-mini', usage: u(10, 10), costUsd: 0.0000075 }, AT);
+    usage.record(
+      { user: 'u', route: 'POST /chat', model: 'gpt-4o-mini', usage: u(10, 10), costUsd: 0.0000075 },
+      AT,
+    );
     await usage.flush();
     const t = await usage.totals('u', 'day', AT);
     expect(t).toMatchObject({ requests: 3, unpriced_requests: 2, prompt_tokens: 30 });
     expect(t.cost_usd).toBeCloseTo(0.0000075, 12);
-    expect(t.by_model['acme-llm']).toEqual({ requests: 2, total_tokens: 40, cost_usd: null, unpriced_requests: 2 });
-    expect(t.by_model['gpt-4o-mini']).toEqual({ requests: 1, total_tokens: 20, cost_usd: 0.0000075, unpriced_requests: 0 });
+    expect(t.by_model['acme-llm']).toEqual({
+      requests: 2,
+      total_tokens: 40,
+      cost_usd: null,
+      unpriced_requests: 2,
+    });
+    expect(t.by_model['gpt-4o-mini']).toEqual({
+      requests: 1,
+      total_tokens: 20,
+      cost_usd: 0.0000075,
+      unpriced_requests: 0,
+    });
     // a line mixing priced and unpriced calls: the priced cost, and how many calls it leaves out
-    expect(t.by_route['POST /chat']).toEqual({ requests: 3, total_tokens: 60, cost_usd: 0.0000075, unpriced_requests: 2 });
+    expect(t.by_route['POST /chat']).toEqual({
+      requests: 3,
+      total_tokens: 60,
+      cost_usd: 0.0000075,
+      unpriced_requests: 2,
+    });
   });
 
   it('counts estimated usage (streams cut before their usage chunk) and free calls', async () => {
     const usage = new UsageService(new MemoryStore(), options());
-    usage.record({ user: 'u', model: 'gpt-4o-mini', usage: u(10, 3, { estimated: true }), costUsd: 0.0000033 }, AT);
+    usage.record(
+      { user: 'u', model: 'gpt-4o-mini', usage: u(10, 3, { estimated: true }), costUsd: 0.0000033 },
+      AT,
+    );
     usage.record({ user: 'u', model: 'omni-moderation-latest', usage: u(0, 0), costUsd: 0 }, AT);
     await usage.flush();
     const t = await usage.totals('u', 'day', AT);
     expect(t).toMatchObject({ requests: 2, estimated_requests: 1, unpriced_requests: 0 });
-    expect(t.by_route).toEqual({ none: { requests: 2, total_tokens: 13, cost_usd: 0.0000033, unpriced_requests: 0 } });
-    expect(t.by_model['omni-moderation-latest']).toEqual({ requests: 1, total_tokens: 0, cost_usd: 0, unpriced_requests: 0 });
+    expect(t.by_route).toEqual({
+      none: { requests: 2, total_tokens: 13, cost_usd: 0.0000033, unpriced_requests: 0 },
+    });
+    expect(t.by_model['omni-moderation-latest']).toEqual({
+      requests: 1,
+      total_tokens: 0,
+      cost_usd: 0,
+      unpriced_requests: 0,
+    });
   });
 
   it('records a call without a user for the project only', async () => {
@@ -122,18 +185,29 @@ describe('UsageService', () => {
 
   it('keeps separator characters of model and route names out of the field names', async () => {
     const usage = new UsageService(new MemoryStore(), options());
-    usage.record({ user: 'u', route: 'GET /a|b', model: 'evil|model|cost_usd', usage: u(1, 1), costUsd: 0.5 }, AT);
+    usage.record(
+      { user: 'u', route: 'GET /a|b', model: 'evil|model|cost_usd', usage: u(1, 1), costUsd: 0.5 },
+      AT,
+    );
     await usage.flush();
     const t = await usage.totals('u', 'day', AT);
-    expect(t.by_model).toEqual({ evil_model_cost_usd: { requests: 1, total_tokens: 2, cost_usd: 0.5, unpriced_requests: 0 } });
-    expect(t.by_route).toEqual({ 'GET /a_b': { requests: 1, total_tokens: 2, cost_usd: 0.5, unpriced_requests: 0 } });
+    expect(t.by_model).toEqual({
+      evil_model_cost_usd: { requests: 1, total_tokens: 2, cost_usd: 0.5, unpriced_requests: 0 },
+    });
+    expect(t.by_route).toEqual({
+      'GET /a_b': { requests: 1, total_tokens: 2, cost_usd: 0.5, unpriced_requests: 0 },
+    });
     expect(t.cost_usd).toBe(0.5);
   });
 
   it('ignores stored fields it does not know', async () => {
     const store = new MemoryStore();
     const usage = new UsageService(store, options());
-    await store.incrementFields('usage:user:u:2024-07-04', { requests: 2, 'm|x': 5, 'q|m|requests': 3, 'm|a|b|requests': 1, 'm|good|requests': 2 }, 60_000);
+    await store.incrementFields(
+      'usage:user:u:2024-07-04',
+      { requests: 2, 'm|x': 5, 'q|m|requests': 3, 'm|a|b|requests': 1, 'm|good|requests': 2 },
+      60_000,
+    );
     const t = await usage.totals('u', 'day', AT);
     expect(t.requests).toBe(2);
     expect(t.by_route).toEqual({});
@@ -146,7 +220,10 @@ describe('UsageService', () => {
     const jan1 = new Date('2025-01-01T00:00:00.000Z');
     usage.record({ user: 'u', model: 'm', usage: u(1, 0), costUsd: 0.000001 }, dec31);
     usage.record({ user: 'u', model: 'm', usage: u(2, 0), costUsd: 0.000002 }, jan1);
-    usage.record({ user: 'u', model: 'm', usage: u(4, 0), costUsd: 0.000004 }, new Date('2024-12-01T00:00:00Z'));
+    usage.record(
+      { user: 'u', model: 'm', usage: u(4, 0), costUsd: 0.000004 },
+      new Date('2024-12-01T00:00:00Z'),
+    );
     await usage.flush();
     expect((await usage.totals('u', 'day', dec31)).prompt_tokens).toBe(1);
     expect((await usage.totals('u', 'day', jan1)).prompt_tokens).toBe(2);
@@ -200,11 +277,24 @@ describe('UsageHook', () => {
     vi.spyOn(Logger.prototype, 'warn').mockImplementation(() => undefined);
     const usage = new UsageService(new MemoryStore(), opts);
     const hook = new UsageHook(usage, pricing);
-    const call = { endpoint: 'chat.completions' as const, model: 'gpt-4o-mini', stream: false, user: 'u', route: 'POST /chat', promptTokens: 1, maxOutputTokens: 1, candidates: ['gpt-4o-mini'] };
-    await hook.reserve(call).settle({ model: 'gpt-4o-mini', usage: u(1000, 0), attempts: 1, latencyMs: 1, costUsd: 0.5 });
+    const call = {
+      endpoint: 'chat.completions' as const,
+      model: 'gpt-4o-mini',
+      stream: false,
+      user: 'u',
+      route: 'POST /chat',
+      promptTokens: 1,
+      maxOutputTokens: 1,
+      candidates: ['gpt-4o-mini'],
+    };
+    await hook
+      .reserve(call)
+      .settle({ model: 'gpt-4o-mini', usage: u(1000, 0), attempts: 1, latencyMs: 1, costUsd: 0.5 });
     await hook.reserve(call).settle({ model: 'gpt-4o-mini', usage: u(1000, 0), attempts: 1, latencyMs: 1 });
     // already known to be unpriced (null): not priced, nor reported, a second time
-    await hook.reserve({ ...call, model: 'acme' }).settle({ model: 'acme', usage: u(1, 1), attempts: 1, latencyMs: 1, costUsd: null });
+    await hook
+      .reserve({ ...call, model: 'acme' })
+      .settle({ model: 'acme', usage: u(1, 1), attempts: 1, latencyMs: 1, costUsd: null });
     await hook.reserve(call).release();
     await usage.flush();
     const t = await usage.totals('u', 'day');

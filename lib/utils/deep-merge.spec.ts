@@ -50,7 +50,9 @@ describe('deepMerge', () => {
   });
 
   it('ignores __proto__, constructor and prototype keys (no prototype pollution)', () => {
-    const evil = JSON.parse('{"__proto__": {"polluted": true}, "constructor": {"prototype": {"polluted": true}}, "nested": {"__proto__": {"polluted": true}}, "ok": 1}');
+    const evil = JSON.parse(
+      '{"__proto__": {"polluted": true}, "constructor": {"prototype": {"polluted": true}}, "nested": {"__proto__": {"polluted": true}}, "ok": 1}',
+    );
     const out = deepMerge<Any>({}, evil);
     expect(out.ok).toBe(1);
     expect(({} as Any).polluted).toBeUndefined();

@@ -2,9 +2,22 @@ import 'reflect-metadata';
 import { Body, Controller, Headers, HttpCode, Post } from '@nestjs/common';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BudgetService, OpenAIService, type BudgetAlertEvent, type ChatRequest, type OpenAIModuleOptions } from '../../lib/index.js';
+import {
+  BudgetService,
+  OpenAIService,
+  type BudgetAlertEvent,
+  type ChatRequest,
+  type OpenAIModuleOptions,
+} from '../../lib/index.js';
 import { FakeOpenAIServer, countChatPromptTokens } from '../../lib/testing/index.js';
-import { PLATFORMS, TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle, type Platform } from '../support/fixture-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  fixtureOptions,
+  startFixtureApp,
+  type FixtureHandle,
+  type Platform,
+} from '../support/fixture-app.js';
 import { keysUnder, redisClient, sharedRedisUrl, uniquePrefix } from '../support/redis.js';
 
 const redisUrl = sharedRedisUrl();
@@ -32,7 +45,12 @@ interface Instance {
   viaStream: BudgetAlertEvent[];
 }
 
-async function startInstance(platform: Platform, fake: FakeOpenAIServer, budgets: OpenAIModuleOptions['budgets'], extra: OpenAIModuleOptions = {}): Promise<Instance> {
+async function startInstance(
+  platform: Platform,
+  fake: FakeOpenAIServer,
+  budgets: OpenAIModuleOptions['budgets'],
+  extra: OpenAIModuleOptions = {},
+): Promise<Instance> {
   const viaOption: BudgetAlertEvent[] = [];
   const viaStream: BudgetAlertEvent[] = [];
   const h = await startFixtureApp(
@@ -50,7 +68,14 @@ async function startInstance(platform: Platform, fake: FakeOpenAIServer, budgets
 }
 
 const flood = (instances: Instance[], user: string, n: number) =>
-  Promise.all(Array.from({ length: n }, (_, i) => request(instances[i % instances.length].h.server).post('/chat').set('x-user', user).send({ messages: MESSAGES, max_tokens: MAX_TOKENS })));
+  Promise.all(
+    Array.from({ length: n }, (_, i) =>
+      request(instances[i % instances.length].h.server)
+        .post('/chat')
+        .set('x-user', user)
+        .send({ messages: MESSAGES, max_tokens: MAX_TOKENS }),
+    ),
+  );
 
 const key = (e: BudgetAlertEvent) => `${e.scope}:${e.user ?? '-'}:${e.period}:${e.threshold}`;
 const today = () => `${new Date().toISOString().slice(0, 10)}T00:00:00.000Z`;
@@ -62,8 +87,14 @@ describe.each(PLATFORMS)('budget alerts on %s, memory store', (platform) => {
   let custom: Instance;
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start({ reply: () => LONG_REPLY });
-    dflt = await startInstance(platform, fake, { user: { dailyUsd: 0.001, monthlyUsd: 0.002 }, project: { dailyUsd: 0.004 } });
-    custom = await startInstance(platform, fake, { user: { dailyUsd: 0.001 }, alertThresholds: [0.9, 0.3, 0.6] });
+    dflt = await startInstance(platform, fake, {
+      user: { dailyUsd: 0.001, monthlyUsd: 0.002 },
+      project: { dailyUsd: 0.004 },
+    });
+    custom = await startInstance(platform, fake, {
+      user: { dailyUsd: 0.001 },
+      alertThresholds: [0.9, 0.3, 0.6],
+    });
   });
   afterAll(async () => {
     await dflt?.h.close();
@@ -76,7 +107,12 @@ describe.each(PLATFORMS)('budget alerts on %s, memory store', (platform) => {
     expect(results.filter((r) => r.status === 200)).toHaveLength(10);
     expect(results.filter((r) => r.status === 429)).toHaveLength(10);
     await dflt.h.app.get(BudgetService).flush();
-    expect(dflt.viaOption.map(key).sort()).toEqual(['user:alice:day:0.5', 'user:alice:day:0.8', 'user:alice:day:1', 'user:alice:month:0.5']);
+    expect(dflt.viaOption.map(key).sort()).toEqual([
+      'user:alice:day:0.5',
+      'user:alice:day:0.8',
+      'user:alice:day:1',
+      'user:alice:month:0.5',
+    ]);
     expect(dflt.viaStream.map(key).sort()).toEqual(dflt.viaOption.map(key).sort());
     for (const e of dflt.viaOption) {
       expect(e.limitUsd).toBe(e.period === 'day' ? 0.001 : 0.002);
@@ -96,7 +132,11 @@ describe.each(PLATFORMS)('budget alerts on %s, memory store', (platform) => {
     const results = await flood([custom], 'carol', 14);
     expect(results.filter((r) => r.status === 200)).toHaveLength(10);
     await custom.h.app.get(BudgetService).flush();
-    expect(custom.viaOption.map(key).sort()).toEqual(['user:carol:day:0.3', 'user:carol:day:0.6', 'user:carol:day:0.9']);
+    expect(custom.viaOption.map(key).sort()).toEqual([
+      'user:carol:day:0.3',
+      'user:carol:day:0.6',
+      'user:carol:day:0.9',
+    ]);
     expect(custom.viaStream.map(key).sort()).toEqual(custom.viaOption.map(key).sort());
   });
 });
@@ -126,7 +166,13 @@ describe.skipIf(!redisUrl).each(PLATFORMS)('budget alerts on two %s instances sh
     await a.h.app.get(BudgetService).flush();
     await b.h.app.get(BudgetService).flush();
     const all = [...a.viaOption, ...b.viaOption];
-    expect(all.map(key).sort()).toEqual(['project:-:day:0.5', 'user:dora:day:0.5', 'user:dora:day:0.8', 'user:dora:day:1', 'user:dora:month:0.5']);
+    expect(all.map(key).sort()).toEqual([
+      'project:-:day:0.5',
+      'user:dora:day:0.5',
+      'user:dora:day:0.8',
+      'user:dora:day:1',
+      'user:dora:month:0.5',
+    ]);
     expect(a.viaStream.map(key).sort()).toEqual(a.viaOption.map(key).sort());
     expect(b.viaStream.map(key).sort()).toEqual(b.viaOption.map(key).sort());
     // the state really is in Redis, under this suite's prefix

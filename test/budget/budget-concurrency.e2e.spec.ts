@@ -26,7 +26,9 @@ function metricValue(text: string, name: string, labels: Record<string, string> 
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
     if (!m || m[1] !== name) continue;
-    const got = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    const got = Object.fromEntries(
+      [...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
+    );
     if (Object.entries(labels).every(([k, v]) => got[k] === v)) sum += Number(m[3]);
   }
   return sum;
@@ -40,7 +42,13 @@ const nextUtcMidnight = () => {
 type Res = request.Response;
 
 /** Checks the outcome of a flood of calls at the budget boundary. */
-async function checkFlood(results: Res[], apps: SampleAppHandle[], fake: FakeOpenAIServer, user: string, token: string) {
+async function checkFlood(
+  results: Res[],
+  apps: SampleAppHandle[],
+  fake: FakeOpenAIServer,
+  user: string,
+  token: string,
+) {
   expect(FITS).toBeGreaterThan(2);
   expect(FITS).toBeLessThan(results.length);
   const statuses = results.map((r) => r.status);
@@ -56,7 +64,14 @@ async function checkFlood(results: Res[], apps: SampleAppHandle[], fake: FakeOpe
   }
   const resetsAt = nextUtcMidnight();
   for (const r of refused) {
-    expect(r.body).toMatchObject({ statusCode: 429, error: 'budget_exceeded', scope: 'user', period: 'day', limit_usd: BUDGET_USD, resets_at: resetsAt });
+    expect(r.body).toMatchObject({
+      statusCode: 429,
+      error: 'budget_exceeded',
+      scope: 'user',
+      period: 'day',
+      limit_usd: BUDGET_USD,
+      resets_at: resetsAt,
+    });
     expect(r.body.request_id).toBe(r.headers['x-request-id']);
     const retryAfter = Number(r.headers['retry-after']);
     expect(Number.isInteger(retryAfter)).toBe(true);
@@ -69,7 +84,9 @@ async function checkFlood(results: Res[], apps: SampleAppHandle[], fake: FakeOpe
   expect(responsesUsd).toBeLessThanOrEqual(BUDGET_USD);
   for (const h of apps) await h.app.get(UsageService).flush();
   for (const h of apps) {
-    const usage = await request(h.server).get('/usage').set({ authorization: `Bearer ${token}` });
+    const usage = await request(h.server)
+      .get('/usage')
+      .set({ authorization: `Bearer ${token}` });
     expect(usage.status).toBe(200);
     expect(usage.body.requests).toBe(FITS);
     expect(usage.body.cost_usd).toBeCloseTo(responsesUsd, 9);
@@ -82,19 +99,32 @@ async function checkFlood(results: Res[], apps: SampleAppHandle[], fake: FakeOpe
   }
   // every refusal is counted once in the metrics (each instance counts its own)
   let rejections = 0;
-  for (const h of apps) rejections += metricValue((await request(h.server).get('/metrics')).text, 'openai_budget_rejections_total', { scope: 'user', period: 'day' });
+  for (const h of apps)
+    rejections += metricValue(
+      (await request(h.server).get('/metrics')).text,
+      'openai_budget_rejections_total',
+      { scope: 'user', period: 'day' },
+    );
   expect(rejections).toBe(refused.length);
 }
 
 const chat = (h: SampleAppHandle, token: string) =>
-  request(h.server).post('/chat').set({ authorization: `Bearer ${token}` }).send({ messages: MESSAGES, max_tokens: MAX_TOKENS });
+  request(h.server)
+    .post('/chat')
+    .set({ authorization: `Bearer ${token}` })
+    .send({ messages: MESSAGES, max_tokens: MAX_TOKENS });
 
 describe.each(PLATFORMS)('50 concurrent calls at the budget boundary on %s, memory store', (platform) => {
   let fake: FakeOpenAIServer;
   let h: SampleAppHandle;
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start({ reply: () => LONG_REPLY });
-    h = await startSampleApp(platform, fake, { BUDGET_USD_DAILY: String(BUDGET_USD), RATE_LIMIT_RPM: '1000', MODERATION: 'off', OPENAI_MAX_RETRIES: '0' });
+    h = await startSampleApp(platform, fake, {
+      BUDGET_USD_DAILY: String(BUDGET_USD),
+      RATE_LIMIT_RPM: '1000',
+      MODERATION: 'off',
+      OPENAI_MAX_RETRIES: '0',
+    });
   });
   afterAll(async () => {
     await h?.close();
@@ -109,37 +139,40 @@ describe.each(PLATFORMS)('50 concurrent calls at the budget boundary on %s, memo
   });
 });
 
-describe.skipIf(!redisUrl).each(PLATFORMS)('50 concurrent calls at the budget boundary on two %s instances sharing Redis', (platform) => {
-  const tag = randomBytes(4).toString('hex');
-  const user = `flood-${platform}-${tag}`;
-  const token = `tok-${tag}`;
-  let fake: FakeOpenAIServer;
-  let a: SampleAppHandle;
-  let b: SampleAppHandle;
-  beforeAll(async () => {
-    fake = await FakeOpenAIServer.start({ reply: () => LONG_REPLY });
-    const env = {
-      REDIS_URL: redisUrl,
-      SAMPLE_USERS: `${user}:${token}`,
-      BUDGET_USD_DAILY: String(BUDGET_USD),
-      RATE_LIMIT_RPM: '1000',
-      MODERATION: 'off',
-      OPENAI_MAX_RETRIES: '0',
-    };
-    a = await startSampleApp(platform, fake, env);
-    b = await startSampleApp(platform, fake, env);
-  });
-  afterAll(async () => {
-    await a?.close();
-    await b?.close();
-    await fake?.close();
-  });
+describe.skipIf(!redisUrl).each(PLATFORMS)(
+  '50 concurrent calls at the budget boundary on two %s instances sharing Redis',
+  (platform) => {
+    const tag = randomBytes(4).toString('hex');
+    const user = `flood-${platform}-${tag}`;
+    const token = `tok-${tag}`;
+    let fake: FakeOpenAIServer;
+    let a: SampleAppHandle;
+    let b: SampleAppHandle;
+    beforeAll(async () => {
+      fake = await FakeOpenAIServer.start({ reply: () => LONG_REPLY });
+      const env = {
+        REDIS_URL: redisUrl,
+        SAMPLE_USERS: `${user}:${token}`,
+        BUDGET_USD_DAILY: String(BUDGET_USD),
+        RATE_LIMIT_RPM: '1000',
+        MODERATION: 'off',
+        OPENAI_MAX_RETRIES: '0',
+      };
+      a = await startSampleApp(platform, fake, env);
+      b = await startSampleApp(platform, fake, env);
+    });
+    afterAll(async () => {
+      await a?.close();
+      await b?.close();
+      await fake?.close();
+    });
 
-  it('the two instances together never spend more than the budget', async () => {
-    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => chat(i % 2 ? a : b, token)));
-    await checkFlood(results, [a, b], fake, user, token);
-    // both instances served some of the admitted calls or refused some: the budget really is shared
-    const served = new Set(results.map((r, i) => `${i % 2}:${r.status}`));
-    expect(served.size).toBeGreaterThanOrEqual(3);
-  });
-});
+    it('the two instances together never spend more than the budget', async () => {
+      const results = await Promise.all(Array.from({ length: 50 }, (_, i) => chat(i % 2 ? a : b, token)));
+      await checkFlood(results, [a, b], fake, user, token);
+      // both instances served some of the admitted calls or refused some: the budget really is shared
+      const served = new Set(results.map((r, i) => `${i % 2}:${r.status}`));
+      expect(served.size).toBeGreaterThanOrEqual(3);
+    });
+  },
+);

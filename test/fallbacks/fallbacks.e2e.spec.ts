@@ -2,7 +2,15 @@ import { performance } from 'node:perf_hooks';
 import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
-import { PLATFORMS, TEST_API_KEY, fixtureOptions, sseEvents, sseText, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  fixtureOptions,
+  sseEvents,
+  sseText,
+  startFixtureApp,
+  type FixtureHandle,
+} from '../support/fixture-app.js';
 
 const CHAT = '/v1/chat/completions';
 const PRIMARY = 'gpt-4o-2024-08-06';
@@ -39,7 +47,12 @@ describe.each(PLATFORMS)('fallbacks on %s', (platform) => {
     const res = await request(h.server).post('/chat').set('x-request-id', 'fb-1').send(body);
     expect(res.status).toBe(200);
     expect(models()).toEqual([PRIMARY, PRIMARY, FB1, FB1, FB2]);
-    expect(res.body).toMatchObject({ model: FB2, fallback_from: PRIMARY, attempts: 5, content: 'Echo: fall back' });
+    expect(res.body).toMatchObject({
+      model: FB2,
+      fallback_from: PRIMARY,
+      attempts: 5,
+      content: 'Echo: fall back',
+    });
     const line = h.logger.records('openai call').find((l) => l.request_id === 'fb-1')!;
     expect(line).toMatchObject({ model: FB2, fallback_from: PRIMARY, attempts: 5, retries: 4, status: 'ok' });
   });
@@ -72,7 +85,7 @@ describe.each(PLATFORMS)('fallbacks on %s', (platform) => {
     expect(models()).toEqual([PRIMARY]);
   });
 
-  it('429 insufficient_quota does not fall back (the quota is the account\'s)', async () => {
+  it("429 insufficient_quota does not fall back (the quota is the account's)", async () => {
     fake.fault({ path: CHAT, model: PRIMARY, status: 429, errorCode: 'insufficient_quota' });
     const res = await request(h.server).post('/chat').send(body);
     expect(res.status).toBe(502);
@@ -112,6 +125,10 @@ describe.each(PLATFORMS)('fallbacks on %s', (platform) => {
     const events = sseEvents(res.body as string);
     expect(events.at(-1)).toBe('[DONE]');
     expect(models()).toEqual([PRIMARY, PRIMARY, FB1]);
-    expect(h.logger.records('openai call').at(-1)).toMatchObject({ model: FB1, fallback_from: PRIMARY, status: 'ok' });
+    expect(h.logger.records('openai call').at(-1)).toMatchObject({
+      model: FB1,
+      fallback_from: PRIMARY,
+      status: 'ok',
+    });
   });
 });

@@ -2,7 +2,13 @@ import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { fingerprintKey } from '../../lib/index.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
-import { PLATFORMS, TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  fixtureOptions,
+  startFixtureApp,
+  type FixtureHandle,
+} from '../support/fixture-app.js';
 
 const KEY_1 = 'sk-proj-rotation-FIRST-secret-0000000000000001';
 const KEY_2 = 'sk-proj-rotation-SECOND-secret-000000000000002';
@@ -17,10 +23,14 @@ describe.each(PLATFORMS)('API key provider on %s', (platform) => {
     fake = await FakeOpenAIServer.start();
     h = await startFixtureApp(
       platform,
-      fixtureOptions(fake.baseURL, async () => {
-        calls++;
-        return current;
-      }, { retry: { maxRetries: 1 }, timeouts: { attemptMs: 300, deadlineMs: 3_000 } }),
+      fixtureOptions(
+        fake.baseURL,
+        async () => {
+          calls++;
+          return current;
+        },
+        { retry: { maxRetries: 1 }, timeouts: { attemptMs: 300, deadlineMs: 3_000 } },
+      ),
     );
   });
   afterAll(async () => {
@@ -39,7 +49,10 @@ describe.each(PLATFORMS)('API key provider on %s', (platform) => {
     await request(h.server).post('/chat').send(body).expect(200);
     await request(h.server).post('/chat').send(body).expect(200);
     expect(calls - before).toBe(2);
-    expect(fake.requestsTo('/v1/chat/completions').map((r) => r.headers.authorization)).toEqual([`Bearer ${KEY_1}`, `Bearer ${KEY_1}`]);
+    expect(fake.requestsTo('/v1/chat/completions').map((r) => r.headers.authorization)).toEqual([
+      `Bearer ${KEY_1}`,
+      `Bearer ${KEY_1}`,
+    ]);
 
     // The secret store rotates: the upstream only accepts the new key from now on.
     current = KEY_2;
@@ -48,18 +61,29 @@ describe.each(PLATFORMS)('API key provider on %s', (platform) => {
     const res = await request(h.server).post('/chat').send(body);
     expect(res.status).toBe(200);
     expect(res.body.content).toBe('Echo: hello');
-    expect(fake.requestsTo('/v1/chat/completions').map((r) => r.headers.authorization)).toEqual([`Bearer ${KEY_2}`]);
+    expect(fake.requestsTo('/v1/chat/completions').map((r) => r.headers.authorization)).toEqual([
+      `Bearer ${KEY_2}`,
+    ]);
   });
 
   it('401 upstream: 502 upstream_auth_error, not retried, logged with the key fingerprint only', async () => {
     fake.setApiKeys(['sk-some-other-key-the-upstream-wants-0000']);
     const res = await request(h.server).post('/chat').set('x-request-id', 'auth-fail-1').send(body);
     expect(res.status).toBe(502);
-    expect(res.body).toMatchObject({ statusCode: 502, error: 'upstream_auth_error', request_id: 'auth-fail-1' });
+    expect(res.body).toMatchObject({
+      statusCode: 502,
+      error: 'upstream_auth_error',
+      request_id: 'auth-fail-1',
+    });
     expect(res.body.message).not.toMatch(/Incorrect API key/);
     expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(1);
     const line = h.logger.records('openai call failed').find((l) => l.request_id === 'auth-fail-1')!;
-    expect(line).toMatchObject({ status: 502, upstream_status: 401, error: 'upstream_auth_error', key: fingerprintKey(KEY_1) });
+    expect(line).toMatchObject({
+      status: 502,
+      upstream_status: 401,
+      error: 'upstream_auth_error',
+      key: fingerprintKey(KEY_1),
+    });
     expect(line.key).toBe('sk-proj-...0001');
     expect(h.logger.lines.find((l) => l.message === line)?.level).toBe('error');
     expect(h.logger.text()).not.toContain(KEY_1);
@@ -67,7 +91,12 @@ describe.each(PLATFORMS)('API key provider on %s', (platform) => {
 
   it('the key never appears in a log line, a response body or a header, whatever fails (500, 401, timeout, 400)', async () => {
     const responses: request.Response[] = [];
-    fake.fault({ path: '/v1/chat/completions', status: 500, times: 2, errorMessage: `upstream echoed ${KEY_1}` });
+    fake.fault({
+      path: '/v1/chat/completions',
+      status: 500,
+      times: 2,
+      errorMessage: `upstream echoed ${KEY_1}`,
+    });
     responses.push(await request(h.server).post('/chat').send(body));
     fake.reset();
     fake.setApiKeys(['sk-some-other-key-the-upstream-wants-0000']);
@@ -76,7 +105,12 @@ describe.each(PLATFORMS)('API key provider on %s', (platform) => {
     fake.fault({ path: '/v1/chat/completions', hang: true });
     responses.push(await request(h.server).post('/chat').send(body));
     fake.reset();
-    fake.fault({ path: '/v1/chat/completions', status: 400, errorCode: 'invalid_value', errorMessage: `bad key ${KEY_1} in Bearer ${KEY_1}` });
+    fake.fault({
+      path: '/v1/chat/completions',
+      status: 400,
+      errorCode: 'invalid_value',
+      errorMessage: `bad key ${KEY_1} in Bearer ${KEY_1}`,
+    });
     responses.push(await request(h.server).post('/chat').send(body));
     responses.push(await request(h.server).post('/chat/stream').send(body));
 
@@ -109,7 +143,10 @@ describe.each(PLATFORMS)('static API key on %s', (platform) => {
     const res = await request(h.server).post('/chat').send(body);
     expect(res.status).toBe(502);
     expect(res.body.error).toBe('upstream_auth_error');
-    expect(h.logger.records('openai call failed').at(-1)).toMatchObject({ key: 'sk-...abcd', upstream_status: 401 });
+    expect(h.logger.records('openai call failed').at(-1)).toMatchObject({
+      key: 'sk-...abcd',
+      upstream_status: 401,
+    });
     expect(h.logger.text()).not.toContain(TEST_API_KEY);
   });
 });

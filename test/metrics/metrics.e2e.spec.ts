@@ -20,7 +20,9 @@ function parse(text: string): Sample[] {
   for (const line of text.split('\n')) {
     const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
     if (!m) continue;
-    const labels = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]));
+    const labels = Object.fromEntries(
+      [...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
+    );
     out.push({ name: m[1], labels, value: Number(m[3]) });
   }
   return out;
@@ -28,7 +30,9 @@ function parse(text: string): Sample[] {
 
 /** Sum of the samples of `name` whose labels include `labels`. */
 const sum = (samples: Sample[], name: string, labels: Record<string, string> = {}) =>
-  samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((n, s) => n + s.value, 0);
+  samples
+    .filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))
+    .reduce((n, s) => n + s.value, 0);
 
 interface Usage {
   prompt_tokens: number;
@@ -54,9 +58,9 @@ describe.each(PLATFORMS)('GET /metrics matches the traffic sent, on %s', (platfo
 
   it('counts attempts by status class, retries, fallbacks, errors, rejections, tokens, cost and latency', async () => {
     const ids: string[] = [];
-    let n = 0;
+    let seq = 0;
     const chat = (user: string, body: object) => {
-      const id = `metrics-rid-${platform}-${n++}`;
+      const id = `metrics-rid-${platform}-${seq++}`;
       ids.push(id);
       return request(h.server).post('/chat').set(bearer(user)).set('x-request-id', id).send(body);
     };
@@ -101,7 +105,13 @@ describe.each(PLATFORMS)('GET /metrics matches the traffic sent, on %s', (platfo
     expect(erin.status).toBe(200);
     expect(erin.body.cost_usd).toBeNull();
     record('other', erin.body.usage, null);
-    const stream = await request(h.server).post('/chat/stream').set(bearer('erin')).set('x-request-id', `metrics-rid-${platform}-stream`).send(userMessage('stream it')).buffer(true).parse(sseText);
+    const stream = await request(h.server)
+      .post('/chat/stream')
+      .set(bearer('erin'))
+      .set('x-request-id', `metrics-rid-${platform}-stream`)
+      .send(userMessage('stream it'))
+      .buffer(true)
+      .parse(sseText);
     ids.push(`metrics-rid-${platform}-stream`);
     const summary = JSON.parse(sseEvents(stream.body as string).at(-2)!);
     record(MINI, summary.usage, summary.cost_usd);
@@ -119,14 +129,30 @@ describe.each(PLATFORMS)('GET /metrics matches the traffic sent, on %s', (platfo
     const chatReq = { endpoint: 'chat.completions' };
 
     // attempts by status class, cross-checked with what the upstream received
-    expect(sum(s, 'openai_upstream_requests_total', { ...chatReq, model: MINI, status_class: '2xx' })).toBe(4);
-    expect(sum(s, 'openai_upstream_requests_total', { ...chatReq, model: MINI, status_class: '5xx' })).toBe(7);
-    expect(sum(s, 'openai_upstream_requests_total', { ...chatReq, model: FALLBACK, status_class: '2xx' })).toBe(1);
-    expect(sum(s, 'openai_upstream_requests_total', { ...chatReq, model: FALLBACK, status_class: '5xx' })).toBe(3);
-    expect(sum(s, 'openai_upstream_requests_total', { ...chatReq, model: 'other', status_class: '2xx' })).toBe(1);
-    expect(sum(s, 'openai_upstream_requests_total', { ...chatReq, model: 'gpt-4o', status_class: '2xx' })).toBe(1);
-    expect(sum(s, 'openai_upstream_requests_total', chatReq)).toBe(fake.requestsTo('/v1/chat/completions').length);
-    expect(sum(s, 'openai_upstream_requests_total', { endpoint: 'moderations' })).toBe(fake.requestsTo('/v1/moderations').length);
+    expect(sum(s, 'openai_upstream_requests_total', { ...chatReq, model: MINI, status_class: '2xx' })).toBe(
+      4,
+    );
+    expect(sum(s, 'openai_upstream_requests_total', { ...chatReq, model: MINI, status_class: '5xx' })).toBe(
+      7,
+    );
+    expect(
+      sum(s, 'openai_upstream_requests_total', { ...chatReq, model: FALLBACK, status_class: '2xx' }),
+    ).toBe(1);
+    expect(
+      sum(s, 'openai_upstream_requests_total', { ...chatReq, model: FALLBACK, status_class: '5xx' }),
+    ).toBe(3);
+    expect(
+      sum(s, 'openai_upstream_requests_total', { ...chatReq, model: 'other', status_class: '2xx' }),
+    ).toBe(1);
+    expect(
+      sum(s, 'openai_upstream_requests_total', { ...chatReq, model: 'gpt-4o', status_class: '2xx' }),
+    ).toBe(1);
+    expect(sum(s, 'openai_upstream_requests_total', chatReq)).toBe(
+      fake.requestsTo('/v1/chat/completions').length,
+    );
+    expect(sum(s, 'openai_upstream_requests_total', { endpoint: 'moderations' })).toBe(
+      fake.requestsTo('/v1/moderations').length,
+    );
     expect(sum(s, 'openai_retries_total', { model: MINI })).toBe(5);
     expect(sum(s, 'openai_retries_total', { model: FALLBACK })).toBe(2);
     expect(sum(s, 'openai_fallbacks_total', { from: MINI, to: FALLBACK })).toBe(1);
@@ -139,16 +165,39 @@ describe.each(PLATFORMS)('GET /metrics matches the traffic sent, on %s', (platfo
     expect(sum(s, 'openai_unpriced_calls_total')).toBe(1);
 
     // tokens by type, cost and latency per model label, from the responses
-    for (const [label, m] of Object.entries(ok)) {
+    const labels = Object.keys(ok).sort();
+    expect(labels).toEqual([FALLBACK, MINI, 'gpt-4o', 'other'].sort());
+    const seen = labels.map((label) => {
       const tokens = (type: string) => sum(s, 'openai_tokens_total', { model: label, type });
-      expect(tokens('prompt'), label).toBe(m.usage.reduce((n, u) => n + u.prompt_tokens, 0));
-      expect(tokens('completion'), label).toBe(m.usage.reduce((n, u) => n + u.completion_tokens, 0));
-      expect(tokens('cached'), label).toBe(2 * m.usage.length);
-      expect(tokens('reasoning'), label).toBe(m.usage.length);
-      expect(sum(s, 'openai_cost_usd_total', { model: label }), label).toBeCloseTo(m.cost.reduce((a, b) => a + b, 0), 12);
-      expect(sum(s, 'openai_upstream_latency_seconds_count', { ...chatReq, model: label }), label).toBe(m.usage.length);
-    }
-    expect(sum(s, 'openai_tokens_total', { model: MINI, route: 'POST /chat/stream', type: 'prompt' })).toBe(summary.usage.prompt_tokens);
+      return {
+        label,
+        prompt: tokens('prompt'),
+        completion: tokens('completion'),
+        cached: tokens('cached'),
+        reasoning: tokens('reasoning'),
+        cost: sum(s, 'openai_cost_usd_total', { model: label }),
+        latencyCount: sum(s, 'openai_upstream_latency_seconds_count', { ...chatReq, model: label }),
+      };
+    });
+    const sent = labels.map((label) => {
+      const m = ok[label];
+      return {
+        label,
+        prompt: m.usage.reduce((t, u) => t + u.prompt_tokens, 0),
+        completion: m.usage.reduce((t, u) => t + u.completion_tokens, 0),
+        cached: 2 * m.usage.length,
+        reasoning: m.usage.length,
+        cost: expect.closeTo(
+          m.cost.reduce((a, b) => a + b, 0),
+          12,
+        ),
+        latencyCount: m.usage.length,
+      };
+    });
+    expect(seen).toEqual(sent);
+    expect(sum(s, 'openai_tokens_total', { model: MINI, route: 'POST /chat/stream', type: 'prompt' })).toBe(
+      summary.usage.prompt_tokens,
+    );
     expect(sum(s, 'openai_upstream_latency_seconds_count', chatReq)).toBe(7);
 
     // labels: never a user, a request ID, an upstream request ID, or a client-chosen model name

@@ -14,7 +14,14 @@ const BAD: OpenAIModuleOptions = {
   models: { default: 'gpt-4o', allow: ['gpt-4o'], fallbacks: ['gpt-4o-mini-2024-07-18'] },
   logging: { prompts: true },
 };
-const BAD_PATHS = ['apiKey', 'timeouts.attemptMs', 'timeouts.deadlineMs', 'models.default', 'models.fallbacks[0]', 'logging.prompts'];
+const BAD_PATHS = [
+  'apiKey',
+  'timeouts.attemptMs',
+  'timeouts.deadlineMs',
+  'models.default',
+  'models.fallbacks[0]',
+  'logging.prompts',
+];
 
 /** The error a boot promise rejects with (fails the test when it resolves). */
 async function bootError(boot: Promise<unknown>): Promise<OpenAIConfigError> {
@@ -52,11 +59,18 @@ describe.each(PLATFORMS)('boot on %s', (platform) => {
       logger,
     );
     try {
-      const lines = logger.lines.filter((l) => typeof l.message === 'string' && l.message.startsWith('effective configuration'));
+      const lines = logger.lines.filter(
+        (l) => typeof l.message === 'string' && l.message.startsWith('effective configuration'),
+      );
       expect(lines).toHaveLength(1);
       expect(lines[0].context).toBe('OpenAIModule');
       const json = JSON.parse((lines[0].message as string).replace(/^effective configuration: /, ''));
-      expect(json).toMatchObject({ environment: 'development', apiKey: 'sk-...abcd', retry: { maxRetries: 3 }, models: { pinning: 'warn' } });
+      expect(json).toMatchObject({
+        environment: 'development',
+        apiKey: 'sk-...abcd',
+        retry: { maxRetries: 3 },
+        models: { pinning: 'warn' },
+      });
       const text = logger.text();
       expect(text).not.toContain(TEST_API_KEY);
       expect(text).not.toContain(TEST_API_KEY.slice(3, 20));
@@ -95,7 +109,15 @@ describe('boot with the testing module', () => {
 
   it('Test.createTestingModule(...).compile() rejects with forRootAsync', async () => {
     const compiled = Test.createTestingModule({
-      imports: [OpenAIModule.forRootAsync({ useFactory: async () => ({ environment: 'staging', apiKey: '', timeouts: { attemptMs: 2_000, deadlineMs: 1_000 } }) })],
+      imports: [
+        OpenAIModule.forRootAsync({
+          useFactory: async () => ({
+            environment: 'staging',
+            apiKey: '',
+            timeouts: { attemptMs: 2_000, deadlineMs: 1_000 },
+          }),
+        }),
+      ],
     })
       .setLogger(new CapturingLogger())
       .compile();

@@ -37,7 +37,11 @@ describe('OpenAIModule registration', () => {
     await fake.close();
   });
 
-  const base = (): OpenAIModuleOptions => ({ environment: 'test', apiKey: TEST_API_KEY, baseURL: fake.baseURL });
+  const base = (): OpenAIModuleOptions => ({
+    environment: 'test',
+    apiKey: TEST_API_KEY,
+    baseURL: fake.baseURL,
+  });
 
   async function boot(metadata: Parameters<typeof Test.createTestingModule>[0]): Promise<INestApplication> {
     const ref = await Test.createTestingModule(metadata).setLogger(new CapturingLogger()).compile();
@@ -70,7 +74,13 @@ describe('OpenAIModule registration', () => {
           imports: [
             ConfigModule.forRoot({
               ignoreEnvFile: true,
-              load: [() => ({ OPENAI_API_KEY: 'sk-from-config-service-0123456789', OPENAI_BASE_URL: fake.baseURL, OPENAI_MAX_RETRIES: 3 })],
+              load: [
+                () => ({
+                  OPENAI_API_KEY: 'sk-from-config-service-0123456789',
+                  OPENAI_BASE_URL: fake.baseURL,
+                  OPENAI_MAX_RETRIES: 3,
+                }),
+              ],
             }),
           ],
           inject: [ConfigService],
@@ -121,14 +131,23 @@ describe('OpenAIModule registration', () => {
       created = 0;
       createOpenAIOptions(): OpenAIModuleOptions {
         this.created++;
-        return { environment: 'test', apiKey: 'sk-use-existing-key-0123456789ab', baseURL: url, models: { embedding: 'text-embedding-3-large' } };
+        return {
+          environment: 'test',
+          apiKey: 'sk-use-existing-key-0123456789ab',
+          baseURL: url,
+          models: { embedding: 'text-embedding-3-large' },
+        };
       }
     }
     @Module({ providers: [SharedOptions], exports: [SharedOptions] })
     class SharedOptionsModule {}
-    const app = await boot({ imports: [OpenAIModule.forRootAsync({ imports: [SharedOptionsModule], useExisting: SharedOptions })] });
+    const app = await boot({
+      imports: [OpenAIModule.forRootAsync({ imports: [SharedOptionsModule], useExisting: SharedOptions })],
+    });
     expect(app.get(SharedOptions, { strict: false }).created).toBe(1);
-    expect(app.get<ResolvedOpenAIOptions>(OPENAI_RESOLVED_OPTIONS).models.embedding).toBe('text-embedding-3-large');
+    expect(app.get<ResolvedOpenAIOptions>(OPENAI_RESOLVED_OPTIONS).models.embedding).toBe(
+      'text-embedding-3-large',
+    );
     expect((await roundTrip(app)).headers.authorization).toBe('Bearer sk-use-existing-key-0123456789ab');
   });
 
@@ -170,7 +189,14 @@ describe('OpenAIModule registration', () => {
       constructor(@InjectOpenAI() readonly client: OpenAI) {}
     }
     const app = await boot({
-      imports: [OpenAIModule.forRoot({ ...base(), organization: 'org-fixture123', project: 'proj_fixture456', isGlobal: true })],
+      imports: [
+        OpenAIModule.forRoot({
+          ...base(),
+          organization: 'org-fixture123',
+          project: 'proj_fixture456',
+          isGlobal: true,
+        }),
+      ],
       providers: [RawUser],
     });
     const { client } = app.get(RawUser);
@@ -197,7 +223,9 @@ describe('OpenAIModule registration', () => {
   });
 
   it('defaultHeaders reach the upstream', async () => {
-    const app = await boot({ imports: [OpenAIModule.forRoot({ ...base(), defaultHeaders: { 'x-team': 'search' } })] });
+    const app = await boot({
+      imports: [OpenAIModule.forRoot({ ...base(), defaultHeaders: { 'x-team': 'search' } })],
+    });
     expect((await roundTrip(app)).headers['x-team']).toBe('search');
   });
 });

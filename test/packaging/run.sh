@@ -16,8 +16,8 @@ HERE="$ROOT/test/packaging"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/nestjs-openai-packaging.XXXXXX")"
 
 # What a user installs next to the package: the Nest packages, openai, rxjs, reflect-metadata (and the app's own
-# typescript and @types/node). Everything else the library needs at runtime (zod, gpt-tokenizer, @nestjs/throttler)
-# must come from the package's own dependencies / peerDependencies, so it is deliberately not listed here.
+# typescript and @types/node). The rest of what the library needs at runtime (zod, gpt-tokenizer, @nestjs/throttler,
+# prom-client) must come from the package's own dependencies / peerDependencies, so it is deliberately not listed.
 COMMON_DEPS=(openai@7.59.0 rxjs@^7.8.1 reflect-metadata@^0.2.2 typescript@7.0.2 @types/node@^20.19.0)
 # PACKAGING_EXTRA_DEPS="pkg@range ..." adds packages to both apps (to confirm a missing dependency is the only problem).
 read -r -a EXTRA_DEPS <<<"${PACKAGING_EXTRA_DEPS:-}"
@@ -63,7 +63,11 @@ cleanup() {
   for pid in ${JOB_PIDS[@]+"${JOB_PIDS[@]}"}; do
     stop_job "$pid"
   done
-  [[ "${KEEP_WORK:-}" == 1 ]] || rm -rf "$WORK"
+  # Two node_modules trees (~270 MB, ~24k files) can take a minute to delete on a busy disk: do it in the background.
+  if [[ "${KEEP_WORK:-}" != 1 ]]; then
+    rm -rf "$WORK" </dev/null >/dev/null 2>&1 &
+    disown 2>/dev/null || true
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT

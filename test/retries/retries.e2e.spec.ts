@@ -2,7 +2,13 @@ import { performance } from 'node:perf_hooks';
 import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
-import { PLATFORMS, TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  fixtureOptions,
+  startFixtureApp,
+  type FixtureHandle,
+} from '../support/fixture-app.js';
 
 const CHAT = '/v1/chat/completions';
 const body = { messages: [{ role: 'user', content: 'retry me' }] };
@@ -20,7 +26,10 @@ describe.each(PLATFORMS)('retries on %s', (platform) => {
   let short: FixtureHandle;
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start();
-    h = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, { retry: { maxRetries: 2 } }));
+    h = await startFixtureApp(
+      platform,
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { retry: { maxRetries: 2 } }),
+    );
   });
   afterAll(async () => {
     await h.close();
@@ -38,7 +47,10 @@ describe.each(PLATFORMS)('retries on %s', (platform) => {
     expect(res.status).toBe(502);
     expect(res.body).toMatchObject({ statusCode: 502, error: 'upstream_error', request_id: 'r-500' });
     expect(fake.requestsTo(CHAT)).toHaveLength(3);
-    expect(h.logger.records('openai call failed').find((l) => l.request_id === 'r-500')).toMatchObject({ attempts: 3, upstream_status: 500 });
+    expect(h.logger.records('openai call failed').find((l) => l.request_id === 'r-500')).toMatchObject({
+      attempts: 3,
+      upstream_status: 500,
+    });
     expect(h.logger.records('openai attempt failed').filter((l) => l.request_id === 'r-500')).toHaveLength(3);
   });
 
@@ -59,7 +71,11 @@ describe.each(PLATFORMS)('retries on %s', (platform) => {
     expect(res.body.attempts).toBe(2);
     expect(fake.requestsTo(CHAT)).toHaveLength(2);
     expect(res.body.openai_request_id).toBe(fake.requestsTo(CHAT)[1].requestId);
-    expect(h.logger.records('openai call').find((l) => l.request_id === 'r-transient')).toMatchObject({ retries: 1, attempts: 2, status: 'ok' });
+    expect(h.logger.records('openai call').find((l) => l.request_id === 'r-transient')).toMatchObject({
+      retries: 1,
+      attempts: 2,
+      status: 'ok',
+    });
   });
 
   it('400 is not retried', async () => {
@@ -124,7 +140,10 @@ describe.each(PLATFORMS)('retries on %s', (platform) => {
   });
 
   it('caps a long server-directed wait at retry.maxRetryAfterMs', async () => {
-    capped = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, { retry: { maxRetries: 1, maxRetryAfterMs: 150 } }));
+    capped = await startFixtureApp(
+      platform,
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { retry: { maxRetries: 1, maxRetryAfterMs: 150 } }),
+    );
     fake.fault({ path: CHAT, status: 429, retryAfterMs: 5_000, times: 1 });
     await request(capped.server).post('/chat').send(body).expect(200);
     const [gap] = gaps(fake);
@@ -135,7 +154,10 @@ describe.each(PLATFORMS)('retries on %s', (platform) => {
   it('the deadline stops retrying: a server-directed wait past it fails fast instead of sleeping', async () => {
     short = await startFixtureApp(
       platform,
-      fixtureOptions(fake.baseURL, TEST_API_KEY, { retry: { maxRetries: 3 }, timeouts: { attemptMs: 300, deadlineMs: 600 } }),
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        retry: { maxRetries: 3 },
+        timeouts: { attemptMs: 300, deadlineMs: 600 },
+      }),
     );
     fake.fault({ path: CHAT, status: 503, retryAfterMs: 2_000 });
     const res = await request(short.server).post('/chat').send(body);

@@ -13,7 +13,11 @@ describe('OpenAIService outside HTTP (a worker, no request context)', () => {
   const hook = new RecordingHook();
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start();
-    h = await startFixtureApp('express', fixtureOptions(fake.baseURL, TEST_API_KEY, { identity: { salt: SALT } }), { hooks: [hook] });
+    h = await startFixtureApp(
+      'express',
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { identity: { salt: SALT } }),
+      { hooks: [hook] },
+    );
   });
   afterAll(async () => {
     await h.close();
@@ -22,6 +26,9 @@ describe('OpenAIService outside HTTP (a worker, no request context)', () => {
   beforeEach(() => {
     fake.reset();
     hook.clear();
+  });
+
+  it('runs with no request context', () => {
     expect(RequestContextStore.get()).toBeUndefined();
   });
 
@@ -36,10 +43,20 @@ describe('OpenAIService outside HTTP (a worker, no request context)', () => {
     expect(req.body.user).toBeUndefined();
     expect(JSON.stringify(req.body)).not.toContain('worker-user-7');
     expect(r.openaiRequestId).toBe(req.requestId);
-    expect(hook.reserved[0]).toMatchObject({ endpoint: 'chat.completions', user: 'worker-user-7', route: 'queue:summaries', requestId: undefined });
+    expect(hook.reserved[0]).toMatchObject({
+      endpoint: 'chat.completions',
+      user: 'worker-user-7',
+      route: 'queue:summaries',
+      requestId: undefined,
+    });
     expect(hook.settled).toHaveLength(1);
     const line = h.logger.records('openai call').at(-1)!;
-    expect(line).toMatchObject({ user: 'worker-user-7', route: 'queue:summaries', status: 'ok', openai_request_id: req.requestId });
+    expect(line).toMatchObject({
+      user: 'worker-user-7',
+      route: 'queue:summaries',
+      status: 'ok',
+      openai_request_id: req.requestId,
+    });
     expect(line).not.toHaveProperty('request_id');
   });
 
@@ -72,7 +89,11 @@ describe('OpenAIService outside HTTP (a worker, no request context)', () => {
     expect(summary.usage).toMatchObject({ prompt_tokens: countChatPromptTokens(messages), estimated: false });
     expect(summary.usage.completion_tokens).toBeGreaterThan(0);
     const [req] = fake.requestsTo(CHAT);
-    expect(req.body).toMatchObject({ stream: true, stream_options: { include_usage: true }, safety_identifier: hashUserId('worker-user-7', SALT) });
+    expect(req.body).toMatchObject({
+      stream: true,
+      stream_options: { include_usage: true },
+      safety_identifier: hashUserId('worker-user-7', SALT),
+    });
     expect(s.openaiRequestId).toBe(req.requestId);
     expect(hook.settled).toEqual([expect.objectContaining({ usage: summary.usage })]);
   });
@@ -94,7 +115,10 @@ describe('OpenAIService outside HTTP (a worker, no request context)', () => {
     expect(r.response.results[1].categories.harassment).toBe(true);
     const reqs = fake.requestsTo('/v1/moderations');
     expect(reqs).toHaveLength(1);
-    expect(reqs[0].body).toMatchObject({ model: 'omni-moderation-latest', input: ['a friendly note', 'please FLAG_ME now'] });
+    expect(reqs[0].body).toMatchObject({
+      model: 'omni-moderation-latest',
+      input: ['a friendly note', 'please FLAG_ME now'],
+    });
     expect(JSON.stringify(reqs[0].body)).not.toContain('worker-user-7');
   });
 
@@ -117,7 +141,11 @@ describe('OpenAIService outside HTTP (a worker, no request context)', () => {
     expect(req.body.model).toBe('text-embedding-3-small');
     expect(req.body.user).toBe(hashUserId('worker-user-7', SALT));
     expect(JSON.stringify(req.body)).not.toContain('worker-user-7');
-    expect(hook.reserved[0]).toMatchObject({ endpoint: 'embeddings', user: 'worker-user-7', promptTokens: r.usage.prompt_tokens });
+    expect(hook.reserved[0]).toMatchObject({
+      endpoint: 'embeddings',
+      user: 'worker-user-7',
+      promptTokens: r.usage.prompt_tokens,
+    });
     expect(hook.settled).toHaveLength(1);
   });
 
@@ -140,7 +168,10 @@ describe('identity field options', () => {
   });
 
   it("identity.field 'user' sends the hash as `user`; 'none' sends nothing", async () => {
-    const asUser = await startFixtureApp('express', fixtureOptions(fake.baseURL, TEST_API_KEY, { identity: { field: 'user' } }));
+    const asUser = await startFixtureApp(
+      'express',
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { identity: { field: 'user' } }),
+    );
     try {
       await asUser.openai.chat({ messages: [{ role: 'user', content: 'x' }] }, { user: 'u1' });
       expect(fake.requests[0].body.user).toBe(hashUserId('u1', ''));
@@ -149,7 +180,10 @@ describe('identity field options', () => {
       await asUser.close();
     }
     fake.reset();
-    const none = await startFixtureApp('express', fixtureOptions(fake.baseURL, TEST_API_KEY, { identity: { field: 'none' } }));
+    const none = await startFixtureApp(
+      'express',
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { identity: { field: 'none' } }),
+    );
     try {
       await none.openai.chat({ messages: [{ role: 'user', content: 'x' }] }, { user: 'u1' });
       await none.openai.embed({ input: 'x' }, { user: 'u1' });

@@ -3,9 +3,22 @@ import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { OpenAIHttpException, StreamSummary } from '../../lib/index.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
-import { fixtureOptions, sseEvents, sseText, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import {
+  fixtureOptions,
+  sseEvents,
+  sseText,
+  startFixtureApp,
+  type FixtureHandle,
+} from '../support/fixture-app.js';
 import { RecordingHook } from '../support/recording-hook.js';
-import { PLATFORMS, TEST_API_KEY, auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  auth,
+  startSampleApp,
+  userMessage,
+  type SampleAppHandle,
+} from '../support/sample-app.js';
 
 const CHAT = '/v1/chat/completions';
 const PROMPT = 'one two three four five';
@@ -26,7 +39,13 @@ describe.each(PLATFORMS)('sample POST /chat/stream failures on %s', (platform) =
   });
 
   async function stream(requestId: string) {
-    const res = await request(h.server).post('/chat/stream').set(auth()).set('x-request-id', requestId).send(userMessage(PROMPT)).buffer(true).parse(sseText);
+    const res = await request(h.server)
+      .post('/chat/stream')
+      .set(auth())
+      .set('x-request-id', requestId)
+      .send(userMessage(PROMPT))
+      .buffer(true)
+      .parse(sseText);
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toContain('text/event-stream');
     const events = sseEvents(res.body as string);
@@ -41,7 +60,9 @@ describe.each(PLATFORMS)('sample POST /chat/stream failures on %s', (platform) =
     const { events, deltas, errors } = await stream('stall-1');
     const ended = performance.now();
     expect(deltas).toBe('Echo: one ');
-    expect(errors).toEqual([{ statusCode: 504, error: 'upstream_timeout', message: expect.any(String), request_id: 'stall-1' }]);
+    expect(errors).toEqual([
+      { statusCode: 504, error: 'upstream_timeout', message: expect.any(String), request_id: 'stall-1' },
+    ]);
     expect(events.at(-1)).toMatch(/^\{"error"/);
     expect(events).not.toContain('[DONE]');
     expect(events.some((e) => e.includes('"usage"'))).toBe(false);
@@ -50,7 +71,9 @@ describe.each(PLATFORMS)('sample POST /chat/stream failures on %s', (platform) =
     // It waited for the 300 ms silence, and not much longer.
     expect(ended - fake.requestsTo(CHAT)[0].at).toBeGreaterThanOrEqual(250);
     expect(ended - started).toBeLessThan(3_000);
-    const line = h.logger.records('openai call').find((l) => l.request_id === 'stall-1' && l.endpoint === 'chat.completions')!;
+    const line = h.logger
+      .records('openai call')
+      .find((l) => l.request_id === 'stall-1' && l.endpoint === 'chat.completions')!;
     expect(line).toMatchObject({ status: 'incomplete', usage_estimated: true, user: 'alice' });
     expect(line.completion_tokens).toBeGreaterThan(0);
   });
@@ -59,10 +82,16 @@ describe.each(PLATFORMS)('sample POST /chat/stream failures on %s', (platform) =
     fake.fault({ path: CHAT, streamCutAfterChunks: 3 });
     const { events, deltas, errors } = await stream('cut-1');
     expect(deltas).toBe('Echo: one two ');
-    expect(errors).toEqual([{ statusCode: 502, error: expect.any(String), message: expect.any(String), request_id: 'cut-1' }]);
+    expect(errors).toEqual([
+      { statusCode: 502, error: expect.any(String), message: expect.any(String), request_id: 'cut-1' },
+    ]);
     expect(events).not.toContain('[DONE]');
     expect(fake.requestsTo(CHAT)).toHaveLength(1);
-    expect(h.logger.records('openai call').find((l) => l.request_id === 'cut-1' && l.endpoint === 'chat.completions')).toMatchObject({ status: 'incomplete', usage_estimated: true });
+    expect(
+      h.logger
+        .records('openai call')
+        .find((l) => l.request_id === 'cut-1' && l.endpoint === 'chat.completions'),
+    ).toMatchObject({ status: 'incomplete', usage_estimated: true });
   });
 
   it('a stream that ends without data: [DONE] is an error: one 502 error event, no [DONE]', async () => {
@@ -73,7 +102,9 @@ describe.each(PLATFORMS)('sample POST /chat/stream failures on %s', (platform) =
     expect(errors[0]).toMatchObject({ statusCode: 502, request_id: 'nodone-1' });
     expect(events).not.toContain('[DONE]');
     // The usage chunk did arrive: the incomplete call is accounted with real usage.
-    const line = h.logger.records('openai call').find((l) => l.request_id === 'nodone-1' && l.endpoint === 'chat.completions')!;
+    const line = h.logger
+      .records('openai call')
+      .find((l) => l.request_id === 'nodone-1' && l.endpoint === 'chat.completions')!;
     expect(line.status).toBe('incomplete');
     expect(line.usage_estimated).toBeUndefined();
   });
@@ -92,7 +123,11 @@ describe('ChatStream outside HTTP', () => {
   const hook = new RecordingHook();
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start();
-    h = await startFixtureApp('express', fixtureOptions(fake.baseURL, TEST_API_KEY, { timeouts: { attemptMs: 300, deadlineMs: 5_000 } }), { hooks: [hook] });
+    h = await startFixtureApp(
+      'express',
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { timeouts: { attemptMs: 300, deadlineMs: 5_000 } }),
+      { hooks: [hook] },
+    );
   });
   afterAll(async () => {
     await h.close();
@@ -119,7 +154,9 @@ describe('ChatStream outside HTTP', () => {
     const { chunks, error } = await drain(s);
     expect(chunks).toBe(3); // the role chunk and two content chunks
     expect((error as OpenAIHttpException).getStatus()).toBe(504);
-    const failed = (await s.finished.catch((e: unknown) => e)) as OpenAIHttpException & { summary: StreamSummary };
+    const failed = (await s.finished.catch((e: unknown) => e)) as OpenAIHttpException & {
+      summary: StreamSummary;
+    };
     expect(failed.getStatus()).toBe(504);
     expect(failed.body.error).toBe('upstream_timeout');
     expect(failed.summary.content).toBe('Echo: one ');
@@ -136,7 +173,9 @@ describe('ChatStream outside HTTP', () => {
     const s = await h.openai.stream({ messages: [{ role: 'user', content: PROMPT }] });
     const { error } = await drain(s);
     expect((error as OpenAIHttpException).getStatus()).toBe(502);
-    const failed = (await s.finished.catch((e: unknown) => e)) as OpenAIHttpException & { summary: StreamSummary };
+    const failed = (await s.finished.catch((e: unknown) => e)) as OpenAIHttpException & {
+      summary: StreamSummary;
+    };
     expect(failed.getStatus()).toBe(502);
     expect(failed.summary.usage.estimated).toBe(true);
     expect(hook.settled).toHaveLength(1);
@@ -154,7 +193,9 @@ describe('ChatStream outside HTTP', () => {
 
   it('an upstream error before the stream starts releases the reservation instead', async () => {
     fake.fault({ path: CHAT, status: 400 });
-    await expect(h.openai.stream({ messages: [{ role: 'user', content: PROMPT }] })).rejects.toMatchObject({ status: 400 });
+    await expect(h.openai.stream({ messages: [{ role: 'user', content: PROMPT }] })).rejects.toMatchObject({
+      status: 400,
+    });
     expect(hook.released).toBe(1);
     expect(hook.settled).toHaveLength(0);
   });

@@ -1,5 +1,16 @@
 import 'reflect-metadata';
-import { Body, Controller, Get, HttpCode, Post, Res, type DynamicModule, type INestApplication, type Provider, type Type } from '@nestjs/common';
+import {
+  Body,
+  Controller,
+  Get,
+  HttpCode,
+  Post,
+  Res,
+  type DynamicModule,
+  type INestApplication,
+  type Provider,
+  type Type,
+} from '@nestjs/common';
 import { APP_FILTER } from '@nestjs/core';
 import { FastifyAdapter, type NestFastifyApplication } from '@nestjs/platform-fastify';
 import { Test } from '@nestjs/testing';
@@ -81,7 +92,11 @@ export interface FixtureHandle {
 }
 
 /** Module options for a fixture pointed at `baseURL`, with small retry waits; `environment: 'development'`. */
-export function fixtureOptions(baseURL: string, apiKey: OpenAIModuleOptions['apiKey'], extra: OpenAIModuleOptions = {}): OpenAIModuleOptions {
+export function fixtureOptions(
+  baseURL: string,
+  apiKey: OpenAIModuleOptions['apiKey'],
+  extra: OpenAIModuleOptions = {},
+): OpenAIModuleOptions {
   return {
     environment: 'development',
     apiKey,
@@ -93,7 +108,11 @@ export function fixtureOptions(baseURL: string, apiKey: OpenAIModuleOptions['api
 }
 
 /** Starts (without listening) a fixture app on `platform`. */
-export async function startFixtureApp(platform: Platform, options: OpenAIModuleOptions, fixture: FixtureOptions = {}): Promise<FixtureHandle> {
+export async function startFixtureApp(
+  platform: Platform,
+  options: OpenAIModuleOptions,
+  fixture: FixtureOptions = {},
+): Promise<FixtureHandle> {
   const logger = new CapturingLogger();
   const builder = Test.createTestingModule({
     imports: [fixture.openai ?? OpenAIModule.forRoot({ ...options }), ...(fixture.imports ?? [])],
@@ -102,10 +121,19 @@ export async function startFixtureApp(platform: Platform, options: OpenAIModuleO
   });
   if (fixture.hooks) builder.overrideProvider(OPENAI_CALL_HOOKS).useValue(fixture.hooks);
   const moduleRef = await builder.setLogger(logger).compile();
-  const app = platform === 'fastify' ? moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger }) : moduleRef.createNestApplication({ logger });
+  const app =
+    platform === 'fastify'
+      ? moduleRef.createNestApplication<NestFastifyApplication>(new FastifyAdapter(), { logger })
+      : moduleRef.createNestApplication({ logger });
   await app.init();
   if (platform === 'fastify') await (app as NestFastifyApplication).getHttpAdapter().getInstance().ready();
-  return { app, server: app.getHttpServer(), logger, openai: app.get(OpenAIService), close: () => app.close() };
+  return {
+    app,
+    server: app.getHttpServer(),
+    logger,
+    openai: app.get(OpenAIService),
+    close: () => app.close(),
+  };
 }
 
 /** Reads an SSE response body with supertest: `.buffer(true).parse(sseText)`. */

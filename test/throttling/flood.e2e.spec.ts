@@ -68,7 +68,7 @@ describe.each(PLATFORMS)('1,000 concurrent requests of one user on %s', (platfor
     apps.push(b);
     const bases = [await listen(a.app), await listen(b.app)];
     const split = await Promise.all(
-      Array.from({ length: 400 }, (_, i) =>
+      Array.from({ length: 200 }, (_, i) =>
         flood(`${bases[i % 2]}/chat`, 1, () => ({
           method: 'POST',
           headers: jsonHeaders(i % 3 === 0 ? 'bob-token' : 'alice-token', { 'x-request-id': `two-${i}` }),
@@ -78,10 +78,10 @@ describe.each(PLATFORMS)('1,000 concurrent requests of one user on %s', (platfor
     );
     const counts = tally(split, (i) => `two-${i}`);
     // alice and bob: 5 each, across both instances
-    expect(counts).toEqual({ ok: 10, limited: 390, other: 0 });
+    expect(counts).toEqual({ ok: 10, limited: 190, other: 0 });
     for (const user of ['alice', 'bob']) expect(split.filter((r) => r.user === user && r.status === 200)).toHaveLength(5);
     // both instances took part in refusing
-    for (const instance of [0, 1]) expect(split.filter((r) => r.instance === instance && r.status === 429).length).toBeGreaterThan(100);
+    for (const instance of [0, 1]) expect(split.filter((r) => r.instance === instance && r.status === 429).length).toBeGreaterThan(50);
     expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(10);
   });
 });

@@ -3,7 +3,14 @@ import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
-import { PLATFORMS, TEST_API_KEY, auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  auth,
+  startSampleApp,
+  userMessage,
+  type SampleAppHandle,
+} from '../support/sample-app.js';
 
 const CHAT = '/v1/chat/completions';
 
@@ -24,7 +31,11 @@ describe.each(PLATFORMS)('sample upstream timeouts on %s (OPENAI_TIMEOUT_MS)', (
 
   it('a hanging upstream: 504 upstream_timeout after each attempt timed out', async () => {
     fake.fault({ path: CHAT, hang: true });
-    const res = await request(h.server).post('/chat').set(auth()).set('x-request-id', 'hang-1').send(userMessage('wait'));
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .set('x-request-id', 'hang-1')
+      .send(userMessage('wait'));
     const answeredAt = performance.now();
     expect(res.status).toBe(504);
     expect(res.body).toMatchObject({ statusCode: 504, error: 'upstream_timeout', request_id: 'hang-1' });
@@ -35,7 +46,11 @@ describe.each(PLATFORMS)('sample upstream timeouts on %s (OPENAI_TIMEOUT_MS)', (
     expect(attempts[1].at - attempts[0].at).toBeGreaterThanOrEqual(200);
     expect(answeredAt - attempts[1].at).toBeGreaterThanOrEqual(200);
     expect(answeredAt - attempts[0].at).toBeLessThan(3_000);
-    expect(h.logger.records('openai call failed').find((l) => l.request_id === 'hang-1')).toMatchObject({ status: 504, error: 'upstream_timeout', attempts: 2 });
+    expect(h.logger.records('openai call failed').find((l) => l.request_id === 'hang-1')).toMatchObject({
+      status: 504,
+      error: 'upstream_timeout',
+      attempts: 2,
+    });
   });
 
   it('a slow upstream within the timeout answers', async () => {
@@ -55,7 +70,14 @@ describe.each(PLATFORMS)('sample upstream timeouts on %s (OPENAI_TIMEOUT_MS)', (
 
   it('a client that goes away cancels the upstream call: no retry, logged as 499', async () => {
     fake.fault({ path: CHAT, hang: true });
-    await expect(request(h.server).post('/chat').set(auth()).set('x-request-id', 'gone-1').timeout(100).send(userMessage('bye'))).rejects.toThrow(/timeout/i);
+    await expect(
+      request(h.server)
+        .post('/chat')
+        .set(auth())
+        .set('x-request-id', 'gone-1')
+        .timeout(100)
+        .send(userMessage('bye')),
+    ).rejects.toThrow(/timeout/i);
     const line = await vi.waitFor(
       () => {
         const l = h.logger.records('openai call failed').find((x) => x.request_id === 'gone-1');
@@ -84,7 +106,13 @@ describe('per-call attempt timeout (service, no HTTP)', () => {
   let h: FixtureHandle;
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start();
-    h = await startFixtureApp('express', fixtureOptions(fake.baseURL, TEST_API_KEY, { retry: { maxRetries: 1 }, timeouts: { attemptMs: 200, deadlineMs: 5_000 } }));
+    h = await startFixtureApp(
+      'express',
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        retry: { maxRetries: 1 },
+        timeouts: { attemptMs: 200, deadlineMs: 5_000 },
+      }),
+    );
   });
   afterAll(async () => {
     await h.close();
