@@ -8,7 +8,7 @@ export {
   REQUEST_ID_HEADER,
   OPENAI_REQUEST_ID_HEADER,
 } from './openai.constants.js';
-export type { OpenAIModuleForRootOptions, OpenAIModuleAsyncOptions } from './openai.module-definition.js';
+export type { OpenAIModuleForRootOptions, OpenAIModuleAsyncOptions, OpenAIOptionsFactory } from './openai.module-definition.js';
 export { OPENAI_MODULE_OPTIONS } from './openai.module-definition.js';
 export * from './interfaces/index.js';
 export * from './errors/index.js';

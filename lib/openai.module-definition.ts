@@ -16,3 +16,15 @@ export const {
 export type OpenAIModuleForRootOptions = typeof OPENAI_OPTIONS_TYPE;
 /** Argument of `OpenAIModule.forRootAsync()`: `imports`, `inject`, and one of `useFactory`, `useClass`, `useExisting`. */
 export type OpenAIModuleAsyncOptions = typeof OPENAI_ASYNC_OPTIONS_TYPE;
+
+/**
+ * A class that builds the options, for `forRootAsync({ useClass })` / `({ useExisting })`.
+ * @example
+ * @Injectable() class OpenAIConfig implements OpenAIOptionsFactory {
+ *   constructor(private readonly config: ConfigService) {}
+ *   createOpenAIOptions() { return { apiKey: this.config.getOrThrow('OPENAI_API_KEY') }; }
+ * }
+ */
+export interface OpenAIOptionsFactory {
+  createOpenAIOptions(): OpenAIModuleOptions | Promise<OpenAIModuleOptions>;
+}

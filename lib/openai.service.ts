@@ -659,7 +659,19 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     });
     // A consumer that only awaits the iterator must not see an unhandled rejection here.
     this.finished.catch(() => undefined);
+    // A stream nobody iterates must not hold its connection and reservations forever.
+    const idleMs = prep.options.attemptTimeoutMs ?? service.options.timeouts.attemptMs;
+    this.unconsumedTimer = setTimeout(() => {
+      if (this.consumed) return;
+      const reason = new AttemptTimeoutError('idle', idleMs);
+      ok.controller.abort(reason);
+      void this.end(false, undefined, null, reason);
+    }, idleMs);
+    this.unconsumedTimer.unref();
   }
+
+  private readonly unconsumedTimer: NodeJS.Timeout;
+  private ended = false;
 
   /** Text received so far. */
   get content(): string {
@@ -674,6 +686,8 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
   async *[Symbol.asyncIterator](): AsyncIterator<ChatCompletionChunk> {
     if (this.consumed) throw new Error('A ChatStream can be iterated once');
     this.consumed = true;
+    clearTimeout(this.unconsumedTimer);
+    if (this.ended) throw this.mapStreamError(new AttemptTimeoutError('idle', 0));
     const { controller } = this.ok;
     const idleMs = this.prep.options.attemptTimeoutMs ?? this.service.options.timeouts.attemptMs;
     const deadlineAt = this.started + (this.prep.options.deadlineMs ?? this.service.options.timeouts.deadlineMs);
@@ -753,6 +767,8 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
   }
 
   private async end(completed: boolean, usage: NormalizedUsage | undefined, finishReason: string | null, failure: unknown): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
     const finalUsage = usage ?? this.estimate();
     const summary: StreamSummary = {
       model: this.model,

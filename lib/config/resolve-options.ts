@@ -167,9 +167,10 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   else m.fallbacks.forEach((f, i) => checkModel(`models.fallbacks[${i}]`, f));
   if (m.allow !== undefined && (!Array.isArray(m.allow) || m.allow.length === 0)) add('models.allow', 'must be a non-empty array when set', 'remove it or list the allowed models');
 
-  if (o.logging.prompts && NO_PROMPT_LOGGING_ENVIRONMENTS.has(o.environment)) {
-    add('logging.prompts', 'prompt logging is never allowed in production', 'enable it in a development or staging profile only');
+  if (o.logging.prompts && (NO_PROMPT_LOGGING_ENVIRONMENTS.has(o.environment) || !Object.hasOwn(ENVIRONMENT_DEFAULTS, o.environment))) {
+    add('logging.prompts', `prompt logging is never allowed in production or in an environment that starts from its defaults ("${o.environment}")`, 'enable it in a development, test or staging profile only');
   }
+  if (!Array.isArray(o.logging.redact) || !o.logging.redact.every((r) => r instanceof RegExp)) add('logging.redact', 'must be an array of RegExp', 'use e.g. [/ACME-\\d{6}/g]');
   validateWindows('limits.requests', o.limits.requests, add);
   validateWindows('limits.tokens', o.limits.tokens, add);
   if (o.limits.tiers !== undefined && typeof o.limits.tiers !== 'function') add('limits.tiers', 'must be a function (user) => limits', 'pass a function or remove it');

@@ -79,8 +79,15 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
     if (typeof status === 'number' && status >= 400 && status < 500) {
       const { code, type } = exception as { code?: string; type?: string };
       const notJson = type === 'entity.parse.failed' || (code && /JSON/i.test(code + String((exception as Error).message)));
-      const message = status === 413 ? 'Request body is too large' : notJson ? 'Request body is not valid JSON' : 'Invalid request';
-      return { statusCode: status, error: status === 413 ? 'payload_too_large' : 'bad_request', message, request_id: requestId };
+      const [error, message] =
+        status === 413
+          ? ['payload_too_large', 'Request body is too large']
+          : status === 415
+            ? ['unsupported_media_type', 'Send the body as application/json']
+            : notJson
+              ? ['bad_request', 'Request body is not valid JSON']
+              : ['bad_request', 'Invalid request'];
+      return { statusCode: status, error, message, request_id: requestId };
     }
     this.logger.error({
       msg: 'unhandled error',

@@ -1,12 +1,19 @@
 import { APIConnectionError, APIError } from 'openai';
 import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
 
-/** Whether an upstream error is worth another attempt: connection errors, timeouts, 408, 409, 429 (not quota), 5xx. */
+/**
+ * Whether an upstream error is worth another attempt: the upstream's `x-should-retry` header when present,
+ * else connection errors, timeouts, 408, 409, 429 (not `insufficient_quota`) and 5xx.
+ */
 export function isRetryable(err: unknown): boolean {
   if (err instanceof APIConnectionError) return true; // includes APIConnectionTimeoutError
   if (err instanceof APIError) {
     const s = err.status;
     if (s === undefined) return false;
+    // OpenAI's own verdict, when it gives one (the SDK obeys it too).
+    const should = err.headers?.get('x-should-retry');
+    if (should === 'true') return true;
+    if (should === 'false') return false;
     if (s === 429) return err.code !== 'insufficient_quota';
     return s === 408 || s === 409 || s >= 500;
   }

@@ -18,9 +18,16 @@ describe('deepMerge', () => {
     expect(deepMerge<Any>({ list: ['a'] }, { list: [] }).list).toEqual([]);
   });
 
-  it('never lets undefined overwrite a value, but null does', () => {
-    const out = deepMerge<Any>({ a: 1, b: 2 }, { a: undefined, b: null });
-    expect(out).toEqual({ a: 1, b: null });
+  it('never lets undefined or null overwrite a value (an option set to null keeps its default)', () => {
+    const out = deepMerge<Any>({ a: 1, b: 2, c: { d: 1 } }, { a: undefined, b: null, c: null });
+    expect(out).toEqual({ a: 1, b: 2, c: { d: 1 } });
+  });
+
+  it('copies arrays, so a merged result never shares an array with its sources', () => {
+    const src = { list: [1, 2] };
+    const out = deepMerge<Any>(src);
+    out.list.push(3);
+    expect(src.list).toEqual([1, 2]);
   });
 
   it('skips undefined sources', () => {

@@ -145,6 +145,20 @@ describe('logging.prompts in production', () => {
     expect(fake.requests).toHaveLength(0);
   });
 
+  it('logging.redact entries that are not RegExps fail at boot (not at the first logged call)', async () => {
+    const err = await startFixtureApp('express', fixtureOptions(fake.baseURL, TEST_API_KEY, { logging: { prompts: true, redact: ['ACME-' as unknown as RegExp] } }), {
+      controllers: [ModerationFixtureController],
+    }).then(
+      async (h) => {
+        await h.close();
+        return undefined;
+      },
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(OpenAIConfigError);
+    expect((err as OpenAIConfigError).problems.map((p) => p.path)).toEqual(['logging.redact']);
+  });
+
   it('is allowed in staging (the profile a team debugs in)', async () => {
     const h = await startFixtureApp(
       'express',
