@@ -56,14 +56,34 @@ function toolCallsText(toolCalls: unknown): string {
  * This is what the fake server reports as `completion_tokens` for a reply, and per input for embeddings.
  */
 export function countTextTokens(text: string): number {
-  return encode(text, ENCODE_OPTIONS).length;
+  if (!text) return 0;
+  if (!LONG_RUN_TEST.test(text)) return encode(text, ENCODE_OPTIONS).length;
+  // Byte-pair encoding is quadratic in the length of one pre-tokenized piece, and a run without
+  // whitespace (random CJK, base64, 'zzzz...') is one piece: 31k such characters block the event loop
+  // for seconds. Long runs are counted in chunks, which over-counts them by at most one token per chunk
+  // (the safe side for limits) and leaves ordinary text exact.
+  let total = 0;
+  let last = 0;
+  for (const m of text.matchAll(LONG_RUN)) {
+    total += encode(text.slice(last, m.index), ENCODE_OPTIONS).length;
+    for (let i = 0; i < m[0].length; i += RUN_CHUNK) total += encode(m[0].slice(i, i + RUN_CHUNK), ENCODE_OPTIONS).length;
+    last = m.index + m[0].length;
+  }
+  return total + encode(text.slice(last), ENCODE_OPTIONS).length;
 }
+
+/** Runs of non-whitespace this long are tokenized in chunks (see `countTextTokens`). */
+const LONG_RUN_LENGTH = 256;
+const RUN_CHUNK = 128;
+const LONG_RUN = new RegExp(`\\S{${LONG_RUN_LENGTH},}`, 'g');
+const LONG_RUN_TEST = new RegExp(`\\S{${LONG_RUN_LENGTH}}`);
 
 /**
  * Prompt token count of a chat, as the fake server reports it in `usage.prompt_tokens`: gpt-tokenizer's chat encoding
  * with the o200k_base encoding and the gpt-4o chat template (per-message framing tokens plus the assistant priming).
  *
- * Pure and deterministic. Content-part arrays count their `text` parts joined with `\n` (images, audio and files add
+ * Pure and deterministic; exact for ordinary text, and bounded in time for any input (runs of 256+ characters
+ * without whitespace are counted in chunks, a token or so high per chunk). Content-part arrays count their `text` parts joined with `\n` (images, audio and files add
  * nothing); assistant `tool_calls` count their function name and arguments; `name` is ignored; a missing role counts
  * as `user`; non-object entries count as empty user messages.
  */
@@ -77,6 +97,9 @@ export function countChatPromptTokens(messages: readonly CountableChatMessage[])
       content: tools ? (text ? `${text}\n${tools}` : tools) : text,
     };
   });
-  return encodeChat(chat, CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
+  if (!chat.some((m) => LONG_RUN_TEST.test(m.content))) return encodeChat(chat, CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
+  // The chat template's tokens plus each content's own: equal to the chat encoding for ordinary text.
+  const framing = encodeChat(chat.map((m) => ({ ...m, content: '' })), CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
+  return chat.reduce((n, m) => n + countTextTokens(m.content), framing);
 }
 
