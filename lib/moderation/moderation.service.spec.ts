@@ -92,7 +92,7 @@ describe('ModerationService.check', () => {
     await service.check(['my secret prompt'], 'input');
     expect(set).toHaveBeenCalledTimes(1);
     const [key, value] = set.mock.calls[0];
-    expect(key).toMatch(/^mod:[A-Za-z0-9_-]{43}$/);
+    expect(key).toMatch(/^mod:omni-moderation-latest:[A-Za-z0-9_-]{43}$/);
     expect(`${key}${value}`).not.toContain('secret');
   });
 

@@ -62,7 +62,7 @@ export class ModerationService {
       if (missing.length) {
         const r = await this.openai.moderate(missing, { attemptTimeoutMs: opts.timeoutMs, deadlineMs: opts.timeoutMs * 2 + 500, maxRetries: 1, fallbacks: false });
         fresh = r.response.results.map((x) => ({ c: { ...x.categories } as Record<string, boolean>, s: { ...x.category_scores } as Record<string, number> }));
-        if (ttl > 0) await Promise.all(missing.map((t, i) => this.store.set(`mod:${hashText(t)}`, JSON.stringify(fresh[i]), ttl).catch(() => undefined)));
+        if (ttl > 0) await Promise.all(missing.map((t, i) => this.store.set(this.cacheKey(t), JSON.stringify(fresh[i]), ttl).catch(() => undefined)));
       }
       let j = 0;
       results = cached.map((c) => c ?? fresh[j++]);
@@ -88,8 +88,13 @@ export class ModerationService {
     return { flagged: categories.length > 0, categories };
   }
 
+  /** Verdicts depend on the model: a new moderation model does not reuse the old one's. */
+  private cacheKey(text: string): string {
+    return `mod:${this.options.models.moderation}:${hashText(text)}`;
+  }
+
   private async cacheGet(text: string): Promise<CachedResult | undefined> {
-    const raw = await this.store.get(`mod:${hashText(text)}`).catch(() => undefined);
+    const raw = await this.store.get(this.cacheKey(text)).catch(() => undefined);
     if (!raw) return undefined;
     try {
       return JSON.parse(raw) as CachedResult;

@@ -8,7 +8,8 @@ import { MemoryStore } from './memory.store.js';
 import { ResilientStore } from './resilient.store.js';
 
 const url = sharedRedisUrl();
-const options = (storage: StorageOptions) => resolveOpenAIOptions({ environment: 'test', apiKey: 'sk-test', storage });
+const options = (storage: StorageOptions) =>
+  resolveOpenAIOptions({ environment: 'test', apiKey: 'sk-test', storage });
 
 describe('createStore', () => {
   it('memory by default, with its options', async () => {
@@ -22,20 +23,35 @@ describe('createStore', () => {
   it('an unreachable Redis fails at boot, naming the fix, with the password masked', async () => {
     const port = await freePort();
     const started = Date.now();
-    const err = (await createStore(options({ type: 'redis', redis: { url: `redis://user:s3cret@127.0.0.1:${port}` }, connectTimeoutMs: 300 })).then(
+    const err = (await createStore(
+      options({
+        type: 'redis',
+        redis: { url: `redis://user:s3cret@127.0.0.1:${port}` },
+        connectTimeoutMs: 300,
+      }),
+    ).then(
       () => undefined,
       (e: unknown) => e,
     )) as Error;
     expect(err).toBeInstanceOf(Error);
     expect(err.message).toMatch(/did not answer within 300 ms/);
-    expect(err.message).toMatch(/Fix: start Redis, correct storage\.redis\.url, or use storage\.type 'memory'/);
+    expect(err.message).toMatch(
+      /Fix: start Redis, correct storage\.redis\.url, or use storage\.type 'memory'/,
+    );
     expect(err.message).toContain(`redis://***@127.0.0.1:${port}`);
     expect(err.message).not.toContain('s3cret');
     expect(Date.now() - started).toBeLessThan(5_000);
   });
 
   it.skipIf(!url)('redis: a ResilientStore with the failure policy over a ready client', async () => {
-    const s = await createStore(options({ type: 'redis', redis: { url, keyPrefix: uniquePrefix('create') }, onFailure: 'fail-open', instances: 2 }));
+    const s = await createStore(
+      options({
+        type: 'redis',
+        redis: { url, keyPrefix: uniquePrefix('create') },
+        onFailure: 'fail-open',
+        instances: 2,
+      }),
+    );
     expect(s).toBeInstanceOf(ResilientStore);
     expect((s as ResilientStore).policy).toBe('fail-open');
     expect(s.kind).toBe('redis');
@@ -45,7 +61,9 @@ describe('createStore', () => {
 
   it.skipIf(!url)('redis with a given client: pinged at boot, never closed by the store', async () => {
     const client = new Redis(url);
-    const s = await createStore(options({ type: 'redis', redis: { client, keyPrefix: uniquePrefix('create') } }));
+    const s = await createStore(
+      options({ type: 'redis', redis: { client, keyPrefix: uniquePrefix('create') } }),
+    );
     await s.close();
     expect(await client.ping()).toBe('PONG');
     client.disconnect();

@@ -54,7 +54,8 @@ describe('MemoryStore', () => {
     const setIntervalSpy = vi.spyOn(globalThis, 'setInterval');
     const setTimeoutSpy = vi.spyOn(globalThis, 'setTimeout');
     const s = make({ sweepIntervalMs: 10 });
-    for (let i = 0; i < 1_000; i++) await s.consume(`u${i}`, [minute(5), { name: 'day', limit: 50, windowMs: 86_400_000 }], 1);
+    for (let i = 0; i < 1_000; i++)
+      await s.consume(`u${i}`, [minute(5), { name: 'day', limit: 50, windowMs: 86_400_000 }], 1);
     await s.set('k', 'v', 1_000);
     expect(setIntervalSpy).toHaveBeenCalledTimes(1);
     expect(setTimeoutSpy).not.toHaveBeenCalled();
@@ -83,7 +84,10 @@ describe('MemoryStore', () => {
 
   it('blocks on the first window without room and adds nothing anywhere', async () => {
     const s = make();
-    const windows = [{ name: 'big', limit: 100, windowMs: 60_000 }, { name: 'small', limit: 10, windowMs: 60_000 }];
+    const windows = [
+      { name: 'big', limit: 100, windowMs: 60_000 },
+      { name: 'small', limit: 10, windowMs: 60_000 },
+    ];
     expect((await s.consume('t', windows, 8)).allowed).toBe(true);
     const r = await s.consume('t', windows, 3);
     expect(r.allowed).toBe(false);
@@ -112,7 +116,10 @@ describe('MemoryStore', () => {
     const s = make();
     const day1 = Date.now() - 1_000;
     await s.consume('d', [{ name: 'day', limit: 10, windowMs: 86_400_000, startAt: day1 }], 4);
-    expect((await s.consume('d', [{ name: 'day', limit: 10, windowMs: 86_400_000, startAt: day1 }], 0)).windows[0].used).toBe(4);
+    expect(
+      (await s.consume('d', [{ name: 'day', limit: 10, windowMs: 86_400_000, startAt: day1 }], 0)).windows[0]
+        .used,
+    ).toBe(4);
     const day2 = day1 + 500;
     const r = await s.consume('d', [{ name: 'day', limit: 10, windowMs: 86_400_000, startAt: day2 }], 1);
     expect(r.windows[0]).toMatchObject({ used: 1, start: day2 });

@@ -1,6 +1,12 @@
 import type { Cluster, Redis, RedisOptions } from 'ioredis';
 import { OpenAIProductionError } from '../errors/openai-production.error.js';
-import type { ConsumeResult, OpenAIStore, WindowLimit, WindowRef, WindowState } from './openai-store.interface.js';
+import type {
+  ConsumeResult,
+  OpenAIStore,
+  WindowLimit,
+  WindowRef,
+  WindowState,
+} from './openai-store.interface.js';
 
 /** Options of the Redis store. */
 export interface RedisStoreOptions {
@@ -147,7 +153,10 @@ export class RedisStore implements OpenAIStore {
       // requests) the reply may be waiting in the socket. Decide after the poll phase (setImmediate), so
       // only a Redis that really did not answer counts as a timeout (and trips the failure policy).
       const timer = setTimeout(
-        () => setImmediate(() => reject(new StoreUnavailableError(`Redis did not answer within ${this.timeoutMs} ms`))),
+        () =>
+          setImmediate(() =>
+            reject(new StoreUnavailableError(`Redis did not answer within ${this.timeoutMs} ms`)),
+          ),
         this.timeoutMs,
       );
       op().then(
@@ -157,7 +166,11 @@ export class RedisStore implements OpenAIStore {
         },
         (err: unknown) => {
           clearTimeout(timer);
-          reject(new StoreUnavailableError(`Redis operation failed: ${(err as Error)?.message ?? String(err)}`, { cause: err }));
+          reject(
+            new StoreUnavailableError(`Redis operation failed: ${(err as Error)?.message ?? String(err)}`, {
+              cause: err,
+            }),
+          );
         },
       );
     });
@@ -168,7 +181,11 @@ export class RedisStore implements OpenAIStore {
   }
 
   async consume(key: string, windows: readonly WindowLimit[], cost: number): Promise<ConsumeResult> {
-    const args: Array<string | number> = [windows.length, ...windows.map((w) => this.k(key, w.name)), Math.ceil(cost)];
+    const args: Array<string | number> = [
+      windows.length,
+      ...windows.map((w) => this.k(key, w.name)),
+      Math.ceil(cost),
+    ];
     for (const w of windows) args.push(w.limit, w.windowMs, w.startAt ?? -1);
     const out = await this.run(() => this.scripted.openaiConsume(...args));
     const blocked = Number(out[0]);
@@ -176,15 +193,31 @@ export class RedisStore implements OpenAIStore {
     const states: WindowState[] = windows.map((w, i) => {
       const start = Number(out[2 + i * 2]);
       const used = Number(out[3 + i * 2]);
-      return { name: w.name, limit: w.limit, used, remaining: Math.max(0, w.limit - used), start, resetMs: Math.max(0, start + w.windowMs - now) };
+      return {
+        name: w.name,
+        limit: w.limit,
+        used,
+        remaining: Math.max(0, w.limit - used),
+        start,
+        resetMs: Math.max(0, start + w.windowMs - now),
+      };
     });
-    return blocked === 0 ? { allowed: true, windows: states } : { allowed: false, windows: states, blockedBy: states[blocked - 1] };
+    return blocked === 0
+      ? { allowed: true, windows: states }
+      : { allowed: false, windows: states, blockedBy: states[blocked - 1] };
   }
 
   async adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void> {
     if (windows.length === 0 || delta === 0) return;
     const d = delta > 0 ? Math.ceil(delta) : -Math.ceil(-delta);
-    await this.run(() => this.scripted.openaiAdjust(windows.length, ...windows.map((w) => this.k(key, w.name)), d, ...windows.map((w) => w.start)));
+    await this.run(() =>
+      this.scripted.openaiAdjust(
+        windows.length,
+        ...windows.map((w) => this.k(key, w.name)),
+        d,
+        ...windows.map((w) => w.start),
+      ),
+    );
   }
 
   async incrementFields(key: string, fields: Readonly<Record<string, number>>, ttlMs: number): Promise<void> {
@@ -209,7 +242,11 @@ export class RedisStore implements OpenAIStore {
   }
 
   async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
-    return (await this.run(() => this.client.set(this.k(key), value, 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX'))) === 'OK';
+    return (
+      (await this.run(() =>
+        this.client.set(this.k(key), value, 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX'),
+      )) === 'OK'
+    );
   }
 
   async ping(): Promise<void> {
@@ -222,7 +259,11 @@ export class RedisStore implements OpenAIStore {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.client.off('ready', onReady);
-        reject(new StoreUnavailableError(`Redis was not ready within ${timeoutMs} ms (status: ${this.client.status})`));
+        reject(
+          new StoreUnavailableError(
+            `Redis was not ready within ${timeoutMs} ms (status: ${this.client.status})`,
+          ),
+        );
       }, timeoutMs);
       const onReady = () => {
         clearTimeout(timer);

@@ -41,7 +41,13 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
     @Inject(Reflector) reflector: Reflector,
     @Inject(OpenAIMetricsService) private readonly metrics: OpenAIMetricsService,
   ) {
-    super({ throttlers: openaiOptions.limits.requests.map((w) => ({ name: w.name, limit: w.limit, ttl: w.ttl })) }, storage, reflector);
+    super(
+      {
+        throttlers: openaiOptions.limits.requests.map((w) => ({ name: w.name, limit: w.limit, ttl: w.ttl })),
+      },
+      storage,
+      reflector,
+    );
   }
 
   override async onModuleInit(): Promise<void> {
@@ -57,7 +63,8 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
     const handler = context.getHandler();
     const classRef = context.getClass();
     // `@SkipThrottle()` without arguments marks the `default` throttler: here it skips the route.
-    if (this.reflector.getAllAndOverride<boolean>(THROTTLER_SKIP + 'default', [handler, classRef])) return true;
+    if (this.reflector.getAllAndOverride<boolean>(THROTTLER_SKIP + 'default', [handler, classRef]))
+      return true;
     const tracker = await this.getTracker(req);
     const user = tracker.startsWith('user:') ? tracker.slice(5) : undefined;
     const { requests } = await this.limiter.limitsFor(user);
@@ -68,10 +75,15 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
       if (this.reflector.getAllAndOverride<boolean>(THROTTLER_SKIP + w.name, [handler, classRef])) continue;
       const limit = this.reflector.getAllAndOverride<number>(THROTTLER_LIMIT + w.name, [handler, classRef]);
       const ttl = this.reflector.getAllAndOverride<number>(THROTTLER_TTL + w.name, [handler, classRef]);
-      const window = { name: w.name, limit: typeof limit === 'number' ? limit : w.limit, ttl: typeof ttl === 'number' ? ttl : w.ttl };
+      const window = {
+        name: w.name,
+        limit: typeof limit === 'number' ? limit : w.limit,
+        ttl: typeof ttl === 'number' ? ttl : w.ttl,
+      };
       // An overridden window is counted for its route alone: on the user's shared counter, another
       // length would restart or shorten the window every other route counts in.
-      if (window.limit !== w.limit || window.ttl !== w.ttl) window.name = `${w.name}@${classRef.name}.${handler.name}`;
+      if (window.limit !== w.limit || window.ttl !== w.ttl)
+        window.name = `${w.name}@${classRef.name}.${handler.name}`;
       shownName.set(window.name, w.name);
       windows.push(window);
     }

@@ -32,10 +32,14 @@ describe('OpenAIThrottlerStorage', () => {
 describe('OpenAIThrottlerStorage with the store down under fail-closed', () => {
   it('answers 503 storage_unavailable (as OpenAIThrottlerGuard does), not a 500', async () => {
     const down = { consume: () => Promise.reject(new StoreDegradedError()) } as unknown as OpenAIStore;
-    const err = await new OpenAIThrottlerStorage(down).increment('k', 1_000, 1, 1_000, 'default').catch((e: unknown) => e);
+    const err = await new OpenAIThrottlerStorage(down)
+      .increment('k', 1_000, 1, 1_000, 'default')
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StorageUnavailableException);
     expect((err as StorageUnavailableException).getStatus()).toBe(503);
     const bug = { consume: () => Promise.reject(new TypeError('boom')) } as unknown as OpenAIStore;
-    await expect(new OpenAIThrottlerStorage(bug).increment('k', 1_000, 1, 1_000, 'default')).rejects.toBeInstanceOf(TypeError);
+    await expect(
+      new OpenAIThrottlerStorage(bug).increment('k', 1_000, 1, 1_000, 'default'),
+    ).rejects.toBeInstanceOf(TypeError);
   });
 });

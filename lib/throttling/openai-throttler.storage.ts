@@ -26,10 +26,20 @@ export interface OpenAIThrottlerStorageRecord {
 export class OpenAIThrottlerStorage implements ThrottlerStorage {
   constructor(@Inject(OPENAI_STORE) private readonly store: OpenAIStore) {}
 
-  async increment(key: string, ttl: number, limit: number, _blockDuration: number, throttlerName: string): Promise<OpenAIThrottlerStorageRecord> {
+  async increment(
+    key: string,
+    ttl: number,
+    limit: number,
+    _blockDuration: number,
+    throttlerName: string,
+  ): Promise<OpenAIThrottlerStorageRecord> {
     let r: ConsumeResult;
     try {
-      r = await this.store.consume(`thr:${keyPart(key)}`, [{ name: keyPart(throttlerName), limit, windowMs: ttl }], 1);
+      r = await this.store.consume(
+        `thr:${keyPart(key)}`,
+        [{ name: keyPart(throttlerName), limit, windowMs: ttl }],
+        1,
+      );
     } catch (err) {
       // The store is down under `fail-closed`: a 503 as from OpenAIThrottlerGuard, not a 500.
       if (err instanceof StoreDegradedError) throw new StorageUnavailableException(err);
@@ -37,6 +47,11 @@ export class OpenAIThrottlerStorage implements ThrottlerStorage {
     }
     const w = r.windows[0];
     const seconds = Math.ceil(w.resetMs / 1000);
-    return { totalHits: r.allowed ? w.used : w.used + 1, timeToExpire: seconds, isBlocked: !r.allowed, timeToBlockExpire: r.allowed ? 0 : seconds };
+    return {
+      totalHits: r.allowed ? w.used : w.used + 1,
+      timeToExpire: seconds,
+      isBlocked: !r.allowed,
+      timeToBlockExpire: r.allowed ? 0 : seconds,
+    };
   }
 }

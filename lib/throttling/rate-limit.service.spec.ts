@@ -8,8 +8,16 @@ import { StoreDegradedError } from '../storage/resilient.store.js';
 import { StorageUnavailableException } from './rate-limit.exceptions.js';
 import { RateLimitService, tightestWindow } from './rate-limit.service.js';
 
-const state = (name: string, remaining: number, resetMs: number): WindowState => ({ name, limit: 10, used: 10 - remaining, remaining, start: 0, resetMs });
-const service = (store: OpenAIStore, limits: LimitsOptions) => new RateLimitService(store, resolveOpenAIOptions({ environment: 'test', apiKey: 'sk-test', limits }));
+const state = (name: string, remaining: number, resetMs: number): WindowState => ({
+  name,
+  limit: 10,
+  used: 10 - remaining,
+  remaining,
+  start: 0,
+  resetMs,
+});
+const service = (store: OpenAIStore, limits: LimitsOptions) =>
+  new RateLimitService(store, resolveOpenAIOptions({ environment: 'test', apiKey: 'sk-test', limits }));
 
 describe('tightestWindow', () => {
   it('is the window with the least room, the longer wait on a tie', () => {
@@ -43,8 +51,14 @@ describe('RateLimitService', () => {
         return undefined;
       },
     });
-    expect(await s.limitsFor('paid')).toEqual({ requests: [{ name: 'minute', limit: 50, ttl: 60_000 }], tokens: [{ name: 'minute', limit: 1_000, ttl: 60_000 }] });
-    expect(await s.limitsFor('tokens-only')).toEqual({ requests: [{ name: 'minute', limit: 5, ttl: 60_000 }], tokens: [] });
+    expect(await s.limitsFor('paid')).toEqual({
+      requests: [{ name: 'minute', limit: 50, ttl: 60_000 }],
+      tokens: [{ name: 'minute', limit: 1_000, ttl: 60_000 }],
+    });
+    expect(await s.limitsFor('tokens-only')).toEqual({
+      requests: [{ name: 'minute', limit: 5, ttl: 60_000 }],
+      tokens: [],
+    });
     expect((await s.limitsFor('free')).requests[0].limit).toBe(5);
     expect((await s.limitsFor(undefined)).requests[0].limit).toBe(5);
     expect(looked).toEqual(['paid', 'tokens-only', 'free']);
@@ -61,12 +75,18 @@ describe('RateLimitService', () => {
     expect((await s.reserveTokens('alice', 3, w)).allowed).toBe(true);
     // a tracker cannot reach into another one's key through separators
     expect((await s.hitRequest('user:alice:minute', w)).allowed).toBe(true);
-    expect((await store.consume('rl:req:user%3Aalice', [{ name: 'minute', limit: 3, windowMs: 60_000 }], 0)).windows[0].used).toBe(3);
+    expect(
+      (await store.consume('rl:req:user%3Aalice', [{ name: 'minute', limit: 3, windowMs: 60_000 }], 0))
+        .windows[0].used,
+    ).toBe(3);
   });
 
   it('adjustTokens settles in the windows of the reservation', async () => {
     const s = service(memory(), {});
-    const w = [{ name: 'minute', limit: 100, ttl: 60_000 }, { name: 'day', limit: 1_000, ttl: 86_400_000 }];
+    const w = [
+      { name: 'minute', limit: 100, ttl: 60_000 },
+      { name: 'day', limit: 1_000, ttl: 86_400_000 },
+    ];
     const held = await s.reserveTokens('u', 60, w);
     await s.adjustTokens('u', held, -45);
     expect((await s.reserveTokens('u', 0, w)).windows.map((x) => x.used)).toEqual([15, 15]);
@@ -75,17 +95,25 @@ describe('RateLimitService', () => {
   });
 
   it('no windows: allowed without touching the store', async () => {
-    const store = { consume: () => Promise.reject(new Error('must not be called')) } as unknown as OpenAIStore;
+    const store = {
+      consume: () => Promise.reject(new Error('must not be called')),
+    } as unknown as OpenAIStore;
     expect(await service(store, {}).hitRequest('user:x', [])).toEqual({ allowed: true, windows: [] });
   });
 
   it('a store down under fail-closed becomes a 503; other errors pass through', async () => {
-    const down = { consume: () => Promise.reject(new StoreDegradedError(new Error('ECONNREFUSED'))) } as unknown as OpenAIStore;
-    const err = await service(down, {}).hitRequest('user:x', [{ name: 'm', limit: 1, ttl: 1_000 }]).catch((e: unknown) => e);
+    const down = {
+      consume: () => Promise.reject(new StoreDegradedError(new Error('ECONNREFUSED'))),
+    } as unknown as OpenAIStore;
+    const err = await service(down, {})
+      .hitRequest('user:x', [{ name: 'm', limit: 1, ttl: 1_000 }])
+      .catch((e: unknown) => e);
     expect(err).toBeInstanceOf(StorageUnavailableException);
     expect((err as StorageUnavailableException).getStatus()).toBe(HttpStatus.SERVICE_UNAVAILABLE);
     expect((err as StorageUnavailableException).body.error).toBe('storage_unavailable');
     const bug = { consume: () => Promise.reject(new TypeError('boom')) } as unknown as OpenAIStore;
-    await expect(service(bug, {}).reserveTokens('x', 1, [{ name: 'm', limit: 1, ttl: 1_000 }])).rejects.toBeInstanceOf(TypeError);
+    await expect(
+      service(bug, {}).reserveTokens('x', 1, [{ name: 'm', limit: 1, ttl: 1_000 }]),
+    ).rejects.toBeInstanceOf(TypeError);
   });
 });

@@ -22,7 +22,14 @@ const call = (over: Partial<UpstreamCall> = {}): UpstreamCall => ({
 });
 const settled = (total: number): SettledCall => ({
   model: 'm',
-  usage: { prompt_tokens: 40, cached_tokens: 0, completion_tokens: total - 40, reasoning_tokens: 0, total_tokens: total, estimated: false },
+  usage: {
+    prompt_tokens: 40,
+    cached_tokens: 0,
+    completion_tokens: total - 40,
+    reasoning_tokens: 0,
+    total_tokens: total,
+    estimated: false,
+  },
   attempts: 1,
   latencyMs: 1,
 });
@@ -35,9 +42,14 @@ describe('TokenLimitHook', () => {
   let rejections: Array<[string, string]>;
   const used = async (user = 'u1') => (await limits.reserveTokens(user, 0, TOKENS)).windows[0].used;
   const setup = (l: LimitsOptions = { tokens: TOKENS }) => {
-    limits = new RateLimitService(store, resolveOpenAIOptions({ environment: 'test', apiKey: 'sk-test', limits: l }));
+    limits = new RateLimitService(
+      store,
+      resolveOpenAIOptions({ environment: 'test', apiKey: 'sk-test', limits: l }),
+    );
     rejections = [];
-    const metrics = { rateLimited: (kind: string, window: string) => rejections.push([kind, window]) } as unknown as OpenAIMetricsService;
+    const metrics = {
+      rateLimited: (kind: string, window: string) => rejections.push([kind, window]),
+    } as unknown as OpenAIMetricsService;
     hook = new TokenLimitHook(limits, metrics);
   };
   beforeEach(() => {
@@ -75,7 +87,10 @@ describe('TokenLimitHook', () => {
     await hook.reserve(call());
     const headers: Record<string, string> = {};
     const response = { headersSent: false, setHeader: (k: string, v: string) => (headers[k] = v) };
-    const err = await RequestContextStore.run({ requestId: 'req-1', startedAt: 0, response: response as never }, () => hook.reserve(call()) as Promise<unknown>).catch((e: unknown) => e);
+    const err = await RequestContextStore.run(
+      { requestId: 'req-1', startedAt: 0, response: response as never },
+      () => hook.reserve(call()) as Promise<unknown>,
+    ).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(RateLimitExceededException);
     const e = err as RateLimitExceededException;
     expect(e.getStatus()).toBe(HttpStatus.TOO_MANY_REQUESTS);
@@ -88,7 +103,9 @@ describe('TokenLimitHook', () => {
   });
 
   it('413 when one call needs more than a whole window, without counting', async () => {
-    await expect(hook.reserve(call({ promptTokens: 200, maxOutputTokens: 51 }))).rejects.toBeInstanceOf(TokenReservationTooLargeException);
+    await expect(hook.reserve(call({ promptTokens: 200, maxOutputTokens: 51 }))).rejects.toBeInstanceOf(
+      TokenReservationTooLargeException,
+    );
     expect(await used()).toBe(0);
     // exactly the window fits
     expect(await hook.reserve(call({ promptTokens: 200, maxOutputTokens: 50 }))).toBeDefined();
@@ -100,8 +117,14 @@ describe('TokenLimitHook', () => {
     expect(await hook.reserve(call({ endpoint: 'moderations' }))).toBeUndefined();
     setup({ tokens: [] });
     expect(await hook.reserve(call())).toBeUndefined();
-    setup({ tokens: TOKENS, tiers: (u) => (u === 'big' ? { tokens: [{ name: 'minute', limit: 10_000, ttl: 60_000 }] } : undefined) });
+    setup({
+      tokens: TOKENS,
+      tiers: (u) => (u === 'big' ? { tokens: [{ name: 'minute', limit: 10_000, ttl: 60_000 }] } : undefined),
+    });
     await hook.reserve(call({ user: 'big', promptTokens: 5_000 }));
-    expect((await limits.reserveTokens('big', 0, [{ name: 'minute', limit: 10_000, ttl: 60_000 }])).windows[0].used).toBe(5_060);
+    expect(
+      (await limits.reserveTokens('big', 0, [{ name: 'minute', limit: 10_000, ttl: 60_000 }])).windows[0]
+        .used,
+    ).toBe(5_060);
   });
 });

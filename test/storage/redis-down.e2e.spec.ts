@@ -3,7 +3,13 @@ import { ThrottlerGuard, ThrottlerModule } from '@nestjs/throttler';
 import { Redis } from 'ioredis';
 import request from 'supertest';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { OpenAIHealthService, OpenAIModule, OpenAIThrottlerStorage, type OpenAIModuleOptions, type StorageFailurePolicy } from '../../lib/index.js';
+import {
+  OpenAIHealthService,
+  OpenAIModule,
+  OpenAIThrottlerStorage,
+  type OpenAIModuleOptions,
+  type StorageFailurePolicy,
+} from '../../lib/index.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import type { CapturingLogger } from '../support/capturing-logger.js';
 import { fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
@@ -15,7 +21,8 @@ import { startThrottlingApp, uniqueSampleUsers } from '../throttling/throttling-
 // whether redis-server is installed.
 const available = sharedRedisUrl() !== '';
 
-const storeLines = (logger: CapturingLogger, pattern: RegExp) => logger.lines.filter((l) => l.context === 'OpenAIStore' && pattern.test(String(l.message)));
+const storeLines = (logger: CapturingLogger, pattern: RegExp) =>
+  logger.lines.filter((l) => l.context === 'OpenAIStore' && pattern.test(String(l.message)));
 const bearer = (user: string) => ({ authorization: `Bearer ${user}-token` });
 
 @Controller('plain')
@@ -45,10 +52,18 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
     await fake.close();
   });
 
-  async function fixture(onFailure: StorageFailurePolicy, extra: OpenAIModuleOptions = {}): Promise<FixtureHandle> {
+  async function fixture(
+    onFailure: StorageFailurePolicy,
+    extra: OpenAIModuleOptions = {},
+  ): Promise<FixtureHandle> {
     const h = await startThrottlingApp(platform, fake.baseURL, {
       limits: { requests: [{ name: 'minute', limit: 4, ttl: 60_000 }] },
-      storage: { type: 'redis', redis: { url: redis.url, keyPrefix: `${onFailure}:` }, onFailure, instances: 2 },
+      storage: {
+        type: 'redis',
+        redis: { url: redis.url, keyPrefix: `${onFailure}:` },
+        onFailure,
+        instances: 2,
+      },
       ...extra,
     });
     apps.push(h);
@@ -58,20 +73,36 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
 
   it('fail-closed (sample in production): 503 storage_unavailable, /health 503, logged once, back to counting without a restart', async () => {
     const users = uniqueSampleUsers();
-    const h: SampleAppHandle = await startSampleApp(platform, fake, { NODE_ENV: 'production', REDIS_URL: redis.url, RATE_LIMIT_RPM: '2', ...users.env });
+    const h: SampleAppHandle = await startSampleApp(platform, fake, {
+      NODE_ENV: 'production',
+      REDIS_URL: redis.url,
+      RATE_LIMIT_RPM: '2',
+      ...users.env,
+    });
     apps.push(h);
     await request(h.server).post('/chat').set(auth()).send(userMessage('before')).expect(200);
     await request(h.server).get('/health').expect(200);
 
     await redis.stop();
-    await waitFor('/health to report the outage', async () => (await request(h.server).get('/health')).status === 503);
+    await waitFor(
+      '/health to report the outage',
+      async () => (await request(h.server).get('/health')).status === 503,
+    );
     const health = await request(h.server).get('/health');
     expect(health.body).toMatchObject({ statusCode: 503 });
     fake.reset();
     for (let i = 0; i < 6; i++) {
-      const res = await request(h.server).post('/chat').set(auth(i % 2 ? 'alice-token' : 'bob-token')).set('x-request-id', `down-${i}`).send(userMessage('during'));
+      const res = await request(h.server)
+        .post('/chat')
+        .set(auth(i % 2 ? 'alice-token' : 'bob-token'))
+        .set('x-request-id', `down-${i}`)
+        .send(userMessage('during'));
       expect(res.status).toBe(503);
-      expect(res.body).toMatchObject({ statusCode: 503, error: 'storage_unavailable', request_id: `down-${i}` });
+      expect(res.body).toMatchObject({
+        statusCode: 503,
+        error: 'storage_unavailable',
+        request_id: `down-${i}`,
+      });
       expect(JSON.stringify(res.body)).not.toMatch(/ECONNREFUSED|127\.0\.0\.1/);
     }
     expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(0);
@@ -82,10 +113,13 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
     await waitFor('/health to recover', async () => (await request(h.server).get('/health')).status === 200);
     // the restarted Redis is empty: a fresh window, counted there again
     const statuses = [];
-    for (let i = 0; i < 3; i++) statuses.push((await request(h.server).post('/chat').set(auth()).send(userMessage('after'))).status);
+    for (let i = 0; i < 3; i++)
+      statuses.push((await request(h.server).post('/chat').set(auth()).send(userMessage('after'))).status);
     expect(statuses).toEqual([200, 200, 429]);
     const admin = new Redis(redis.url);
-    expect((await keysUnder(admin, 'openai:')).some((k) => k.includes(`rl:req:user%3A${users.alice}`))).toBe(true);
+    expect((await keysUnder(admin, 'openai:')).some((k) => k.includes(`rl:req:user%3A${users.alice}`))).toBe(
+      true,
+    );
     admin.disconnect();
     expect(storeLines(h.logger, /available again/)).toHaveLength(1);
     expect(storeLines(h.logger, /unavailable/)).toHaveLength(1);
@@ -105,7 +139,8 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
     await redis.start();
     await waitFor('the store to recover', () => storeUp(h));
     const statuses = [];
-    for (let i = 0; i < 5; i++) statuses.push((await request(h.server).get('/ping').set(bearer('alice'))).status);
+    for (let i = 0; i < 5; i++)
+      statuses.push((await request(h.server).get('/ping').set(bearer('alice'))).status);
     expect(statuses).toEqual([200, 200, 200, 200, 429]);
   });
 
@@ -132,14 +167,32 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
   });
 
   it('the plain ThrottlerGuard over OpenAIThrottlerStorage answers 503 under fail-closed', async () => {
-    const h = await startFixtureApp(platform, {}, {
-      openai: OpenAIModule.forRoot({
-        ...fixtureOptions(fake.baseURL, 'sk-test', { storage: { type: 'redis', redis: { url: redis.url, keyPrefix: 'plain:' }, onFailure: 'fail-closed' } }),
-        isGlobal: true,
-      }),
-      imports: [ThrottlerModule.forRootAsync({ inject: [OpenAIThrottlerStorage], useFactory: (storage: OpenAIThrottlerStorage) => ({ throttlers: [{ limit: 2, ttl: 60_000 }], storage }) })],
-      controllers: [PlainController],
-    });
+    const h = await startFixtureApp(
+      platform,
+      {},
+      {
+        openai: OpenAIModule.forRoot({
+          ...fixtureOptions(fake.baseURL, 'sk-test', {
+            storage: {
+              type: 'redis',
+              redis: { url: redis.url, keyPrefix: 'plain:' },
+              onFailure: 'fail-closed',
+            },
+          }),
+          isGlobal: true,
+        }),
+        imports: [
+          ThrottlerModule.forRootAsync({
+            inject: [OpenAIThrottlerStorage],
+            useFactory: (storage: OpenAIThrottlerStorage) => ({
+              throttlers: [{ limit: 2, ttl: 60_000 }],
+              storage,
+            }),
+          }),
+        ],
+        controllers: [PlainController],
+      },
+    );
     apps.push(h);
     expect((await request(h.server).get('/plain')).status).toBe(200);
     await redis.stop();
@@ -158,6 +211,8 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
     )) as Error;
     expect(err).toBeInstanceOf(Error);
     expect(err.message).toContain(`redis://127.0.0.1:${port}`);
-    expect(err.message).toMatch(/Fix: start Redis, correct storage\.redis\.url, or use storage\.type 'memory'/);
+    expect(err.message).toMatch(
+      /Fix: start Redis, correct storage\.redis\.url, or use storage\.type 'memory'/,
+    );
   });
 });

@@ -13,7 +13,10 @@ import { inject } from 'vitest';
 export function sharedRedisUrl(): string {
   const url = inject('redisUrl');
   if (!url) {
-    if (process.env.CI) throw new Error('redis-server is required in CI: a Redis suite must not be skipped (install redis-server)');
+    if (process.env.CI)
+      throw new Error(
+        'redis-server is required in CI: a Redis suite must not be skipped (install redis-server)',
+      );
     console.warn('!!! redis-server not found: this Redis suite is SKIPPED');
   }
   return url;
@@ -55,7 +58,12 @@ export function freePort(): Promise<number> {
 }
 
 /** Polls `check` until it returns true (or a truthy value), up to `timeoutMs`; throws naming `what` otherwise. */
-export async function waitFor<T>(what: string, check: () => Promise<T> | T, timeoutMs = 10_000, everyMs = 25): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  what: string,
+  check: () => Promise<T> | T,
+  timeoutMs = 10_000,
+  everyMs = 25,
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -65,13 +73,22 @@ export async function waitFor<T>(what: string, check: () => Promise<T> | T, time
     } catch (err) {
       last = err;
     }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`);
+    if (Date.now() > deadline)
+      throw new Error(
+        `timed out waiting for ${what}${last ? ` (last error: ${(last as Error).message})` : ''}`,
+      );
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
 
 async function pings(port: number): Promise<boolean> {
-  const c = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+  const c = new Redis({
+    port,
+    host: '127.0.0.1',
+    lazyConnect: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+  });
   c.on('error', () => undefined);
   try {
     await c.connect();
@@ -103,7 +120,11 @@ export class OwnRedis {
 
   async start(): Promise<void> {
     if (this.child) return;
-    const child = spawn('redis-server', ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    const child = spawn(
+      'redis-server',
+      ['--port', String(this.port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      { stdio: 'ignore' },
+    );
     this.child = child;
     child.once('exit', () => {
       if (this.child === child) this.child = undefined;

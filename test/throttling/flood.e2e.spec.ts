@@ -2,7 +2,14 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { sharedRedisUrl } from '../support/redis.js';
 import { PLATFORMS, startSampleApp, type SampleAppHandle } from '../support/sample-app.js';
-import { chatBody, flood, jsonHeaders, listen, uniqueSampleUsers, type FloodResult } from './throttling-fixture.js';
+import {
+  chatBody,
+  flood,
+  jsonHeaders,
+  listen,
+  uniqueSampleUsers,
+  type FloodResult,
+} from './throttling-fixture.js';
 
 const redisUrl = sharedRedisUrl();
 
@@ -79,9 +86,11 @@ describe.each(PLATFORMS)('1,000 concurrent requests of one user on %s', (platfor
     const counts = tally(split, (i) => `two-${i}`);
     // alice and bob: 5 each, across both instances
     expect(counts).toEqual({ ok: 10, limited: 190, other: 0 });
-    for (const user of ['alice', 'bob']) expect(split.filter((r) => r.user === user && r.status === 200)).toHaveLength(5);
+    for (const user of ['alice', 'bob'])
+      expect(split.filter((r) => r.user === user && r.status === 200)).toHaveLength(5);
     // both instances took part in refusing
-    for (const instance of [0, 1]) expect(split.filter((r) => r.instance === instance && r.status === 429).length).toBeGreaterThan(50);
+    for (const instance of [0, 1])
+      expect(split.filter((r) => r.instance === instance && r.status === 429).length).toBeGreaterThan(50);
     expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(10);
   });
 });

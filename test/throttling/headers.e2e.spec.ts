@@ -3,7 +3,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import type { FixtureHandle } from '../support/fixture-app.js';
 import { PLATFORMS, auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
-import { DoubleGuardedController, LimitedController, requestsUsed, startThrottlingApp, uniqueSampleUsers } from './throttling-fixture.js';
+import {
+  DoubleGuardedController,
+  LimitedController,
+  requestsUsed,
+  startThrottlingApp,
+  uniqueSampleUsers,
+} from './throttling-fixture.js';
 
 const MINUTE = { name: 'minute', limit: 5, ttl: 60_000 };
 const BURST = { name: 'burst', limit: 3, ttl: 10_000 };
@@ -30,7 +36,10 @@ describe.each(PLATFORMS)('rate-limit headers and route overrides on %s', (platfo
     beforeAll(async () => {
       h = await startThrottlingApp(platform, fake.baseURL, {
         // the longer window first: the headers must report the tightest, not the first
-        limits: { requests: [MINUTE, BURST], tiers: (user) => (user === 'carol' ? { requests: [PAID] } : undefined) },
+        limits: {
+          requests: [MINUTE, BURST],
+          tiers: (user) => (user === 'carol' ? { requests: [PAID] } : undefined),
+        },
       });
     });
     afterAll(async () => {
@@ -53,12 +62,20 @@ describe.each(PLATFORMS)('rate-limit headers and route overrides on %s', (platfo
         expect(Number(s.reset)).toBeGreaterThanOrEqual(1);
         expect(Number(s.reset)).toBeLessThanOrEqual(10);
       }
-      const refused = await request(h.server).get('/ping').set(bearer('alice')).set('x-request-id', 'refused-1');
+      const refused = await request(h.server)
+        .get('/ping')
+        .set(bearer('alice'))
+        .set('x-request-id', 'refused-1');
       expect(refused.status).toBe(429);
       expect(rl(refused)).toMatchObject({ limit: '3', remaining: '0' });
       expect(Number(refused.headers['retry-after'])).toBeGreaterThanOrEqual(1);
       expect(Number(refused.headers['retry-after'])).toBeLessThanOrEqual(10);
-      expect(refused.body).toMatchObject({ statusCode: 429, error: 'rate_limit_exceeded', limit: 'burst', request_id: 'refused-1' });
+      expect(refused.body).toMatchObject({
+        statusCode: 429,
+        error: 'rate_limit_exceeded',
+        limit: 'burst',
+        request_id: 'refused-1',
+      });
       expect(refused.body.message).toMatch(/"burst"/);
       // the refused request counted against no window
       expect(await requestsUsed(h.app, 'user:alice', [MINUTE, BURST])).toEqual([3, 3]);
@@ -119,14 +136,17 @@ describe.each(PLATFORMS)('rate-limit headers and route overrides on %s', (platfo
   describe('an override with a shorter window', () => {
     let h: FixtureHandle;
     beforeAll(async () => {
-      h = await startThrottlingApp(platform, fake.baseURL, { limits: { requests: [{ name: 'minute', limit: 3, ttl: 60_000 }] } });
+      h = await startThrottlingApp(platform, fake.baseURL, {
+        limits: { requests: [{ name: 'minute', limit: 3, ttl: 60_000 }] },
+      });
     });
     afterAll(async () => {
       await h.close();
     });
 
     it("does not reset or shorten the user's window on other routes", async () => {
-      for (let i = 0; i < 3; i++) expect((await request(h.server).get('/ping').set(bearer('heidi'))).status).toBe(200);
+      for (let i = 0; i < 3; i++)
+        expect((await request(h.server).get('/ping').set(bearer('heidi'))).status).toBe(200);
       expect((await request(h.server).get('/ping').set(bearer('heidi'))).status).toBe(429);
       // @Throttle({ minute: { limit: 100, ttl: 1_000 } }) on /short-window
       expect((await request(h.server).get('/short-window').set(bearer('heidi'))).status).toBe(200);
@@ -135,14 +155,21 @@ describe.each(PLATFORMS)('rate-limit headers and route overrides on %s', (platfo
       // the minute window of /ping is still the one that started with the first request
       const res = await request(h.server).get('/ping').set(bearer('heidi'));
       expect(res.status).toBe(429);
-      expect(await requestsUsed(h.app, 'user:heidi', [{ name: 'minute', limit: 3, ttl: 60_000 }])).toEqual([3]);
+      expect(await requestsUsed(h.app, 'user:heidi', [{ name: 'minute', limit: 3, ttl: 60_000 }])).toEqual([
+        3,
+      ]);
     });
   });
 
   describe('guard both global (APP_GUARD) and on the route', () => {
     let h: FixtureHandle;
     beforeAll(async () => {
-      h = await startThrottlingApp(platform, fake.baseURL, { limits: { requests: [MINUTE] } }, { globalGuard: true, controllers: [DoubleGuardedController, LimitedController] });
+      h = await startThrottlingApp(
+        platform,
+        fake.baseURL,
+        { limits: { requests: [MINUTE] } },
+        { globalGuard: true, controllers: [DoubleGuardedController, LimitedController] },
+      );
     });
     afterAll(async () => {
       await h.close();

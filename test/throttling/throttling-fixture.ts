@@ -30,7 +30,12 @@ import {
   type OpenAIModuleOptions,
   type OpenAIStore,
 } from '../../lib/index.js';
-import { fixtureOptions, startFixtureApp, type FixtureHandle, type Platform } from '../support/fixture-app.js';
+import {
+  fixtureOptions,
+  startFixtureApp,
+  type FixtureHandle,
+  type Platform,
+} from '../support/fixture-app.js';
 
 /** Bearer tokens of the fixture apps and the users they stand for. */
 export const FIXTURE_USERS: Record<string, string> = Object.fromEntries(
@@ -44,7 +49,9 @@ export const FIXTURE_USERS: Record<string, string> = Object.fromEntries(
 @Injectable()
 export class FixtureAuthGuard implements CanActivate {
   canActivate(context: ExecutionContext): boolean {
-    const req = context.switchToHttp().getRequest<{ headers: Record<string, string | undefined>; user?: { id: string } }>();
+    const req = context
+      .switchToHttp()
+      .getRequest<{ headers: Record<string, string | undefined>; user?: { id: string } }>();
     const header = req.headers.authorization;
     if (!header) return true;
     const user = FIXTURE_USERS[/^Bearer\s+(\S+)$/i.exec(header)?.[1] ?? ''];
@@ -122,7 +129,12 @@ export interface ThrottlingAppOptions {
 }
 
 /** A fixture app with FixtureAuthGuard (global) and LimitedController, pointed at the fake upstream. */
-export function startThrottlingApp(platform: Platform, baseURL: string, options: OpenAIModuleOptions, app: ThrottlingAppOptions = {}): Promise<FixtureHandle> {
+export function startThrottlingApp(
+  platform: Platform,
+  baseURL: string,
+  options: OpenAIModuleOptions,
+  app: ThrottlingAppOptions = {},
+): Promise<FixtureHandle> {
   return startFixtureApp(platform, fixtureOptions(baseURL, 'sk-test-throttling', options), {
     controllers: app.controllers ?? [LimitedController],
     providers: [
@@ -142,9 +154,17 @@ export function uniqueSampleUsers(): { env: { SAMPLE_USERS: string }; alice: str
 }
 
 /** Requests counted so far for `tracker` (e.g. `user:alice`) in `windows`, read without counting. */
-export async function requestsUsed(app: INestApplication, tracker: string, windows: Array<{ name: string; limit: number; ttl: number }>): Promise<number[]> {
+export async function requestsUsed(
+  app: INestApplication,
+  tracker: string,
+  windows: Array<{ name: string; limit: number; ttl: number }>,
+): Promise<number[]> {
   const store = app.get<OpenAIStore>(OPENAI_STORE);
-  const r = await store.consume(`rl:req:${keyPart(tracker)}`, windows.map((w) => ({ name: w.name, limit: w.limit, windowMs: w.ttl })), 0);
+  const r = await store.consume(
+    `rl:req:${keyPart(tracker)}`,
+    windows.map((w) => ({ name: w.name, limit: w.limit, windowMs: w.ttl })),
+    0,
+  );
   return r.windows.map((w) => w.used);
 }
 
@@ -163,7 +183,11 @@ export interface FloodResult {
 }
 
 /** Sends `n` requests at once to `url` (a listening app) and collects every answer. */
-export async function flood(url: string, n: number, init: (i: number) => RequestInit): Promise<FloodResult[]> {
+export async function flood(
+  url: string,
+  n: number,
+  init: (i: number) => RequestInit,
+): Promise<FloodResult[]> {
   return Promise.all(
     Array.from({ length: n }, async (_, i) => {
       const res = await fetch(url, init(i));
@@ -195,7 +219,8 @@ export async function listen(app: INestApplication): Promise<string> {
   return `http://127.0.0.1:${addr.port}`;
 }
 
-export const chatBody = (content = 'hi', extra: Record<string, unknown> = {}) => JSON.stringify({ messages: [{ role: 'user', content }], ...extra });
+export const chatBody = (content = 'hi', extra: Record<string, unknown> = {}) =>
+  JSON.stringify({ messages: [{ role: 'user', content }], ...extra });
 export const jsonHeaders = (token?: string, extra: Record<string, string> = {}) => ({
   'content-type': 'application/json',
   ...(token ? { authorization: `Bearer ${token}` } : {}),

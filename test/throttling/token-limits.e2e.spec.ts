@@ -1,7 +1,11 @@
 import http from 'node:http';
 import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { OpenAIService, RateLimitExceededException, TokenReservationTooLargeException } from '../../lib/index.js';
+import {
+  OpenAIService,
+  RateLimitExceededException,
+  TokenReservationTooLargeException,
+} from '../../lib/index.js';
 import { FakeOpenAIServer, countChatPromptTokens, countTextTokens } from '../../lib/testing/index.js';
 import { waitFor } from '../support/redis.js';
 import { PLATFORMS, startSampleApp, type SampleAppHandle } from '../support/sample-app.js';
@@ -40,7 +44,10 @@ describe.each(PLATFORMS)('token limits (RATE_LIMIT_TPM) on %s', (platform) => {
   });
 
   const chat = (user: string, content: string, maxTokens: number) =>
-    request(h.server).post('/chat').set(token(user)).send({ messages: messages(content), max_tokens: maxTokens });
+    request(h.server)
+      .post('/chat')
+      .set(token(user))
+      .send({ messages: messages(content), max_tokens: maxTokens });
 
   it('reserves prompt + max_tokens, settles to usage.total_tokens; a second request that fits exactly passes, one token more is a 429', async () => {
     const p = prompt('hello there');
@@ -51,7 +58,11 @@ describe.each(PLATFORMS)('token limits (RATE_LIMIT_TPM) on %s', (platform) => {
     expect(await tokensUsed(h.app, 'u1')).toBe(p + 100);
     const res = await pending;
     expect(res.status).toBe(200);
-    expect(res.body.usage).toEqual({ prompt_tokens: p, completion_tokens: echo('hello there'), total_tokens: p + echo('hello there') });
+    expect(res.body.usage).toEqual({
+      prompt_tokens: p,
+      completion_tokens: echo('hello there'),
+      total_tokens: p + echo('hello there'),
+    });
     const used = await tokensUsed(h.app, 'u1');
     expect(used).toBe(res.body.usage.total_tokens);
 
@@ -106,7 +117,10 @@ describe.each(PLATFORMS)('token limits (RATE_LIMIT_TPM) on %s', (platform) => {
 
   it('a client that disconnects during POST /chat releases the reservation', async () => {
     fake.fault({ path: '/v1/chat/completions', delayMs: 2_000, times: 1 });
-    const req = http.request(`${base}/chat`, { method: 'POST', headers: { ...token('u5'), 'content-type': 'application/json' } });
+    const req = http.request(`${base}/chat`, {
+      method: 'POST',
+      headers: { ...token('u5'), 'content-type': 'application/json' },
+    });
     req.on('error', () => undefined);
     req.end(JSON.stringify({ messages: messages('bye'), max_tokens: 200 }));
     await waitFor('the upstream call', () => fake.requestsTo('/v1/chat/completions').length === 1);
@@ -121,19 +135,25 @@ describe.each(PLATFORMS)('token limits (RATE_LIMIT_TPM) on %s', (platform) => {
     expect(full).toBeGreaterThan(50);
     const maxTokens = TPM - p;
     const received = await new Promise<string>((resolve, reject) => {
-      const req = http.request(`${base}/chat/stream`, { method: 'POST', headers: { ...token('u6'), 'content-type': 'application/json' } }, (res) => {
-        let text = '';
-        res.on('data', (c: Buffer) => {
-          text += c.toString();
-          // a few deltas in, the client goes away
-          if ((text.match(/"delta"/g) ?? []).length >= 3) {
-            req.destroy();
-            resolve(text);
-          }
-        });
-        res.on('error', () => undefined);
-      });
-      req.on('error', (e) => (e.message.includes('socket hang up') || e.message.includes('aborted') ? undefined : reject(e)));
+      const req = http.request(
+        `${base}/chat/stream`,
+        { method: 'POST', headers: { ...token('u6'), 'content-type': 'application/json' } },
+        (res) => {
+          let text = '';
+          res.on('data', (c: Buffer) => {
+            text += c.toString();
+            // a few deltas in, the client goes away
+            if ((text.match(/"delta"/g) ?? []).length >= 3) {
+              req.destroy();
+              resolve(text);
+            }
+          });
+          res.on('error', () => undefined);
+        },
+      );
+      req.on('error', (e) =>
+        e.message.includes('socket hang up') || e.message.includes('aborted') ? undefined : reject(e),
+      );
       req.end(JSON.stringify({ messages: messages(LONG), max_tokens: maxTokens }));
     });
     expect(received).not.toContain('[DONE]');
@@ -154,18 +174,27 @@ describe.each(PLATFORMS)('token limits (RATE_LIMIT_TPM) on %s', (platform) => {
 
   it('token limits hold for OpenAIService.chat() outside HTTP with { user }', async () => {
     const openai = h.app.get(OpenAIService);
-    const r = await openai.chat({ messages: messages('from a worker'), max_tokens: 50 }, { user: 'worker-7' });
+    const r = await openai.chat(
+      { messages: messages('from a worker'), max_tokens: 50 },
+      { user: 'worker-7' },
+    );
     expect(r.usage.total_tokens).toBe(prompt('from a worker') + echo('from a worker'));
     expect(await tokensUsed(h.app, 'worker-7')).toBe(r.usage.total_tokens);
     const left = TPM - r.usage.total_tokens;
-    const refused = await openai.chat({ messages: messages('more'), max_tokens: left - prompt('more') + 1 }, { user: 'worker-7' }).catch((e: unknown) => e);
+    const refused = await openai
+      .chat({ messages: messages('more'), max_tokens: left - prompt('more') + 1 }, { user: 'worker-7' })
+      .catch((e: unknown) => e);
     expect(refused).toBeInstanceOf(RateLimitExceededException);
     expect((refused as RateLimitExceededException).getStatus()).toBe(429);
     expect((refused as RateLimitExceededException).body.error).toBe('token_limit_exceeded');
-    await expect(openai.chat({ messages: messages('huge'), max_tokens: TPM }, { user: 'worker-7' })).rejects.toBeInstanceOf(TokenReservationTooLargeException);
+    await expect(
+      openai.chat({ messages: messages('huge'), max_tokens: TPM }, { user: 'worker-7' }),
+    ).rejects.toBeInstanceOf(TokenReservationTooLargeException);
     expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(1);
     expect(await tokensUsed(h.app, 'worker-7')).toBe(r.usage.total_tokens);
     // and another worker user is on its own
-    expect((await openai.chat({ messages: messages('hi'), max_tokens: 10 }, { user: 'worker-8' })).content).toBe('Echo: hi');
+    expect(
+      (await openai.chat({ messages: messages('hi'), max_tokens: 10 }, { user: 'worker-8' })).content,
+    ).toBe('Echo: hi');
   });
 });
