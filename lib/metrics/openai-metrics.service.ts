@@ -60,7 +60,7 @@ export class OpenAIMetricsService {
     this.upstreamErrors = counter('upstream_errors_total', 'Calls that failed after retries and fallbacks, by error code', ['endpoint', 'model', 'error']);
     this.upstreamLatency = new Histogram({
       name: `${p}upstream_latency_seconds`,
-      help: 'Latency of successful upstream calls, retries included (s)',
+      help: 'Latency of answered upstream calls, retries included; streams until their last chunk (s)',
       labelNames: ['endpoint', 'model'],
       buckets: m.latencyBuckets,
       registers,

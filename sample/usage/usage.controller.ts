@@ -25,7 +25,10 @@ export class UsageController {
       // Calls to models without a price: their cost is unknown, so it is not in cost_usd (never counted as $0).
       unpriced_requests: u.unpriced_requests,
       by_model: u.by_model,
-      budget: daily ? { limit_usd: daily.limit_usd, remaining_usd: daily.remaining_usd, period: 'day', resets_at: daily.resets_at } : null,
+      // No daily budget configured: the same shape, with null amounts.
+      budget: daily
+        ? { limit_usd: daily.limit_usd, remaining_usd: daily.remaining_usd, period: 'day', resets_at: daily.resets_at }
+        : { limit_usd: null, remaining_usd: null, period: 'day', resets_at: null },
     };
   }
 }
