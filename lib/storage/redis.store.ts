@@ -120,6 +120,8 @@ export class RedisStore implements OpenAIStore {
         // Fail fast instead of queueing while disconnected: the failure policy decides, not a growing queue.
         enableOfflineQueue: false,
         maxRetriesPerRequest: 1,
+        // A command answered by the failure policy while disconnected must not be replayed (and counted) after a reconnect.
+        autoResendUnfulfilledCommands: false,
         retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
         ...options.redisOptions,
       });

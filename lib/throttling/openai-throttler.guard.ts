@@ -57,6 +57,7 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
   }
 
   override async canActivate(context: ExecutionContext): Promise<boolean> {
+    if (context.getType() !== 'http') return true;
     const { req, res } = this.getRequestResponse(context);
     if ((req as Record<symbol, unknown>)[COUNTED]) return true;
     if (await this.shouldSkip(context)) return true;
