@@ -2,9 +2,13 @@
 // performance.now() timers and runs sequential in-process calls against the zero-delay fake upstream.
 //   npm run bench:stages is not defined: run
 //   tsc -p bench/tsconfig.json && node bench/dist/bench/stages.bench.js [bare|memory|redis] [calls]
-// For a CPU profile of the same loop: node --cpu-prof --cpu-prof-dir=bench/dist/prof bench/dist/bench/stages.bench.js memory 20000 --no-wrap
-// then: node bench/dist/bench/support/cpuprofile-summary.js bench/dist/prof/<file>.cpuprofile
+//   --fake-child: the fake upstream runs in a child process (default: in this process).
+// For a CPU profile of the pipeline alone (the fake upstream elsewhere, no timers):
+//   node --cpu-prof --cpu-prof-dir=bench/dist/prof bench/dist/bench/stages.bench.js memory 10000 --no-wrap --fake-child
+//   node bench/dist/bench/support/cpuprofile-summary.js bench/dist/prof/<file>.cpuprofile
 import 'reflect-metadata';
+import { fork, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
 import { NestFactory } from '@nestjs/core';
 import type OpenAI from 'openai';
 import { OPENAI_CLIENT, OpenAIModule, OpenAIService } from '../lib/index.js';
@@ -12,6 +16,31 @@ import { FakeOpenAIServer } from '../lib/testing/index.js';
 import { BODY, MODEL, USER, benchOptions } from './support/options.js';
 import { BenchRedis } from './support/redis-server.js';
 import { Samples, summarize, table, us } from './support/stats.js';
+
+/** The fake upstream in a child process. */
+class FakeChild {
+  private constructor(
+    private readonly child: ChildProcess,
+    readonly baseURL: string,
+  ) {}
+  static async start(): Promise<FakeChild> {
+    const child = fork(join(__dirname, 'support', 'fake-upstream.js'), [], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      execArgv: [],
+    });
+    const baseURL = await new Promise<string>((resolve, reject) => {
+      child.once('exit', (code) => reject(new Error(`fake upstream exited with code ${code}`)));
+      child.once('message', (m: { baseURL: string }) => resolve(m.baseURL));
+    });
+    child.removeAllListeners('exit');
+    return new FakeChild(child, baseURL);
+  }
+  async close(): Promise<void> {
+    const exited = new Promise((r) => this.child.once('exit', r));
+    this.child.disconnect();
+    await exited;
+  }
+}
 
 const timings = new Map<string, Samples>();
 
@@ -54,10 +83,11 @@ async function main(): Promise<void> {
   const mode = (process.argv[2] ?? 'memory') as 'bare' | 'memory' | 'redis';
   const calls = Number(process.argv[3] ?? 5_000);
   const noWrap = process.argv.includes('--no-wrap');
-  const fake = await FakeOpenAIServer.start();
+  const fakeChild = process.argv.includes('--fake-child');
+  const upstream = fakeChild ? await FakeChild.start() : await FakeOpenAIServer.start();
   const redis = mode === 'redis' ? await BenchRedis.start() : undefined;
   const app = await NestFactory.createApplicationContext(
-    OpenAIModule.forRoot(benchOptions(mode === 'bare' ? 'bare' : 'limited', fake.baseURL, redis?.url)),
+    OpenAIModule.forRoot(benchOptions(mode === 'bare' ? 'bare' : 'limited', upstream.baseURL, redis?.url)),
     { logger: false, abortOnError: false },
   );
   try {
@@ -152,7 +182,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await app.close();
-    await fake.close();
+    await upstream.close();
     await redis?.stop();
   }
 }

@@ -8,7 +8,11 @@ export {
   REQUEST_ID_HEADER,
   OPENAI_REQUEST_ID_HEADER,
 } from './openai.constants.js';
-export type { OpenAIModuleForRootOptions, OpenAIModuleAsyncOptions, OpenAIOptionsFactory } from './openai.module-definition.js';
+export type {
+  OpenAIModuleForRootOptions,
+  OpenAIModuleAsyncOptions,
+  OpenAIOptionsFactory,
+} from './openai.module-definition.js';
 export { OPENAI_MODULE_OPTIONS } from './openai.module-definition.js';
 export * from './interfaces/index.js';
 export * from './errors/index.js';
@@ -26,10 +30,22 @@ export { isPinnedModel } from './models/model-names.js';
 export { ModelPolicy } from './models/model-policy.js';
 export { isRetryable, retryDelayMs, serverRetryAfterMs } from './retry/retry-policy.js';
 export { hashUserId } from './identity/safety-identifier.js';
-export { redactSecrets, redactText, fingerprintKey, SECRET_PATTERNS, PERSONAL_DATA_PATTERNS } from './logging/redact.js';
+export {
+  redactSecrets,
+  redactText,
+  fingerprintKey,
+  SECRET_PATTERNS,
+  PERSONAL_DATA_PATTERNS,
+} from './logging/redact.js';
 export * from './tokens/index.js';
 export * from './dto/chat-request.schema.js';
-export { ChatRequestPipe, InvalidBodyException, InputTooLargeException, enforceInputLimits, parseBody } from './pipes/chat-request.pipe.js';
+export {
+  ChatRequestPipe,
+  InvalidBodyException,
+  InputTooLargeException,
+  enforceInputLimits,
+  parseBody,
+} from './pipes/chat-request.pipe.js';
 export { sendChatStreamAsSse, type ChatStreamSseOptions } from './sse/chat-stream-sse.js';
 export { clientAbortSignal, rawResponse, setResponseHeader } from './utils/http.js';
 export * from './storage/index.js';

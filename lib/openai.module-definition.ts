@@ -1,5 +1,8 @@
 import { ConfigurableModuleBuilder } from '@nestjs/common';
-import type { OpenAIModuleExtras, OpenAIModuleOptions } from './interfaces/openai-module-options.interface.js';
+import type {
+  OpenAIModuleExtras,
+  OpenAIModuleOptions,
+} from './interfaces/openai-module-options.interface.js';
 
 export const {
   ConfigurableModuleClass: OpenAIConfigurableModule,
@@ -9,7 +12,10 @@ export const {
 } = new ConfigurableModuleBuilder<OpenAIModuleOptions>({ moduleName: 'OpenAI' })
   .setClassMethodName('forRoot')
   .setFactoryMethodName('createOpenAIOptions')
-  .setExtras<OpenAIModuleExtras>({ isGlobal: false }, (definition, extras) => ({ ...definition, global: extras.isGlobal }))
+  .setExtras<OpenAIModuleExtras>({ isGlobal: false }, (definition, extras) => ({
+    ...definition,
+    global: extras.isGlobal,
+  }))
   .build();
 
 /** Argument of `OpenAIModule.forRoot()`. */

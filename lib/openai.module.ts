@@ -14,10 +14,18 @@ import { APP_INTERCEPTOR } from '@nestjs/core';
 import { createOpenAIClient } from './client/create-openai-client.js';
 import { describeOptions } from './config/describe-options.js';
 import { resolveOpenAIOptions } from './config/resolve-options.js';
-import type { OpenAIModuleOptions, ResolvedOpenAIOptions } from './interfaces/openai-module-options.interface.js';
+import type {
+  OpenAIModuleOptions,
+  ResolvedOpenAIOptions,
+} from './interfaces/openai-module-options.interface.js';
 import { RequestContextInterceptor } from './interceptors/request-context.interceptor.js';
 import { RequestContextMiddleware } from './middleware/request-context.middleware.js';
-import { OPENAI_CALL_HOOKS, OPENAI_CLIENT, OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from './openai.constants.js';
+import {
+  OPENAI_CALL_HOOKS,
+  OPENAI_CLIENT,
+  OPENAI_RESOLVED_OPTIONS,
+  OPENAI_STORE,
+} from './openai.constants.js';
 import { OpenAIHealthService } from './health/openai-health.service.js';
 import { createStore } from './storage/create-store.js';
 import { ResilientStore } from './storage/resilient.store.js';
@@ -50,7 +58,8 @@ class OpenAIStoreLifecycle implements OnModuleInit, OnApplicationShutdown {
     private readonly budgets: BudgetService,
   ) {}
   onModuleInit(): void {
-    if (this.store instanceof ResilientStore) this.store.onTransition = (degraded) => this.metrics.storageTransition(this.store.kind, degraded);
+    if (this.store instanceof ResilientStore)
+      this.store.onTransition = (degraded) => this.metrics.storageTransition(this.store.kind, degraded);
   }
   async onApplicationShutdown(): Promise<void> {
     await this.usage.flush();
@@ -66,7 +75,9 @@ const providers: Provider[] = [
     useFactory: (options: OpenAIModuleOptions): ResolvedOpenAIOptions => {
       const resolved = resolveOpenAIOptions(options);
       if (resolved.logging.config) {
-        new Logger('OpenAIModule').log(`effective configuration: ${JSON.stringify(describeOptions(resolved))}`);
+        new Logger('OpenAIModule').log(
+          `effective configuration: ${JSON.stringify(describeOptions(resolved))}`,
+        );
       }
       return resolved;
     },
@@ -91,7 +102,11 @@ const providers: Provider[] = [
   {
     provide: OPENAI_CALL_HOOKS,
     inject: [TokenLimitHook, BudgetService, UsageHook],
-    useFactory: (tokens: TokenLimitHook, budgets: BudgetService, usage: UsageHook) => [tokens, budgets, usage],
+    useFactory: (tokens: TokenLimitHook, budgets: BudgetService, usage: UsageHook) => [
+      tokens,
+      budgets,
+      usage,
+    ],
   },
   OpenAIService,
   { provide: APP_INTERCEPTOR, useClass: RequestContextInterceptor },

@@ -18,8 +18,17 @@ import type {
   UpstreamEndpoint,
 } from './call/upstream-call.js';
 import { InjectOpenAI } from './decorators/inject-openai.decorator.js';
-import { AttemptTimeoutError, CallAbortedException, mapUpstreamError, upstreamRequestId } from './errors/map-upstream-error.js';
-import { OpenAIBadRequestException, OpenAIUpstreamException, OpenAIUpstreamTimeoutException } from './errors/openai-http.exceptions.js';
+import {
+  AttemptTimeoutError,
+  CallAbortedException,
+  mapUpstreamError,
+  upstreamRequestId,
+} from './errors/map-upstream-error.js';
+import {
+  OpenAIBadRequestException,
+  OpenAIUpstreamException,
+  OpenAIUpstreamTimeoutException,
+} from './errors/openai-http.exceptions.js';
 import { hashUserId } from './identity/safety-identifier.js';
 import type { ResolvedOpenAIOptions } from './interfaces/openai-module-options.interface.js';
 import { fingerprintKey, redactSecrets, redactText } from './logging/redact.js';
@@ -47,7 +56,10 @@ export interface ChatResult extends CallResultMeta {
 }
 
 /** Checks a completion's text; throws when moderation is unavailable and fails closed. */
-export type OutputModerator = (text: string, options: ModerationCheckOptions) => Promise<{ flagged: boolean; categories: string[] }>;
+export type OutputModerator = (
+  text: string,
+  options: ModerationCheckOptions,
+) => Promise<{ flagged: boolean; categories: string[] }>;
 
 /** Result of `OpenAIService.embed()`. */
 export interface EmbeddingResult extends CallResultMeta {
@@ -101,7 +113,9 @@ const ZERO_USAGE: NormalizedUsage = Object.freeze({
 }) as NormalizedUsage;
 
 /** Normalizes Chat Completions usage (and embeddings usage, which has no completion part). */
-export function normalizeUsage(u: OpenAI.CompletionUsage | OpenAI.CreateEmbeddingResponse.Usage | null | undefined): NormalizedUsage {
+export function normalizeUsage(
+  u: OpenAI.CompletionUsage | OpenAI.CreateEmbeddingResponse.Usage | null | undefined,
+): NormalizedUsage {
   if (!u) return { ...ZERO_USAGE };
   const full = u as OpenAI.CompletionUsage;
   const prompt = u.prompt_tokens ?? 0;
@@ -154,7 +168,11 @@ export class OpenAIService {
     @Inject(OPENAI_RESOLVED_OPTIONS) readonly options: ResolvedOpenAIOptions,
     @Optional() @Inject(OPENAI_CALL_HOOKS) hooks?: OpenAICallHook[],
     @Optional() private readonly pricing: PricingService = new PricingService(options),
-    @Optional() readonly metrics: OpenAIMetricsService = new OpenAIMetricsService({ ...options, metrics: { ...options.metrics, enabled: false } }),
+    @Optional()
+    readonly metrics: OpenAIMetricsService = new OpenAIMetricsService({
+      ...options,
+      metrics: { ...options.metrics, enabled: false },
+    }),
   ) {
     this.policy = new ModelPolicy(options.models);
     this.hooks = hooks ?? [];
@@ -173,7 +191,10 @@ export class OpenAIService {
     try {
       const ok = await this.execute<ChatCompletion>(prep, started, (model, a) =>
         this.client.chat.completions
-          .create({ ...(prep.body as unknown as ChatParams), model, stream: false }, { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 })
+          .create(
+            { ...(prep.body as unknown as ChatParams), model, stream: false },
+            { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 },
+          )
           .withResponse(),
       );
       const usage = normalizeUsage(ok.data.usage);
@@ -204,14 +225,19 @@ export class OpenAIService {
     if (setting === undefined) {
       const ctx = RequestContextStore.get();
       const route = ((ctx?.handler && Reflect.getMetadata(MODERATION_METADATA, ctx.handler)) ??
-        (ctx?.controller && Reflect.getMetadata(MODERATION_METADATA, ctx.controller))) as ModerateOptions | undefined;
+        (ctx?.controller && Reflect.getMetadata(MODERATION_METADATA, ctx.controller))) as
+        ModerateOptions | undefined;
       setting = route?.output;
       // The route's categories, thresholds and failure policy hold for its output too, unless `output` overrides them.
-      if (route) base = { categories: route.categories, thresholds: route.thresholds, onError: route.onError };
+      if (route)
+        base = { categories: route.categories, thresholds: route.thresholds, onError: route.onError };
     }
     if (!setting) return undefined;
-    if (!this.outputModerator) throw new Error('Output moderation needs ModerationService (provided by OpenAIModule)');
-    return setting === true ? base : { ...base, ...setting, thresholds: { ...base.thresholds, ...setting.thresholds } };
+    if (!this.outputModerator)
+      throw new Error('Output moderation needs ModerationService (provided by OpenAIModule)');
+    return setting === true
+      ? base
+      : { ...base, ...setting, thresholds: { ...base.thresholds, ...setting.thresholds } };
   }
 
   private async moderateChatOutput(result: ChatResult, options: CallOptions): Promise<ChatResult> {
@@ -245,7 +271,12 @@ export class OpenAIService {
       ok = await this.execute(prep, started, (model, a) =>
         this.client.chat.completions
           .create(
-            { ...(prep.body as unknown as ChatParams), model, stream: true, stream_options: { include_usage: true } },
+            {
+              ...(prep.body as unknown as ChatParams),
+              model,
+              stream: true,
+              stream_options: { include_usage: true },
+            },
             { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 },
           )
           .withResponse(),
@@ -263,13 +294,18 @@ export class OpenAIService {
    * Moderates text with the configured moderation model (one call for an array of inputs).
    * @throws OpenAIUpstreamException (502), OpenAIUpstreamTimeoutException (504).
    */
-  async moderate(input: string | string[], options: CallOptions & { model?: string } = {}): Promise<ModerationResult> {
+  async moderate(
+    input: string | string[],
+    options: CallOptions & { model?: string } = {},
+  ): Promise<ModerationResult> {
     const model = options.model ?? this.options.models.moderation;
     const prep = this.prepareOther('moderations', model, { input }, options);
     const started = performance.now();
     try {
       const ok = await this.execute<OpenAI.ModerationCreateResponse>(prep, started, (m, a) =>
-        this.client.moderations.create({ input, model: m }, { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 }).withResponse(),
+        this.client.moderations
+          .create({ input, model: m }, { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 })
+          .withResponse(),
       );
       const result: ModerationResult = {
         response: ok.data,
@@ -295,7 +331,10 @@ export class OpenAIService {
     // One token array (`number[]`) is one input, not a list of inputs.
     const single = !Array.isArray(request.input) || request.input.every((i) => typeof i === 'number');
     const inputs: unknown[] = single ? [request.input] : (request.input as unknown[]);
-    const promptTokens = inputs.reduce<number>((n, i) => n + (typeof i === 'string' ? countTextTokens(i) : Array.isArray(i) ? i.length : 0), 0);
+    const promptTokens = inputs.reduce<number>(
+      (n, i) => n + (typeof i === 'string' ? countTextTokens(i) : Array.isArray(i) ? i.length : 0),
+      0,
+    );
     const prep = this.prepareOther('embeddings', model, { ...request }, options, promptTokens);
     // The embeddings endpoint has no `safety_identifier`: the hashed user goes in its `user` field.
     if (prep.call.user && this.options.identity.field !== 'none' && request.user == null) {
@@ -306,10 +345,16 @@ export class OpenAIService {
     try {
       const ok = await this.execute<OpenAI.CreateEmbeddingResponse>(prep, started, (m, a) =>
         this.client.embeddings
-          .create({ ...(prep.body as Omit<OpenAI.EmbeddingCreateParams, 'model'>), model: m }, { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 })
+          .create(
+            { ...(prep.body as Omit<OpenAI.EmbeddingCreateParams, 'model'>), model: m },
+            { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 },
+          )
           .withResponse(),
       );
-      const result: EmbeddingResult = { response: ok.data, ...this.meta(prep, ok, normalizeUsage(ok.data.usage), started) };
+      const result: EmbeddingResult = {
+        response: ok.data,
+        ...this.meta(prep, ok, normalizeUsage(ok.data.usage), started),
+      };
       await this.settle(reservations, result);
       this.logCall(prep, 'ok', result);
       return result;
@@ -328,13 +373,19 @@ export class OpenAIService {
     const model = this.policy.resolve(request.model);
     const { cap, default: dflt, overCap } = this.options.maxTokens;
     const field: 'max_tokens' | 'max_completion_tokens' =
-      request.max_completion_tokens != null || request.max_tokens == null ? 'max_completion_tokens' : 'max_tokens';
+      request.max_completion_tokens != null || request.max_tokens == null
+        ? 'max_completion_tokens'
+        : 'max_tokens';
     const asked = request.max_completion_tokens ?? request.max_tokens ?? undefined;
     if (asked != null && (!Number.isInteger(asked) || asked < 1)) {
-      throw new OpenAIBadRequestException(`${field} must be a positive integer`, { error: 'invalid_request' });
+      throw new OpenAIBadRequestException(`${field} must be a positive integer`, {
+        error: 'invalid_request',
+      });
     }
     if (asked != null && asked > cap && overCap === 'reject') {
-      throw new OpenAIBadRequestException(`${field} ${asked} is above the cap of ${cap}`, { error: 'max_tokens_above_cap' });
+      throw new OpenAIBadRequestException(`${field} ${asked} is above the cap of ${cap}`, {
+        error: 'max_tokens_above_cap',
+      });
     }
     const maxOutputTokens = asked == null ? dflt : Math.min(asked, cap);
     const fallbacks = this.policy.fallbacksFor(model, options.fallbacks);
@@ -359,7 +410,13 @@ export class OpenAIService {
     return { call, body, fallbacks, options };
   }
 
-  private prepareOther(endpoint: UpstreamEndpoint, model: string, body: Record<string, unknown>, options: CallOptions, promptTokens = 0): Prepared {
+  private prepareOther(
+    endpoint: UpstreamEndpoint,
+    model: string,
+    body: Record<string, unknown>,
+    options: CallOptions,
+    promptTokens = 0,
+  ): Prepared {
     const ctx = RequestContextStore.get();
     const call: UpstreamCall = {
       endpoint,
@@ -402,7 +459,9 @@ export class OpenAIService {
       try {
         await r.settle(result);
       } catch (err) {
-        this.logger.error(`settling a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`);
+        this.logger.error(
+          `settling a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
+        );
       }
     }
   }
@@ -413,7 +472,9 @@ export class OpenAIService {
       try {
         await r.release();
       } catch (err) {
-        this.logger.error(`releasing a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`);
+        this.logger.error(
+          `releasing a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
+        );
       }
     }
   }
@@ -425,7 +486,10 @@ export class OpenAIService {
   private async execute<T>(
     prep: Prepared,
     started: number,
-    attemptFn: (model: string, attempt: Attempt) => Promise<{ data: T; response: Response; request_id?: string | null }>,
+    attemptFn: (
+      model: string,
+      attempt: Attempt,
+    ) => Promise<{ data: T; response: Response; request_id?: string | null }>,
   ): Promise<Success<T>> {
     const { options } = prep;
     const maxRetries = options.maxRetries ?? this.options.retry.maxRetries;
@@ -456,7 +520,10 @@ export class OpenAIService {
         const timeoutMs = Math.min(attemptMs, remaining);
         let timedOut: AttemptTimeoutError | undefined;
         const timer = setTimeout(() => {
-          timedOut = new AttemptTimeoutError(timeoutMs < attemptMs ? 'deadline' : 'attempt', Math.round(timeoutMs));
+          timedOut = new AttemptTimeoutError(
+            timeoutMs < attemptMs ? 'deadline' : 'attempt',
+            Math.round(timeoutMs),
+          );
           controller.abort(timedOut);
         }, timeoutMs);
         const onCallerAbort = () => controller.abort(options.signal?.reason);
@@ -466,7 +533,11 @@ export class OpenAIService {
         }
         options.signal?.addEventListener('abort', onCallerAbort, { once: true });
         try {
-          const { data, response, request_id } = await attemptFn(model, { signal: controller.signal, controller, timeoutMs: Math.ceil(timeoutMs) });
+          const { data, response, request_id } = await attemptFn(model, {
+            signal: controller.signal,
+            controller,
+            timeoutMs: Math.ceil(timeoutMs),
+          });
           this.metrics.attempt(prep.call, model, '2xx', retry > 0);
           return {
             data,
@@ -501,13 +572,21 @@ export class OpenAIService {
         }
       }
     }
-    const mapped = lastErr === undefined
-      ? new OpenAIUpstreamTimeoutException(`The model provider did not answer before the deadline (${prep.call.model})`)
-      : mapUpstreamError(lastErr, lastModel);
+    const mapped =
+      lastErr === undefined
+        ? new OpenAIUpstreamTimeoutException(
+            `The model provider did not answer before the deadline (${prep.call.model})`,
+          )
+        : mapUpstreamError(lastErr, lastModel);
     throw Object.assign(mapped, { attempts });
   }
 
-  private meta(prep: Prepared, ok: Success<unknown>, usage: NormalizedUsage, started: number): CallResultMeta {
+  private meta(
+    prep: Prepared,
+    ok: Success<unknown>,
+    usage: NormalizedUsage,
+    started: number,
+  ): CallResultMeta {
     const meta: CallResultMeta = {
       model: ok.model,
       fallbackFrom: ok.fallbackFrom,
@@ -532,7 +611,8 @@ export class OpenAIService {
   fail(prep: Prepared, err: unknown, started: number): HttpException {
     const mapped = mapUpstreamError(err, prep.call.model);
     const status = mapped.getStatus();
-    this.metrics.failed(prep.call, String((mapped.getResponse() as { error?: unknown }).error ?? status));
+    const code = (mapped.getResponse() as { error?: unknown }).error;
+    this.metrics.failed(prep.call, typeof code === 'string' ? code : String(status));
     const cause = (mapped as { cause?: unknown }).cause;
     const upstreamStatus = (cause as { status?: number } | undefined)?.status;
     const attempts = (err as { attempts?: number }).attempts ?? (mapped as { attempts?: number }).attempts;
@@ -569,7 +649,13 @@ export class OpenAIService {
   }
 
   /** @internal */
-  logCall(prep: Prepared, status: 'ok' | 'incomplete', result: CallResultMeta, body?: Record<string, unknown>, output?: string | null): void {
+  logCall(
+    prep: Prepared,
+    status: 'ok' | 'incomplete',
+    result: CallResultMeta,
+    body?: Record<string, unknown>,
+    output?: string | null,
+  ): void {
     if (!this.options.logging.calls) return;
     const u = result.usage;
     const line: Record<string, unknown> = {
@@ -690,7 +776,8 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     if (this.ended) throw this.mapStreamError(new AttemptTimeoutError('idle', 0));
     const { controller } = this.ok;
     const idleMs = this.prep.options.attemptTimeoutMs ?? this.service.options.timeouts.attemptMs;
-    const deadlineAt = this.started + (this.prep.options.deadlineMs ?? this.service.options.timeouts.deadlineMs);
+    const deadlineAt =
+      this.started + (this.prep.options.deadlineMs ?? this.service.options.timeouts.deadlineMs);
     let timedOut: AttemptTimeoutError | undefined;
     let timer: NodeJS.Timeout | undefined;
     const arm = () => {
@@ -726,7 +813,8 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
       }
       if (this.moderator && this.text.length > checked) await this.checkOutput();
       completed = sseCompleted(this.ok.response) !== false && !controller.signal.aborted;
-      if (!completed) failure = timedOut ?? controller.signal.reason ?? new Error('stream ended without data: [DONE]');
+      if (!completed)
+        failure = timedOut ?? controller.signal.reason ?? new Error('stream ended without data: [DONE]');
     } catch (err) {
       failure = timedOut ?? err;
     } finally {
@@ -757,7 +845,10 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
   private mapStreamError(failure: unknown): HttpException {
     if (failure instanceof HttpException) return failure;
     if (failure instanceof AttemptTimeoutError) {
-      return new OpenAIUpstreamTimeoutException(`The model provider stream stalled (${this.model})`, { cause: failure, openaiRequestId: this.openaiRequestId });
+      return new OpenAIUpstreamTimeoutException(`The model provider stream stalled (${this.model})`, {
+        cause: failure,
+        openaiRequestId: this.openaiRequestId,
+      });
     }
     return new OpenAIUpstreamException(`The model provider stream ended early (${this.model})`, {
       cause: failure,
@@ -766,7 +857,12 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     });
   }
 
-  private async end(completed: boolean, usage: NormalizedUsage | undefined, finishReason: string | null, failure: unknown): Promise<void> {
+  private async end(
+    completed: boolean,
+    usage: NormalizedUsage | undefined,
+    finishReason: string | null,
+    failure: unknown,
+  ): Promise<void> {
     if (this.ended) return;
     this.ended = true;
     const finalUsage = usage ?? this.estimate();
@@ -781,7 +877,14 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
       content: this.text,
       finishReason,
     };
-    this.service.metrics.succeeded(this.prep.call, this.model, summary.latencyMs, finalUsage, summary.costUsd, this.fallbackFrom);
+    this.service.metrics.succeeded(
+      this.prep.call,
+      this.model,
+      summary.latencyMs,
+      finalUsage,
+      summary.costUsd,
+      this.fallbackFrom,
+    );
     // What was received is accounted even when the stream failed: output was produced and billed.
     await this.service.settle(this.reservations, summary);
     this.service.logCall(this.prep, completed ? 'ok' : 'incomplete', summary, this.prep.body, this.text);
@@ -796,7 +899,13 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
   private estimate(): NormalizedUsage {
     const prompt = this.prep.call.promptTokens;
     const completion = countTextTokens(this.text);
-    return { prompt_tokens: prompt, cached_tokens: 0, completion_tokens: completion, reasoning_tokens: 0, total_tokens: prompt + completion, estimated: true };
+    return {
+      prompt_tokens: prompt,
+      cached_tokens: 0,
+      completion_tokens: completion,
+      reasoning_tokens: 0,
+      total_tokens: prompt + completion,
+      estimated: true,
+    };
   }
 }
-

@@ -21,7 +21,10 @@ const PROFILES: Record<string, OpenAIProfileOptions> = {
     limits: { requests: [perMinute(20)], tokens: [perMinute(40_000)] },
   },
   production: {
-    limits: { requests: [perMinute(20), { name: 'day', limit: 500, ttl: 86_400_000 }], tokens: [perMinute(40_000)] },
+    limits: {
+      requests: [perMinute(20), { name: 'day', limit: 500, ttl: 86_400_000 }],
+      tokens: [perMinute(40_000)],
+    },
   },
 };
 
@@ -32,7 +35,9 @@ function fromEnvironment(config: SampleConfig): OpenAIProfileOptions {
       ...(config.model ? { default: config.model } : {}),
       ...(config.fallbacks ? { fallbacks: config.fallbacks } : {}),
     },
-    ...(config.timeoutMs ? { timeouts: { attemptMs: config.timeoutMs, deadlineMs: Math.max(90_000, config.timeoutMs) } } : {}),
+    ...(config.timeoutMs
+      ? { timeouts: { attemptMs: config.timeoutMs, deadlineMs: Math.max(90_000, config.timeoutMs) } }
+      : {}),
     ...(config.maxRetries !== undefined ? { retry: { maxRetries: config.maxRetries } } : {}),
     limits: {
       ...(config.rpm ? { requests: [perMinute(config.rpm)] } : {}),
@@ -41,7 +46,13 @@ function fromEnvironment(config: SampleConfig): OpenAIProfileOptions {
     ...(config.moderation !== undefined ? { moderation: { enabled: config.moderation } } : {}),
     ...(config.budgetDailyUsd ? { budgets: { user: { dailyUsd: config.budgetDailyUsd } } } : {}),
     ...(config.redisUrl
-      ? { storage: { type: 'redis', redis: { url: config.redisUrl }, onFailure: config.environment === 'production' ? 'fail-closed' : 'memory' } }
+      ? {
+          storage: {
+            type: 'redis',
+            redis: { url: config.redisUrl },
+            onFailure: config.environment === 'production' ? 'fail-closed' : 'memory',
+          },
+        }
       : {}),
   };
 }
@@ -60,7 +71,10 @@ export class AppModule {
           apiKey: config.apiKey,
           baseURL: config.baseURL,
           maxTokens: { cap: 1024 },
-          profiles: { ...PROFILES, [env]: [PROFILES[env] ?? {}, fromEnvironment(config)].reduce(mergeProfile) },
+          profiles: {
+            ...PROFILES,
+            [env]: [PROFILES[env] ?? {}, fromEnvironment(config)].reduce(mergeProfile),
+          },
         }),
       ],
       controllers: [ChatController, HealthController, UsageController, MetricsController],
@@ -78,7 +92,10 @@ function mergeProfile(a: OpenAIProfileOptions, b: OpenAIProfileOptions): OpenAIP
   const out: Record<string, unknown> = { ...a };
   for (const [k, v] of Object.entries(b)) {
     const prev = out[k];
-    out[k] = prev && typeof prev === 'object' && v && typeof v === 'object' && !Array.isArray(v) ? { ...prev, ...v } : v;
+    out[k] =
+      prev && typeof prev === 'object' && v && typeof v === 'object' && !Array.isArray(v)
+        ? { ...prev, ...v }
+        : v;
   }
   return out as OpenAIProfileOptions;
 }

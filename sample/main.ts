@@ -18,9 +18,15 @@ async function main() {
   }
   const config = readSampleConfig(process.env, { apiKey, baseURL });
   const app = await createSampleApp(config);
-  if (fake) Logger.log(`No OPENAI_API_KEY or OPENAI_BASE_URL: using the embedded fake OpenAI server at ${fake.baseURL}`, 'Sample');
+  if (fake)
+    Logger.log(
+      `No OPENAI_API_KEY or OPENAI_BASE_URL: using the embedded fake OpenAI server at ${fake.baseURL}`,
+      'Sample',
+    );
   await app.listen(config.port, config.host);
-  logger.log(`Listening on http://${config.host}:${config.port} (${config.platform}, environment ${config.environment})`);
+  logger.log(
+    `Listening on http://${config.host}:${config.port} (${config.platform}, environment ${config.environment})`,
+  );
   const stop = async () => {
     await app.close();
     await fake?.close();

@@ -55,7 +55,10 @@ function positiveNumber(env: NodeJS.ProcessEnv, name: string, problems: string[]
 }
 
 /** Parses the environment; throws one error listing every invalid variable. */
-export function readSampleConfig(env: NodeJS.ProcessEnv, upstream: { apiKey: string; baseURL?: string }): SampleConfig {
+export function readSampleConfig(
+  env: NodeJS.ProcessEnv,
+  upstream: { apiKey: string; baseURL?: string },
+): SampleConfig {
   const problems: string[] = [];
   const users = new Map<string, string>();
   for (const pair of (env.SAMPLE_USERS ?? 'alice:alice-token,bob:bob-token').split(',')) {
@@ -64,7 +67,8 @@ export function readSampleConfig(env: NodeJS.ProcessEnv, upstream: { apiKey: str
     else users.set(token, name);
   }
   const platform = (env.SAMPLE_PLATFORM ?? 'express') as SampleConfig['platform'];
-  if (platform !== 'express' && platform !== 'fastify') problems.push(`SAMPLE_PLATFORM must be express or fastify`);
+  if (platform !== 'express' && platform !== 'fastify')
+    problems.push(`SAMPLE_PLATFORM must be express or fastify`);
   const logFormat = (env.LOG_FORMAT ?? 'pretty') as SampleConfig['logFormat'];
   if (logFormat !== 'json' && logFormat !== 'pretty') problems.push('LOG_FORMAT must be json or pretty');
   const config: SampleConfig = {
@@ -76,7 +80,11 @@ export function readSampleConfig(env: NodeJS.ProcessEnv, upstream: { apiKey: str
     baseURL: upstream.baseURL,
     users,
     model: env.OPENAI_MODEL || undefined,
-    fallbacks: env.OPENAI_FALLBACK_MODELS ? env.OPENAI_FALLBACK_MODELS.split(',').map((s) => s.trim()).filter(Boolean) : undefined,
+    fallbacks: env.OPENAI_FALLBACK_MODELS
+      ? env.OPENAI_FALLBACK_MODELS.split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+      : undefined,
     timeoutMs: int(env, 'OPENAI_TIMEOUT_MS', problems, 1),
     maxRetries: int(env, 'OPENAI_MAX_RETRIES', problems, 0),
     logFormat,

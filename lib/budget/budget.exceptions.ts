@@ -10,7 +10,15 @@ export class BudgetExceededException extends OpenAIHttpException {
       HttpStatus.TOO_MANY_REQUESTS,
       'budget_exceeded',
       `The ${scope === 'user' ? 'user' : 'project'} ${period === 'day' ? 'daily' : 'monthly'} budget of $${limitUsd} is exhausted; it resets at ${resetsAt.toISOString()}`,
-      { extra: { scope, period, limit_usd: limitUsd, resets_at: resetsAt.toISOString(), retry_after: retryAfter } },
+      {
+        extra: {
+          scope,
+          period,
+          limit_usd: limitUsd,
+          resets_at: resetsAt.toISOString(),
+          retry_after: retryAfter,
+        },
+      },
     );
     this.headers = { 'retry-after': String(retryAfter) };
   }
@@ -19,6 +27,10 @@ export class BudgetExceededException extends OpenAIHttpException {
 /** 400 `model_unpriced`: a budget applies and the model has no price, so the call's cost cannot be bounded. */
 export class UnpricedModelException extends OpenAIHttpException {
   constructor(model: string) {
-    super(HttpStatus.BAD_REQUEST, 'model_unpriced', `Model "${model}" has no price, so the budget cannot be enforced; add it to pricing.models`);
+    super(
+      HttpStatus.BAD_REQUEST,
+      'model_unpriced',
+      `Model "${model}" has no price, so the budget cannot be enforced; add it to pricing.models`,
+    );
   }
 }

@@ -6,7 +6,12 @@ import type { ResolvedOpenAIOptions, SpendLimit } from '../interfaces/openai-mod
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import { PricingService } from '../pricing/pricing.service.js';
-import { keyPart, type ConsumeResult, type OpenAIStore, type WindowLimit } from '../storage/openai-store.interface.js';
+import {
+  keyPart,
+  type ConsumeResult,
+  type OpenAIStore,
+  type WindowLimit,
+} from '../storage/openai-store.interface.js';
 import { StoreDegradedError } from '../storage/resilient.store.js';
 import { StorageUnavailableException } from '../throttling/rate-limit.exceptions.js';
 import type { BudgetAlertEvent } from './budget-alert.event.js';
@@ -46,11 +51,21 @@ export function budgetWindows(limit: SpendLimit, now = new Date()): WindowLimit[
   const m = now.getUTCMonth();
   if (limit.dailyUsd !== undefined) {
     const start = Date.UTC(y, m, now.getUTCDate());
-    out.push({ name: 'day', limit: Math.round(limit.dailyUsd * MICRO), windowMs: 86_400_000, startAt: start });
+    out.push({
+      name: 'day',
+      limit: Math.round(limit.dailyUsd * MICRO),
+      windowMs: 86_400_000,
+      startAt: start,
+    });
   }
   if (limit.monthlyUsd !== undefined) {
     const start = Date.UTC(y, m, 1);
-    out.push({ name: 'month', limit: Math.round(limit.monthlyUsd * MICRO), windowMs: Date.UTC(y, m + 1, 1) - start, startAt: start });
+    out.push({
+      name: 'month',
+      limit: Math.round(limit.monthlyUsd * MICRO),
+      windowMs: Date.UTC(y, m + 1, 1) - start,
+      startAt: start,
+    });
   }
   return out;
 }
@@ -116,7 +131,12 @@ export class BudgetService implements OpenAICallHook {
           const period = w.name as 'day' | 'month';
           this.metrics.budgetRejected(subject.scope, period);
           const windowMs = subject.windows.find((x) => x.name === w.name)!.windowMs;
-          const ex = new BudgetExceededException(subject.scope, period, w.limit / MICRO, new Date(w.start + windowMs));
+          const ex = new BudgetExceededException(
+            subject.scope,
+            period,
+            w.limit / MICRO,
+            new Date(w.start + windowMs),
+          );
           RequestContextStore.setHeader('retry-after', ex.headers['retry-after']);
           throw ex;
         }
@@ -165,12 +185,17 @@ export class BudgetService implements OpenAICallHook {
   }
 
   private track(p: Promise<void>): void {
-    const q = p.catch((err: unknown) => this.logger.error(`budget alert check failed: ${(err as Error)?.message ?? String(err)}`));
+    const q = p.catch((err: unknown) =>
+      this.logger.error(`budget alert check failed: ${(err as Error)?.message ?? String(err)}`),
+    );
     this.pending.add(q);
     void q.finally(() => this.pending.delete(q));
   }
 
-  private async adjustAll(held: Array<{ subject: Subject_; result: ConsumeResult }>, delta: number): Promise<void> {
+  private async adjustAll(
+    held: Array<{ subject: Subject_; result: ConsumeResult }>,
+    delta: number,
+  ): Promise<void> {
     if (delta === 0) return;
     await Promise.all(
       held.map(({ subject, result }) =>
@@ -192,7 +217,11 @@ export class BudgetService implements OpenAICallHook {
         for (const t of thresholds) {
           if (w.used < t * w.limit) break;
           const id = `budget:alert:${subject.scope}:${subject.user !== undefined ? keyPart(subject.user) : '-'}:${w.name}:${w.start}:${t}`;
-          const first = await this.store.setIfAbsent(id, '1', Math.max(1, w.start + window.windowMs - Date.now()) + 60_000);
+          const first = await this.store.setIfAbsent(
+            id,
+            '1',
+            Math.max(1, w.start + window.windowMs - Date.now()) + 60_000,
+          );
           if (!first) continue;
           const event: BudgetAlertEvent = {
             scope: subject.scope,

@@ -27,7 +27,11 @@ export function sseCompletionFetch(base: typeof fetch = globalThis.fetch): typeo
     const res = await base(input, init);
     if (!res.body || !res.headers.get('content-type')?.includes('text/event-stream')) return res;
     const state = { done: false };
-    const wrapped = new Response(watch(res.body, state), { status: res.status, statusText: res.statusText, headers: res.headers });
+    const wrapped = new Response(watch(res.body, state), {
+      status: res.status,
+      statusText: res.statusText,
+      headers: res.headers,
+    });
     completion.set(wrapped, state);
     return wrapped;
   };

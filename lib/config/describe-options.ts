@@ -9,8 +9,16 @@ export function describeOptions(o: ResolvedOpenAIOptions): Record<string, unknow
     baseURL: o.baseURL?.replace(/\/\/[^@/]*@/, '//***@'),
     defaultHeaders: Object.fromEntries(Object.keys(o.defaultHeaders).map((k) => [k, '***'])),
     identity: { ...o.identity, salt: o.identity.salt ? '***' : '' },
-    limits: { ...o.limits, tiers: o.limits.tiers ? 'function' : undefined, getTracker: o.limits.getTracker ? 'function' : undefined },
-    budgets: { ...o.budgets, onAlert: o.budgets.onAlert ? 'function' : undefined, userLimits: o.budgets.userLimits ? 'function' : undefined },
+    limits: {
+      ...o.limits,
+      tiers: o.limits.tiers ? 'function' : undefined,
+      getTracker: o.limits.getTracker ? 'function' : undefined,
+    },
+    budgets: {
+      ...o.budgets,
+      onAlert: o.budgets.onAlert ? 'function' : undefined,
+      userLimits: o.budgets.userLimits ? 'function' : undefined,
+    },
     metrics: { ...o.metrics, registry: o.metrics.registry ? 'custom registry' : undefined },
     storage: {
       ...o.storage,

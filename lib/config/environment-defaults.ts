@@ -21,7 +21,11 @@ export const BASE_DEFAULTS = {
   pricing: { models: {} },
   usage: { enabled: true, dailyRetentionDays: 35, monthlyRetentionDays: 400 },
   budgets: { user: {}, project: {}, alertThresholds: [0.5, 0.8, 1], unpricedModels: 'reject' },
-  metrics: { enabled: true, prefix: 'openai_', latencyBuckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] },
+  metrics: {
+    enabled: true,
+    prefix: 'openai_',
+    latencyBuckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+  },
   moderation: {
     enabled: true,
     onError: 'fail-open',
@@ -44,7 +48,11 @@ export const ENVIRONMENT_DEFAULTS: Record<string, OpenAIProfileOptions> = {
   development: { models: { pinning: 'warn' } },
   test: { models: { pinning: 'warn' }, logging: { config: false } },
   staging: { models: { pinning: 'enforce' }, moderation: { onError: 'fail-closed' } },
-  production: { models: { pinning: 'enforce' }, logging: { prompts: false }, moderation: { onError: 'fail-closed' } },
+  production: {
+    models: { pinning: 'enforce' },
+    logging: { prompts: false },
+    moderation: { onError: 'fail-closed' },
+  },
 };
 
 /** Environments whose rules forbid prompt logging whatever the options say. */

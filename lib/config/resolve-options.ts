@@ -6,7 +6,11 @@ import type {
 } from '../interfaces/openai-module-options.interface.js';
 import { isPinnedModel } from '../models/model-names.js';
 import { deepMerge } from '../utils/deep-merge.js';
-import { BASE_DEFAULTS, ENVIRONMENT_DEFAULTS, NO_PROMPT_LOGGING_ENVIRONMENTS } from './environment-defaults.js';
+import {
+  BASE_DEFAULTS,
+  ENVIRONMENT_DEFAULTS,
+  NO_PROMPT_LOGGING_ENVIRONMENTS,
+} from './environment-defaults.js';
 
 const PROFILE_KEYS = new Set<keyof OpenAIProfileOptions>([
   'apiKey',
@@ -64,13 +68,17 @@ export function resolveOpenAIOptions(
       fix: `use one of ${[...new Set([...Object.keys(ENVIRONMENT_DEFAULTS), ...Object.keys(profiles)])].join(', ')}, or add profiles.${environment}`,
     });
   }
-  const envDefaults = Object.hasOwn(ENVIRONMENT_DEFAULTS, environment) ? ENVIRONMENT_DEFAULTS[environment] : ENVIRONMENT_DEFAULTS.production;
+  const envDefaults = Object.hasOwn(ENVIRONMENT_DEFAULTS, environment)
+    ? ENVIRONMENT_DEFAULTS[environment]
+    : ENVIRONMENT_DEFAULTS.production;
   const { profiles: _p, environment: _e, ...base } = options;
   const merged = deepMerge<ResolvedOpenAIOptions>(
     BASE_DEFAULTS as unknown as Partial<ResolvedOpenAIOptions>,
     envDefaults as Partial<ResolvedOpenAIOptions>,
     base as Partial<ResolvedOpenAIOptions>,
-    (Object.hasOwn(profiles, environment) ? profiles[environment] : undefined) as Partial<ResolvedOpenAIOptions>,
+    (Object.hasOwn(profiles, environment)
+      ? profiles[environment]
+      : undefined) as Partial<ResolvedOpenAIOptions>,
   );
   merged.environment = environment;
   if (merged.maxTokens.default === undefined) merged.maxTokens.default = merged.maxTokens.cap;
@@ -80,15 +88,32 @@ export function resolveOpenAIOptions(
   return merged;
 }
 
-function validateWindows(path: string, windows: unknown, add: (path: string, message: string, fix: string) => void): void {
-  if (!Array.isArray(windows)) return add(path, 'must be an array of { name, limit, ttl }', 'set [] for no limit');
+function validateWindows(
+  path: string,
+  windows: unknown,
+  add: (path: string, message: string, fix: string) => void,
+): void {
+  if (!Array.isArray(windows))
+    return add(path, 'must be an array of { name, limit, ttl }', 'set [] for no limit');
   const names = new Set<string>();
   windows.forEach((w: { name?: unknown; limit?: unknown; ttl?: unknown }, i) => {
-    if (typeof w?.name !== 'string' || !/^[A-Za-z0-9_-]{1,32}$/.test(w.name)) add(`${path}[${i}].name`, 'must be 1-32 letters, digits, _ or -', "use a name such as 'minute'");
-    else if (names.has(w.name)) add(`${path}[${i}].name`, `"${w.name}" is used twice`, 'give each window its own name');
+    if (typeof w?.name !== 'string' || !/^[A-Za-z0-9_-]{1,32}$/.test(w.name))
+      add(`${path}[${i}].name`, 'must be 1-32 letters, digits, _ or -', "use a name such as 'minute'");
+    else if (names.has(w.name))
+      add(`${path}[${i}].name`, `"${w.name}" is used twice`, 'give each window its own name');
     else names.add(w.name);
-    if (!isPositiveInt(w?.limit)) add(`${path}[${i}].limit`, `must be a positive integer, got ${String(w?.limit)}`, 'set a limit such as 20');
-    if (!isPositiveInt(w?.ttl)) add(`${path}[${i}].ttl`, `must be a positive integer (ms), got ${String(w?.ttl)}`, 'set a window such as 60000');
+    if (!isPositiveInt(w?.limit))
+      add(
+        `${path}[${i}].limit`,
+        `must be a positive integer, got ${String(w?.limit)}`,
+        'set a limit such as 20',
+      );
+    if (!isPositiveInt(w?.ttl))
+      add(
+        `${path}[${i}].ttl`,
+        `must be a positive integer (ms), got ${String(w?.ttl)}`,
+        'set a window such as 60000',
+      );
   });
 }
 
@@ -102,9 +127,17 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   if (typeof o.apiKey === 'function') {
     // a provider: checked when called
   } else if (typeof o.apiKey !== 'string' || o.apiKey.trim() === '') {
-    add('apiKey', 'no API key', 'pass apiKey (for example from process.env.OPENAI_API_KEY) or an async key provider');
+    add(
+      'apiKey',
+      'no API key',
+      'pass apiKey (for example from process.env.OPENAI_API_KEY) or an async key provider',
+    );
   } else if (/\s/.test(o.apiKey)) {
-    add('apiKey', 'the API key contains whitespace', 'trim the value you read from the environment or secret store');
+    add(
+      'apiKey',
+      'the API key contains whitespace',
+      'trim the value you read from the environment or secret store',
+    );
   }
   if (o.baseURL !== undefined) {
     try {
@@ -119,33 +152,80 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     ['project', o.project],
   ] as const) {
     if (value !== undefined && (typeof value !== 'string' || value.trim() === '')) {
-      add(field, 'must be a non-empty string when set', `remove ${field} or set the ID shown in the OpenAI dashboard`);
+      add(
+        field,
+        'must be a non-empty string when set',
+        `remove ${field} or set the ID shown in the OpenAI dashboard`,
+      );
     }
   }
 
   for (const key of ['attemptMs', 'deadlineMs'] as const) {
-    if (!isPositiveInt(o.timeouts[key])) add(`timeouts.${key}`, `must be a positive integer (ms), got ${String(o.timeouts[key])}`, 'set a value such as 30000');
+    if (!isPositiveInt(o.timeouts[key]))
+      add(
+        `timeouts.${key}`,
+        `must be a positive integer (ms), got ${String(o.timeouts[key])}`,
+        'set a value such as 30000',
+      );
   }
-  if (isPositiveInt(o.timeouts.attemptMs) && isPositiveInt(o.timeouts.deadlineMs) && o.timeouts.deadlineMs < o.timeouts.attemptMs) {
-    add('timeouts.deadlineMs', `(${o.timeouts.deadlineMs} ms) is shorter than one attempt (${o.timeouts.attemptMs} ms)`, 'make deadlineMs at least attemptMs');
+  if (
+    isPositiveInt(o.timeouts.attemptMs) &&
+    isPositiveInt(o.timeouts.deadlineMs) &&
+    o.timeouts.deadlineMs < o.timeouts.attemptMs
+  ) {
+    add(
+      'timeouts.deadlineMs',
+      `(${o.timeouts.deadlineMs} ms) is shorter than one attempt (${o.timeouts.attemptMs} ms)`,
+      'make deadlineMs at least attemptMs',
+    );
   }
   if (!(Number.isInteger(o.retry.maxRetries) && o.retry.maxRetries >= 0 && o.retry.maxRetries <= 10)) {
-    add('retry.maxRetries', `must be an integer from 0 to 10, got ${String(o.retry.maxRetries)}`, 'set a value such as 2');
+    add(
+      'retry.maxRetries',
+      `must be an integer from 0 to 10, got ${String(o.retry.maxRetries)}`,
+      'set a value such as 2',
+    );
   }
   for (const key of ['initialDelayMs', 'maxDelayMs', 'maxRetryAfterMs'] as const) {
     if (!(typeof o.retry[key] === 'number' && Number.isFinite(o.retry[key]) && o.retry[key] >= 0)) {
-      add(`retry.${key}`, `must be a number of ms >= 0, got ${String(o.retry[key])}`, 'set a value such as 500');
+      add(
+        `retry.${key}`,
+        `must be a number of ms >= 0, got ${String(o.retry[key])}`,
+        'set a value such as 500',
+      );
     }
   }
-  if (o.retry.maxDelayMs < o.retry.initialDelayMs) add('retry.maxDelayMs', 'is below retry.initialDelayMs', 'make maxDelayMs at least initialDelayMs');
+  if (o.retry.maxDelayMs < o.retry.initialDelayMs)
+    add('retry.maxDelayMs', 'is below retry.initialDelayMs', 'make maxDelayMs at least initialDelayMs');
 
-  if (!isPositiveInt(o.maxTokens.cap)) add('maxTokens.cap', `must be a positive integer (tokens), got ${String(o.maxTokens.cap)}`, 'set a value such as 1024');
-  if (!isPositiveInt(o.maxTokens.default)) add('maxTokens.default', `must be a positive integer (tokens), got ${String(o.maxTokens.default)}`, 'set a value no larger than maxTokens.cap');
-  else if (isPositiveInt(o.maxTokens.cap) && o.maxTokens.default > o.maxTokens.cap) add('maxTokens.default', `(${o.maxTokens.default}) is above maxTokens.cap (${o.maxTokens.cap})`, 'lower it or raise the cap');
-  if (o.maxTokens.overCap !== 'clamp' && o.maxTokens.overCap !== 'reject') add('maxTokens.overCap', `must be 'clamp' or 'reject'`, "set 'clamp'");
+  if (!isPositiveInt(o.maxTokens.cap))
+    add(
+      'maxTokens.cap',
+      `must be a positive integer (tokens), got ${String(o.maxTokens.cap)}`,
+      'set a value such as 1024',
+    );
+  if (!isPositiveInt(o.maxTokens.default))
+    add(
+      'maxTokens.default',
+      `must be a positive integer (tokens), got ${String(o.maxTokens.default)}`,
+      'set a value no larger than maxTokens.cap',
+    );
+  else if (isPositiveInt(o.maxTokens.cap) && o.maxTokens.default > o.maxTokens.cap)
+    add(
+      'maxTokens.default',
+      `(${o.maxTokens.default}) is above maxTokens.cap (${o.maxTokens.cap})`,
+      'lower it or raise the cap',
+    );
+  if (o.maxTokens.overCap !== 'clamp' && o.maxTokens.overCap !== 'reject')
+    add('maxTokens.overCap', `must be 'clamp' or 'reject'`, "set 'clamp'");
 
   const m = o.models;
-  if (!['enforce', 'warn', 'off'].includes(m.pinning)) add('models.pinning', `must be 'enforce', 'warn' or 'off', got ${String(m.pinning)}`, "set 'enforce' in production");
+  if (!['enforce', 'warn', 'off'].includes(m.pinning))
+    add(
+      'models.pinning',
+      `must be 'enforce', 'warn' or 'off', got ${String(m.pinning)}`,
+      "set 'enforce' in production",
+    );
   const resolve = (name: string) => m.aliases[name] ?? name;
   const checkModel = (path: string, name: unknown) => {
     if (typeof name !== 'string' || name.trim() === '') {
@@ -154,74 +234,141 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     }
     const target = resolve(name);
     if (m.pinning === 'enforce' && !isPinnedModel(target)) {
-      add(path, `"${name}"${target !== name ? ` (alias of "${target}")` : ''} is not a dated snapshot, and pinning is enforced in "${o.environment}"`, `use a snapshot such as ${target}-2024-08-06 (see the model's page), or map an alias to one`);
+      add(
+        path,
+        `"${name}"${target !== name ? ` (alias of "${target}")` : ''} is not a dated snapshot, and pinning is enforced in "${o.environment}"`,
+        `use a snapshot such as ${target}-2024-08-06 (see the model's page), or map an alias to one`,
+      );
     }
-    if (m.allow && !m.allow.includes(target)) add(path, `"${target}" is not in models.allow`, 'add it to models.allow or choose an allowed model');
+    if (m.allow && !m.allow.includes(target))
+      add(path, `"${target}" is not in models.allow`, 'add it to models.allow or choose an allowed model');
   };
   for (const [alias, target] of Object.entries(m.aliases)) {
-    if (typeof target !== 'string' || !target) add(`models.aliases.${alias}`, 'must map to a model name', 'set a snapshot name');
-    else if (m.aliases[target] !== undefined) add(`models.aliases.${alias}`, `maps to "${target}", which is itself an alias`, 'map each alias straight to a model name');
+    if (typeof target !== 'string' || !target)
+      add(`models.aliases.${alias}`, 'must map to a model name', 'set a snapshot name');
+    else if (m.aliases[target] !== undefined)
+      add(
+        `models.aliases.${alias}`,
+        `maps to "${target}", which is itself an alias`,
+        'map each alias straight to a model name',
+      );
   }
   checkModel('models.default', m.default);
-  if (!Array.isArray(m.fallbacks)) add('models.fallbacks', 'must be an array of model names', 'set [] or a list');
+  if (!Array.isArray(m.fallbacks))
+    add('models.fallbacks', 'must be an array of model names', 'set [] or a list');
   else m.fallbacks.forEach((f, i) => checkModel(`models.fallbacks[${i}]`, f));
-  if (m.allow !== undefined && (!Array.isArray(m.allow) || m.allow.length === 0)) add('models.allow', 'must be a non-empty array when set', 'remove it or list the allowed models');
+  if (m.allow !== undefined && (!Array.isArray(m.allow) || m.allow.length === 0))
+    add('models.allow', 'must be a non-empty array when set', 'remove it or list the allowed models');
 
-  if (o.logging.prompts && (NO_PROMPT_LOGGING_ENVIRONMENTS.has(o.environment) || !Object.hasOwn(ENVIRONMENT_DEFAULTS, o.environment))) {
-    add('logging.prompts', `prompt logging is never allowed in production or in an environment that starts from its defaults ("${o.environment}")`, 'enable it in a development, test or staging profile only');
+  if (
+    o.logging.prompts &&
+    (NO_PROMPT_LOGGING_ENVIRONMENTS.has(o.environment) || !Object.hasOwn(ENVIRONMENT_DEFAULTS, o.environment))
+  ) {
+    add(
+      'logging.prompts',
+      `prompt logging is never allowed in production or in an environment that starts from its defaults ("${o.environment}")`,
+      'enable it in a development, test or staging profile only',
+    );
   }
-  if (!Array.isArray(o.logging.redact) || !o.logging.redact.every((r) => r instanceof RegExp)) add('logging.redact', 'must be an array of RegExp', 'use e.g. [/ACME-\\d{6}/g]');
+  if (!Array.isArray(o.logging.redact) || !o.logging.redact.every((r) => r instanceof RegExp))
+    add('logging.redact', 'must be an array of RegExp', 'use e.g. [/ACME-\\d{6}/g]');
   validateWindows('limits.requests', o.limits.requests, add);
   validateWindows('limits.tokens', o.limits.tokens, add);
-  if (o.limits.tiers !== undefined && typeof o.limits.tiers !== 'function') add('limits.tiers', 'must be a function (user) => limits', 'pass a function or remove it');
-  if (o.limits.getTracker !== undefined && typeof o.limits.getTracker !== 'function') add('limits.getTracker', 'must be a function (req) => string', 'pass a function or remove it');
+  if (o.limits.tiers !== undefined && typeof o.limits.tiers !== 'function')
+    add('limits.tiers', 'must be a function (user) => limits', 'pass a function or remove it');
+  if (o.limits.getTracker !== undefined && typeof o.limits.getTracker !== 'function')
+    add('limits.getTracker', 'must be a function (req) => string', 'pass a function or remove it');
   const st = o.storage;
-  if (st.type !== 'memory' && st.type !== 'redis') add('storage.type', `must be 'memory' or 'redis', got ${String(st.type)}`, "set 'memory' or 'redis'");
-  if (st.type === 'redis' && !st.redis?.url && !st.redis?.client) add('storage.redis', 'a Redis store needs a connection', 'set storage.redis.url (e.g. redis://127.0.0.1:6379) or storage.redis.client');
+  if (st.type !== 'memory' && st.type !== 'redis')
+    add('storage.type', `must be 'memory' or 'redis', got ${String(st.type)}`, "set 'memory' or 'redis'");
+  if (st.type === 'redis' && !st.redis?.url && !st.redis?.client)
+    add(
+      'storage.redis',
+      'a Redis store needs a connection',
+      'set storage.redis.url (e.g. redis://127.0.0.1:6379) or storage.redis.client',
+    );
   if (st.redis?.url !== undefined) {
     try {
       if (!/^rediss?:$/.test(new URL(st.redis.url).protocol)) throw new Error('protocol');
     } catch {
-      add('storage.redis.url', 'is not a redis:// or rediss:// URL', 'use a URL such as redis://127.0.0.1:6379');
+      add(
+        'storage.redis.url',
+        'is not a redis:// or rediss:// URL',
+        'use a URL such as redis://127.0.0.1:6379',
+      );
     }
   }
-  if (!['fail-closed', 'fail-open', 'memory'].includes(st.onFailure)) add('storage.onFailure', `must be 'fail-closed', 'fail-open' or 'memory'`, "set 'memory'");
-  if (!isPositiveInt(st.instances)) add('storage.instances', `must be a positive integer, got ${String(st.instances)}`, 'set the number of app instances');
-  if (!isPositiveInt(st.connectTimeoutMs)) add('storage.connectTimeoutMs', `must be a positive integer (ms)`, 'set a value such as 5000');
-  if (st.memory?.maxKeys !== undefined && !isPositiveInt(st.memory.maxKeys)) add('storage.memory.maxKeys', 'must be a positive integer', 'set a value such as 200000');
+  if (!['fail-closed', 'fail-open', 'memory'].includes(st.onFailure))
+    add('storage.onFailure', `must be 'fail-closed', 'fail-open' or 'memory'`, "set 'memory'");
+  if (!isPositiveInt(st.instances))
+    add(
+      'storage.instances',
+      `must be a positive integer, got ${String(st.instances)}`,
+      'set the number of app instances',
+    );
+  if (!isPositiveInt(st.connectTimeoutMs))
+    add('storage.connectTimeoutMs', `must be a positive integer (ms)`, 'set a value such as 5000');
+  if (st.memory?.maxKeys !== undefined && !isPositiveInt(st.memory.maxKeys))
+    add('storage.memory.maxKeys', 'must be a positive integer', 'set a value such as 200000');
   for (const [model, p] of Object.entries(o.pricing.models)) {
     for (const k of ['input', 'output', 'cachedInput'] as const) {
       const v = (p as unknown as Record<string, unknown>)?.[k];
-      if ((k !== 'cachedInput' || v !== undefined) && !(typeof v === 'number' && Number.isFinite(v) && v >= 0)) {
-        add(`pricing.models.${model}.${k}`, `must be a price >= 0 in USD per 1M tokens, got ${String(v)}`, 'copy the price from https://openai.com/api/pricing');
+      if (
+        (k !== 'cachedInput' || v !== undefined) &&
+        !(typeof v === 'number' && Number.isFinite(v) && v >= 0)
+      ) {
+        add(
+          `pricing.models.${model}.${k}`,
+          `must be a price >= 0 in USD per 1M tokens, got ${String(v)}`,
+          'copy the price from https://openai.com/api/pricing',
+        );
       }
     }
   }
   for (const key of ['dailyRetentionDays', 'monthlyRetentionDays'] as const) {
-    if (!isPositiveInt(o.usage[key])) add(`usage.${key}`, 'must be a positive integer (days)', 'set a value such as 35');
+    if (!isPositiveInt(o.usage[key]))
+      add(`usage.${key}`, 'must be a positive integer (days)', 'set a value such as 35');
   }
   for (const scope of ['user', 'project'] as const) {
     for (const period of ['dailyUsd', 'monthlyUsd'] as const) {
       const v = o.budgets[scope]?.[period];
-      if (v !== undefined && !(typeof v === 'number' && Number.isFinite(v) && v > 0)) add(`budgets.${scope}.${period}`, `must be a positive amount in USD, got ${String(v)}`, 'set an amount such as 5, or remove it');
+      if (v !== undefined && !(typeof v === 'number' && Number.isFinite(v) && v > 0))
+        add(
+          `budgets.${scope}.${period}`,
+          `must be a positive amount in USD, got ${String(v)}`,
+          'set an amount such as 5, or remove it',
+        );
     }
   }
-  if (!Array.isArray(o.budgets.alertThresholds) || o.budgets.alertThresholds.some((t) => !(typeof t === 'number' && t > 0 && t <= 1))) {
+  if (
+    !Array.isArray(o.budgets.alertThresholds) ||
+    o.budgets.alertThresholds.some((t) => !(typeof t === 'number' && t > 0 && t <= 1))
+  ) {
     add('budgets.alertThresholds', 'must be fractions in (0, 1]', 'set e.g. [0.5, 0.8, 1]');
   }
-  if (!['reject', 'allow'].includes(o.budgets.unpricedModels)) add('budgets.unpricedModels', "must be 'reject' or 'allow'", "set 'reject'");
-  if (!o.metrics.prefix || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(o.metrics.prefix)) add('metrics.prefix', 'must be a valid Prometheus name prefix', "set 'openai_'");
+  if (!['reject', 'allow'].includes(o.budgets.unpricedModels))
+    add('budgets.unpricedModels', "must be 'reject' or 'allow'", "set 'reject'");
+  if (!o.metrics.prefix || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(o.metrics.prefix))
+    add('metrics.prefix', 'must be a valid Prometheus name prefix', "set 'openai_'");
   const mod = o.moderation;
-  if (!['fail-closed', 'fail-open'].includes(mod.onError)) add('moderation.onError', "must be 'fail-closed' or 'fail-open'", "set 'fail-closed' in production");
-  if (!isPositiveInt(mod.timeoutMs)) add('moderation.timeoutMs', 'must be a positive integer (ms)', 'set a value such as 5000');
-  if (!(Number.isInteger(mod.cacheTtlMs) && mod.cacheTtlMs >= 0)) add('moderation.cacheTtlMs', 'must be an integer >= 0 (ms)', 'set 0 to disable the cache');
+  if (!['fail-closed', 'fail-open'].includes(mod.onError))
+    add('moderation.onError', "must be 'fail-closed' or 'fail-open'", "set 'fail-closed' in production");
+  if (!isPositiveInt(mod.timeoutMs))
+    add('moderation.timeoutMs', 'must be a positive integer (ms)', 'set a value such as 5000');
+  if (!(Number.isInteger(mod.cacheTtlMs) && mod.cacheTtlMs >= 0))
+    add('moderation.cacheTtlMs', 'must be an integer >= 0 (ms)', 'set 0 to disable the cache');
   for (const [cat, t] of Object.entries(mod.thresholds ?? {})) {
-    if (!(typeof t === 'number' && t >= 0 && t <= 1)) add(`moderation.thresholds.${cat}`, 'must be a score from 0 to 1', 'set e.g. 0.5');
+    if (!(typeof t === 'number' && t >= 0 && t <= 1))
+      add(`moderation.thresholds.${cat}`, 'must be a score from 0 to 1', 'set e.g. 0.5');
   }
-  if (!Array.isArray(mod.roles) || mod.roles.length === 0) add('moderation.roles', 'must list at least one role', "set ['user']");
-  if (!isPositiveInt(mod.streamCheckIntervalChars)) add('moderation.streamCheckIntervalChars', 'must be a positive integer', 'set e.g. 400');
+  if (!Array.isArray(mod.roles) || mod.roles.length === 0)
+    add('moderation.roles', 'must list at least one role', "set ['user']");
+  if (!isPositiveInt(mod.streamCheckIntervalChars))
+    add('moderation.streamCheckIntervalChars', 'must be a positive integer', 'set e.g. 400');
   for (const key of ['maxMessages', 'maxChars', 'maxPromptTokens'] as const) {
-    if (!isPositiveInt(o.input[key])) add(`input.${key}`, `must be a positive integer, got ${String(o.input[key])}`, 'set a cap');
+    if (!isPositiveInt(o.input[key]))
+      add(`input.${key}`, `must be a positive integer, got ${String(o.input[key])}`, 'set a cap');
   }
-  if (!['safety_identifier', 'user', 'none'].includes(o.identity.field)) add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
+  if (!['safety_identifier', 'user', 'none'].includes(o.identity.field))
+    add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
 }

@@ -53,7 +53,8 @@ export const RequestContextStore = {
       if (direct) return direct;
       // Fastify wraps the raw Node request.
       const raw = (req as { raw?: unknown }).raw;
-      if (raw && typeof raw === 'object') return (raw as Record<symbol, RequestContext | undefined>)[REQUEST_CONTEXT_KEY];
+      if (raw && typeof raw === 'object')
+        return (raw as Record<symbol, RequestContext | undefined>)[REQUEST_CONTEXT_KEY];
     }
     return undefined;
   },
@@ -66,7 +67,11 @@ export const RequestContextStore = {
   attach(req: object, inboundId: unknown, response?: ServerResponse): RequestContext {
     const existing = RequestContextStore.fromRequest(req);
     if (existing) return existing;
-    const ctx: RequestContext = { requestId: acceptRequestId(inboundId), startedAt: performance.now(), response };
+    const ctx: RequestContext = {
+      requestId: acceptRequestId(inboundId),
+      startedAt: performance.now(),
+      response,
+    };
     (req as Record<symbol, RequestContext>)[REQUEST_CONTEXT_KEY] = ctx;
     return ctx;
   },

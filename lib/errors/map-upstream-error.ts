@@ -39,7 +39,10 @@ export function mapUpstreamError(err: unknown, model: string): HttpException {
   if (err instanceof HttpException) return err;
   const openaiRequestId = upstreamRequestId(err);
   if (err instanceof AttemptTimeoutError || err instanceof APIConnectionTimeoutError) {
-    return new OpenAIUpstreamTimeoutException(`The model provider did not answer in time (${model})`, { cause: err, openaiRequestId });
+    return new OpenAIUpstreamTimeoutException(`The model provider did not answer in time (${model})`, {
+      cause: err,
+      openaiRequestId,
+    });
   }
   if (err instanceof APIConnectionError) {
     return new OpenAIUpstreamException(`Could not reach the model provider (${model})`, { cause: err });
@@ -49,20 +52,42 @@ export function mapUpstreamError(err: unknown, model: string): HttpException {
     const code = typeof err.code === 'string' ? err.code : undefined;
     const param = typeof err.param === 'string' ? err.param : undefined;
     if (s === 401 || s === 403) {
-      return new OpenAIUpstreamException('The model provider refused our credentials', { cause: err, openaiRequestId, error: 'upstream_auth_error' });
+      return new OpenAIUpstreamException('The model provider refused our credentials', {
+        cause: err,
+        openaiRequestId,
+        error: 'upstream_auth_error',
+      });
     }
     if (s === 404 && (code === 'model_not_found' || /model/i.test(err.message))) {
-      return new OpenAIBadRequestException(`Model "${model}" is not available`, { cause: err, openaiRequestId, error: 'model_not_found' });
+      return new OpenAIBadRequestException(`Model "${model}" is not available`, {
+        cause: err,
+        openaiRequestId,
+        error: 'model_not_found',
+      });
     }
     if (s === 400 || s === 422) {
       const detail = [code, param && `param: ${param}`].filter(Boolean).join(', ');
-      return new OpenAIBadRequestException(`The model provider rejected the request${detail ? ` (${detail})` : ''}`, { cause: err, openaiRequestId });
+      return new OpenAIBadRequestException(
+        `The model provider rejected the request${detail ? ` (${detail})` : ''}`,
+        { cause: err, openaiRequestId },
+      );
     }
     if (s === 429 && code === 'insufficient_quota') {
-      return new OpenAIUpstreamException('The model provider quota is exhausted', { cause: err, openaiRequestId, error: 'upstream_quota_exceeded' });
+      return new OpenAIUpstreamException('The model provider quota is exhausted', {
+        cause: err,
+        openaiRequestId,
+        error: 'upstream_quota_exceeded',
+      });
     }
-    if (s === 408) return new OpenAIUpstreamTimeoutException(`The model provider timed out (${model})`, { cause: err, openaiRequestId });
-    return new OpenAIUpstreamException(`The model provider failed (HTTP ${s}, ${model})`, { cause: err, openaiRequestId });
+    if (s === 408)
+      return new OpenAIUpstreamTimeoutException(`The model provider timed out (${model})`, {
+        cause: err,
+        openaiRequestId,
+      });
+    return new OpenAIUpstreamException(`The model provider failed (HTTP ${s}, ${model})`, {
+      cause: err,
+      openaiRequestId,
+    });
   }
   return new OpenAIUpstreamException(`The model provider call failed (${model})`, { cause: err });
 }

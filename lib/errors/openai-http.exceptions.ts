@@ -24,8 +24,19 @@ export class OpenAIHttpException extends HttpException {
   /** Upstream `x-request-id` of the failed call, when the upstream answered. */
   readonly openaiRequestId?: string;
 
-  constructor(status: number, error: string, message: string, options?: { cause?: unknown; openaiRequestId?: string; extra?: Record<string, unknown> }) {
-    const body: OpenAIErrorBody = { statusCode: status, error, message, request_id: RequestContextStore.get()?.requestId, ...options?.extra };
+  constructor(
+    status: number,
+    error: string,
+    message: string,
+    options?: { cause?: unknown; openaiRequestId?: string; extra?: Record<string, unknown> },
+  ) {
+    const body: OpenAIErrorBody = {
+      statusCode: status,
+      error,
+      message,
+      request_id: RequestContextStore.get()?.requestId,
+      ...options?.extra,
+    };
     super(body, status, { cause: options?.cause });
     this.openaiRequestId = options?.openaiRequestId;
   }

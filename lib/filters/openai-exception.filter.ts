@@ -1,4 +1,11 @@
-import { Catch, HttpException, HttpStatus, Logger, type ArgumentsHost, type ExceptionFilter } from '@nestjs/common';
+import {
+  Catch,
+  HttpException,
+  HttpStatus,
+  Logger,
+  type ArgumentsHost,
+  type ExceptionFilter,
+} from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import { RequestContextStore, acceptRequestId } from '../context/request-context.js';
 import type { OpenAIErrorBody } from '../errors/openai-http.exceptions.js';
@@ -15,7 +22,11 @@ function frameworkClientError(exception: unknown): Error | undefined {
   const c = cause as Error & { statusCode?: unknown; status?: unknown; expose?: unknown };
   const status = c.statusCode ?? c.status;
   if (typeof status !== 'number' || status < 400 || status >= 500) return undefined;
-  const fromFramework = c.name === 'FastifyError' || typeof c.expose === 'boolean' || c instanceof SyntaxError || c instanceof URIError;
+  const fromFramework =
+    c.name === 'FastifyError' ||
+    typeof c.expose === 'boolean' ||
+    c instanceof SyntaxError ||
+    c instanceof URIError;
   return fromFramework ? cause : undefined;
 }
 
@@ -68,17 +79,32 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
       const response = exception.getResponse();
       if (typeof response === 'object' && response !== null) {
         const r = response as Record<string, unknown>;
-        const message = Array.isArray(r.message) ? r.message.join('; ') : typeof r.message === 'string' ? r.message : exception.message;
-        const error = typeof r.error === 'string' && /^[a-z0-9_]+$/.test(r.error) ? r.error : snake(typeof r.error === 'string' ? r.error : exception.name);
+        const message = Array.isArray(r.message)
+          ? r.message.join('; ')
+          : typeof r.message === 'string'
+            ? r.message
+            : exception.message;
+        const error =
+          typeof r.error === 'string' && /^[a-z0-9_]+$/.test(r.error)
+            ? r.error
+            : snake(typeof r.error === 'string' ? r.error : exception.name);
         return { ...r, statusCode: status, error, message: redactSecrets(message), request_id: requestId };
       }
-      return { statusCode: status, error: snake(exception.name), message: redactSecrets(String(response)), request_id: requestId };
+      return {
+        statusCode: status,
+        error: snake(exception.name),
+        message: redactSecrets(String(response)),
+        request_id: requestId,
+      };
     }
-    const status = (exception as { statusCode?: unknown; status?: unknown })?.statusCode ?? (exception as { status?: unknown })?.status;
+    const status =
+      (exception as { statusCode?: unknown; status?: unknown })?.statusCode ??
+      (exception as { status?: unknown })?.status;
     // Framework errors that carry a client status (body parser: invalid JSON, too large, bad encoding).
     if (typeof status === 'number' && status >= 400 && status < 500) {
       const { code, type } = exception as { code?: string; type?: string };
-      const notJson = type === 'entity.parse.failed' || (code && /JSON/i.test(code + String((exception as Error).message)));
+      const notJson =
+        type === 'entity.parse.failed' || (code && /JSON/i.test(code + String((exception as Error).message)));
       const [error, message] =
         status === 413
           ? ['payload_too_large', 'Request body is too large']
@@ -92,8 +118,15 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
     this.logger.error({
       msg: 'unhandled error',
       request_id: requestId,
-      error: redactSecrets(exception instanceof Error ? `${exception.name}: ${exception.message}` : String(exception)).slice(0, 500),
+      error: redactSecrets(
+        exception instanceof Error ? `${exception.name}: ${exception.message}` : String(exception),
+      ).slice(0, 500),
     });
-    return { statusCode: HttpStatus.INTERNAL_SERVER_ERROR, error: 'internal_error', message: 'Internal server error', request_id: requestId };
+    return {
+      statusCode: HttpStatus.INTERNAL_SERVER_ERROR,
+      error: 'internal_error',
+      message: 'Internal server error',
+      request_id: requestId,
+    };
   }
 }

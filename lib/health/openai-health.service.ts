@@ -22,7 +22,10 @@ export class OpenAIHealthService {
     } catch {
       up = false;
     }
-    const storage = this.store instanceof ResilientStore ? this.store.health() : { kind: this.store.kind, up, policy: 'fail-closed' as const, outages: 0 };
+    const storage =
+      this.store instanceof ResilientStore
+        ? this.store.health()
+        : { kind: this.store.kind, up, policy: 'fail-closed' as const, outages: 0 };
     return { up, storage: { ...storage, up } };
   }
 }

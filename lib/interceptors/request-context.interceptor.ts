@@ -14,8 +14,15 @@ export class RequestContextInterceptor implements NestInterceptor {
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
     if (context.getType() !== 'http') return next.handle();
     const http = context.switchToHttp();
-    const req = http.getRequest<{ method?: string; route?: { path?: string }; routeOptions?: { url?: string }; headers: Record<string, unknown> }>();
-    const ctx = RequestContextStore.fromRequest(req) ?? RequestContextStore.attach(req, req.headers[REQUEST_ID_HEADER], rawResponse(http.getResponse()));
+    const req = http.getRequest<{
+      method?: string;
+      route?: { path?: string };
+      routeOptions?: { url?: string };
+      headers: Record<string, unknown>;
+    }>();
+    const ctx =
+      RequestContextStore.fromRequest(req) ??
+      RequestContextStore.attach(req, req.headers[REQUEST_ID_HEADER], rawResponse(http.getResponse()));
     if (!ctx.user) {
       const u = (req as { user?: { id?: unknown; sub?: unknown } }).user;
       const id = u?.id ?? u?.sub;
@@ -27,6 +34,8 @@ export class RequestContextInterceptor implements NestInterceptor {
       const path = req.route?.path ?? req.routeOptions?.url;
       if (path) ctx.route = `${req.method} ${path}`;
     }
-    return new Observable((subscriber) => RequestContextStore.run(ctx, () => next.handle().subscribe(subscriber)));
+    return new Observable((subscriber) =>
+      RequestContextStore.run(ctx, () => next.handle().subscribe(subscriber)),
+    );
   }
 }

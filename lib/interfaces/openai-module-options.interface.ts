@@ -391,11 +391,15 @@ export interface ResolvedOpenAIOptions {
   logging: Required<LoggingOptions>;
   identity: Required<IdentityOptions>;
   limits: Required<Pick<LimitsOptions, 'requests' | 'tokens'>> & Pick<LimitsOptions, 'tiers' | 'getTracker'>;
-  storage: Required<Pick<StorageOptions, 'type' | 'onFailure' | 'instances' | 'connectTimeoutMs'>> & Pick<StorageOptions, 'memory' | 'redis'>;
+  storage: Required<Pick<StorageOptions, 'type' | 'onFailure' | 'instances' | 'connectTimeoutMs'>> &
+    Pick<StorageOptions, 'memory' | 'redis'>;
   pricing: Required<PricingOptions>;
   usage: Required<UsageOptions>;
-  budgets: Required<Pick<BudgetOptions, 'user' | 'project' | 'alertThresholds' | 'unpricedModels'>> & Pick<BudgetOptions, 'onAlert' | 'userLimits'>;
-  metrics: Required<Pick<MetricsOptions, 'enabled' | 'prefix' | 'latencyBuckets'>> & Pick<MetricsOptions, 'registry'>;
-  moderation: Required<Omit<ModerationOptions, 'categories' | 'fields'>> & Pick<ModerationOptions, 'categories' | 'fields'>;
+  budgets: Required<Pick<BudgetOptions, 'user' | 'project' | 'alertThresholds' | 'unpricedModels'>> &
+    Pick<BudgetOptions, 'onAlert' | 'userLimits'>;
+  metrics: Required<Pick<MetricsOptions, 'enabled' | 'prefix' | 'latencyBuckets'>> &
+    Pick<MetricsOptions, 'registry'>;
+  moderation: Required<Omit<ModerationOptions, 'categories' | 'fields'>> &
+    Pick<ModerationOptions, 'categories' | 'fields'>;
   input: Required<InputLimitsOptions>;
 }

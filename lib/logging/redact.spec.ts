@@ -64,18 +64,31 @@ describe('fingerprintKey', () => {
 });
 
 describe('redactText (logged prompts and completions)', () => {
-  it.each(['jane.doe@example.com', 'a.b+tag@sub.example.co.uk', 'X_Y-z%1@host-name.io'])('masks the e-mail address %s', (email) => {
-    const out = redactText(`write to ${email}, thanks`);
-    expect(out).toBe('write to [REDACTED_EMAIL], thanks');
-  });
+  it.each(['jane.doe@example.com', 'a.b+tag@sub.example.co.uk', 'X_Y-z%1@host-name.io'])(
+    'masks the e-mail address %s',
+    (email) => {
+      const out = redactText(`write to ${email}, thanks`);
+      expect(out).toBe('write to [REDACTED_EMAIL], thanks');
+    },
+  );
 
-  it.each(['+1 (415) 555-0134', '415-555-0134', '415.555.0134', '+44 20 7946 0958', '555-0134', '0612345678', '+33 6 12 34 56 78'])('masks the phone number %s', (phone) => {
+  it.each([
+    '+1 (415) 555-0134',
+    '415-555-0134',
+    '415.555.0134',
+    '+44 20 7946 0958',
+    '555-0134',
+    '0612345678',
+    '+33 6 12 34 56 78',
+  ])('masks the phone number %s', (phone) => {
     const out = redactText(`call ${phone} today`);
     expect(out).toBe('call [REDACTED_PHONE] today');
   });
 
   it('masks keys and Authorization values too, before the personal data', () => {
-    const out = redactText('key sk-proj-AbCdEfGhIjKlMnOp1234 header Authorization: Bearer abc.def.ghi mail me@x.io');
+    const out = redactText(
+      'key sk-proj-AbCdEfGhIjKlMnOp1234 header Authorization: Bearer abc.def.ghi mail me@x.io',
+    );
     expect(out).toBe('key [REDACTED_KEY] header Authorization: Bearer [REDACTED] mail [REDACTED_EMAIL]');
   });
 
@@ -85,11 +98,14 @@ describe('redactText (logged prompts and completions)', () => {
   });
 
   it('masks every match of extra patterns, global or not', () => {
-    const out = redactText('tickets ACME-123456, ACME-654321; codenames project-falcon and PROJECT-eagle', [/ACME-\d{6}/g, /project-[a-z]+/i]);
+    const out = redactText('tickets ACME-123456, ACME-654321; codenames project-falcon and PROJECT-eagle', [
+      /ACME-\d{6}/g,
+      /project-[a-z]+/i,
+    ]);
     expect(out).toBe('tickets [REDACTED], [REDACTED]; codenames [REDACTED] and [REDACTED]');
   });
 
-  it('does not change the caller\'s non-global pattern, and gives the same result when called again', () => {
+  it("does not change the caller's non-global pattern, and gives the same result when called again", () => {
     const re = /secret-\w+/;
     const first = redactText('secret-a secret-b', [re]);
     expect(redactText('secret-a secret-b', [re])).toBe(first);
@@ -99,14 +115,21 @@ describe('redactText (logged prompts and completions)', () => {
   });
 
   it('masks data inside a JSON-serialized prompt (what the call log line holds)', () => {
-    const prompt = JSON.stringify([{ role: 'user', content: 'me: jane@example.com / +1 415 555 0134 / sk-abcdefghijklmnop1234' }]);
+    const prompt = JSON.stringify([
+      { role: 'user', content: 'me: jane@example.com / +1 415 555 0134 / sk-abcdefghijklmnop1234' },
+    ]);
     const out = redactText(prompt);
     expect(out).not.toMatch(/jane|555|abcdefghijklmnop/);
     expect(JSON.parse(out)[0].content).toBe('me: [REDACTED_EMAIL] / [REDACTED_PHONE] / [REDACTED_KEY]');
   });
 
   it('handles long runs without a match (32k characters of address or digit characters) and still masks what follows', () => {
-    for (const run of ['a'.repeat(32_000), 'a.'.repeat(16_000), '1-'.repeat(16_000) + 'x', '-'.repeat(32_000)]) {
+    for (const run of [
+      'a'.repeat(32_000),
+      'a.'.repeat(16_000),
+      '1-'.repeat(16_000) + 'x',
+      '-'.repeat(32_000),
+    ]) {
       const out = redactText(`${run} then bob@example.org`);
       expect(out.endsWith('then [REDACTED_EMAIL]')).toBe(true);
     }

@@ -7,7 +7,8 @@ export const SECRET_PATTERNS: readonly RegExp[] = [
 /** Masks API keys and Authorization values in `text`. */
 export function redactSecrets(text: string): string {
   let out = text;
-  for (const re of SECRET_PATTERNS) out = out.replace(re, (m) => (m.startsWith('sk-') ? '[REDACTED_KEY]' : `${m.split(/\s/)[0]} [REDACTED]`));
+  for (const re of SECRET_PATTERNS)
+    out = out.replace(re, (m) => (m.startsWith('sk-') ? '[REDACTED_KEY]' : `${m.split(/\s/)[0]} [REDACTED]`));
   return out;
 }
 
@@ -44,7 +45,9 @@ function globalOf(re: RegExp): RegExp {
  */
 export function redactText(text: string, extra: readonly RegExp[] = []): string {
   let out = redactSecrets(text);
-  out = out.replace(PERSONAL_DATA_PATTERNS[0], '[REDACTED_EMAIL]').replace(PERSONAL_DATA_PATTERNS[1], '[REDACTED_PHONE]');
+  out = out
+    .replace(PERSONAL_DATA_PATTERNS[0], '[REDACTED_EMAIL]')
+    .replace(PERSONAL_DATA_PATTERNS[1], '[REDACTED_PHONE]');
   for (const re of extra) out = out.replace(globalOf(re), '[REDACTED]');
   return out;
 }

@@ -55,9 +55,18 @@ export class OpenAIMetricsService {
     ]);
     const p = m.prefix;
     const registers = [this.registry];
-    const counter = <L extends string>(name: string, help: string, labelNames: L[]) => new Counter<L>({ name: p + name, help, labelNames, registers });
-    this.upstreamRequests = counter('upstream_requests_total', 'Upstream (OpenAI) attempts by outcome', ['endpoint', 'model', 'status_class']);
-    this.upstreamErrors = counter('upstream_errors_total', 'Calls that failed after retries and fallbacks, by error code', ['endpoint', 'model', 'error']);
+    const counter = <L extends string>(name: string, help: string, labelNames: L[]) =>
+      new Counter<L>({ name: p + name, help, labelNames, registers });
+    this.upstreamRequests = counter('upstream_requests_total', 'Upstream (OpenAI) attempts by outcome', [
+      'endpoint',
+      'model',
+      'status_class',
+    ]);
+    this.upstreamErrors = counter(
+      'upstream_errors_total',
+      'Calls that failed after retries and fallbacks, by error code',
+      ['endpoint', 'model', 'error'],
+    );
     this.upstreamLatency = new Histogram({
       name: `${p}upstream_latency_seconds`,
       help: 'Latency of answered upstream calls, retries included; streams until their last chunk (s)',
@@ -65,18 +74,49 @@ export class OpenAIMetricsService {
       buckets: m.latencyBuckets,
       registers,
     });
-    this.tokens = counter('tokens_total', 'Tokens by type: prompt, cached (part of prompt), completion, reasoning (part of completion)', ['model', 'route', 'type']);
+    this.tokens = counter(
+      'tokens_total',
+      'Tokens by type: prompt, cached (part of prompt), completion, reasoning (part of completion)',
+      ['model', 'route', 'type'],
+    );
     this.cost = counter('cost_usd_total', 'Spend in USD from the price table', ['model', 'route']);
     this.retries = counter('retries_total', 'Retries of upstream calls', ['model']);
     this.fallbacks = counter('fallbacks_total', 'Calls answered by a fallback model', ['from', 'to']);
-    this.rateLimitRejections = counter('rate_limit_rejections_total', 'Requests refused by a per-user limit', ['kind', 'limit']);
-    this.budgetRejections = counter('budget_rejections_total', 'Calls refused by a spend budget', ['scope', 'period']);
-    this.moderationChecks = counter('moderation_checks_total', 'Moderation checks by outcome (clean, flagged, error)', ['direction', 'outcome']);
-    this.moderationFlags = counter('moderation_flags_total', 'Flagged moderation categories', ['direction', 'category']);
-    this.storageErrors = counter('storage_errors_total', 'Shared store outages (transitions to degraded)', ['store']);
-    this.storageDegraded = new Gauge({ name: `${p}storage_degraded`, help: '1 while the shared store is down and its failure policy is in force', labelNames: ['store'], registers });
-    this.unpriced = counter('unpriced_calls_total', 'Calls to models without a price (cost unknown)', ['model']);
-    this.estimatedUsage = counter('estimated_usage_total', 'Calls whose usage was estimated (stream cut before its usage chunk)', ['model']);
+    this.rateLimitRejections = counter(
+      'rate_limit_rejections_total',
+      'Requests refused by a per-user limit',
+      ['kind', 'limit'],
+    );
+    this.budgetRejections = counter('budget_rejections_total', 'Calls refused by a spend budget', [
+      'scope',
+      'period',
+    ]);
+    this.moderationChecks = counter(
+      'moderation_checks_total',
+      'Moderation checks by outcome (clean, flagged, error)',
+      ['direction', 'outcome'],
+    );
+    this.moderationFlags = counter('moderation_flags_total', 'Flagged moderation categories', [
+      'direction',
+      'category',
+    ]);
+    this.storageErrors = counter('storage_errors_total', 'Shared store outages (transitions to degraded)', [
+      'store',
+    ]);
+    this.storageDegraded = new Gauge({
+      name: `${p}storage_degraded`,
+      help: '1 while the shared store is down and its failure policy is in force',
+      labelNames: ['store'],
+      registers,
+    });
+    this.unpriced = counter('unpriced_calls_total', 'Calls to models without a price (cost unknown)', [
+      'model',
+    ]);
+    this.estimatedUsage = counter(
+      'estimated_usage_total',
+      'Calls whose usage was estimated (stream cut before its usage chunk)',
+      ['model'],
+    );
   }
 
   /** Content type of `metrics()`. */
@@ -102,11 +142,22 @@ export class OpenAIMetricsService {
 
   attempt(call: UpstreamCall, model: string, status: StatusClass, retry: boolean): void {
     if (!this.enabled) return;
-    this.upstreamRequests.inc({ endpoint: call.endpoint, model: this.modelLabel(model), status_class: status });
+    this.upstreamRequests.inc({
+      endpoint: call.endpoint,
+      model: this.modelLabel(model),
+      status_class: status,
+    });
     if (retry) this.retries.inc({ model: this.modelLabel(model) });
   }
 
-  succeeded(call: UpstreamCall, model: string, latencyMs: number, usage: NormalizedUsage, costUsd: number | null, fallbackFrom?: string): void {
+  succeeded(
+    call: UpstreamCall,
+    model: string,
+    latencyMs: number,
+    usage: NormalizedUsage,
+    costUsd: number | null,
+    fallbackFrom?: string,
+  ): void {
     if (!this.enabled) return;
     const ml = this.modelLabel(model);
     const route = call.route ?? 'none';
@@ -133,7 +184,11 @@ export class OpenAIMetricsService {
     if (this.enabled) this.budgetRejections.inc({ scope, period });
   }
 
-  moderation(direction: 'input' | 'output', outcome: 'clean' | 'flagged' | 'error', categories: readonly string[] = []): void {
+  moderation(
+    direction: 'input' | 'output',
+    outcome: 'clean' | 'flagged' | 'error',
+    categories: readonly string[] = [],
+  ): void {
     if (!this.enabled) return;
     this.moderationChecks.inc({ direction, outcome });
     for (const category of categories) this.moderationFlags.inc({ direction, category });

@@ -25,11 +25,15 @@ export class ModelPolicy {
     }
     if (this.options.pinning !== 'off' && !isPinnedModel(model)) {
       if (this.options.pinning === 'enforce') {
-        throw new ModelNotAllowedException(`Model "${name}" is not a pinned snapshot; use a dated model version`);
+        throw new ModelNotAllowedException(
+          `Model "${name}" is not a pinned snapshot; use a dated model version`,
+        );
       }
       if (!this.warned.has(model) && this.warned.size < 1000) {
         this.warned.add(model);
-        this.logger.warn(`Model "${model}" is not a pinned snapshot: its behaviour can change without notice`);
+        this.logger.warn(
+          `Model "${model}" is not a pinned snapshot: its behaviour can change without notice`,
+        );
       }
     }
     return model;
@@ -42,7 +46,9 @@ export class ModelPolicy {
    */
   fallbacksFor(model: string, override?: string[] | false): string[] {
     if (override === false) return [];
-    const list = override ? override.map((f) => this.resolve(f)) : this.options.fallbacks.map((f) => this.options.aliases[f] ?? f);
+    const list = override
+      ? override.map((f) => this.resolve(f))
+      : this.options.fallbacks.map((f) => this.options.aliases[f] ?? f);
     return list.filter((f, i) => f !== model && list.indexOf(f) === i);
   }
 }

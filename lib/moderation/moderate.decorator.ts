@@ -21,4 +21,5 @@ export interface ModerateOptions extends ModerationCheckOptions {
  * @Moderate({ categories: ['violence', 'self-harm'], thresholds: { violence: 0.4 }, output: true })
  * @Post('chat') chat(@Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody) {}
  */
-export const Moderate = (options: ModerateOptions = {}): MethodDecorator & ClassDecorator => SetMetadata(MODERATION_METADATA, options);
+export const Moderate = (options: ModerateOptions = {}): MethodDecorator & ClassDecorator =>
+  SetMetadata(MODERATION_METADATA, options);

@@ -7,7 +7,9 @@ export class ContentFlaggedException extends OpenAIHttpException {
     super(
       HttpStatus.UNPROCESSABLE_ENTITY,
       direction === 'input' ? 'input_flagged' : 'output_flagged',
-      direction === 'input' ? 'The input was flagged by moderation' : 'The response was flagged by moderation',
+      direction === 'input'
+        ? 'The input was flagged by moderation'
+        : 'The response was flagged by moderation',
       { extra: { categories } },
     );
   }
@@ -16,6 +18,11 @@ export class ContentFlaggedException extends OpenAIHttpException {
 /** 503: the moderation endpoint failed or timed out while moderation fails closed. */
 export class ModerationUnavailableException extends OpenAIHttpException {
   constructor(cause?: unknown) {
-    super(HttpStatus.SERVICE_UNAVAILABLE, 'moderation_unavailable', 'Moderation is unavailable; retry shortly', { cause });
+    super(
+      HttpStatus.SERVICE_UNAVAILABLE,
+      'moderation_unavailable',
+      'Moderation is unavailable; retry shortly',
+      { cause },
+    );
   }
 }

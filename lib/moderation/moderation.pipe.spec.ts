@@ -24,8 +24,16 @@ class Annotated {
 }
 
 function setup(options: OpenAIModuleOptions = {}, flagged: string[] = []) {
-  const check = vi.fn(async (_texts: readonly string[]) => ({ flagged: flagged.length > 0, categories: flagged }));
-  const resolved = resolveOpenAIOptions({ environment: 'development', apiKey: 'sk-test-0000000000000000', logging: { config: false }, ...options });
+  const check = vi.fn(async (_texts: readonly string[]) => ({
+    flagged: flagged.length > 0,
+    categories: flagged,
+  }));
+  const resolved = resolveOpenAIOptions({
+    environment: 'development',
+    apiKey: 'sk-test-0000000000000000',
+    logging: { config: false },
+    ...options,
+  });
   const pipe = new ModerationPipe({ check } as unknown as ModerationService, new Reflector(), resolved);
   return { pipe, check };
 }
@@ -47,9 +55,15 @@ function inRoute<T>(controller: Function, handler: Function | undefined, fn: () 
 describe('ModerationPipe', () => {
   it('moderates user messages by default, in one check, and returns the body unchanged', async () => {
     const { pipe, check } = setup();
-    await expect(inRoute(Plain, Plain.prototype.handler, () => pipe.transform(body, meta))).resolves.toBe(body);
+    await expect(inRoute(Plain, Plain.prototype.handler, () => pipe.transform(body, meta))).resolves.toBe(
+      body,
+    );
     expect(check).toHaveBeenCalledTimes(1);
-    expect(check).toHaveBeenCalledWith(['u'], 'input', { categories: undefined, thresholds: undefined, onError: undefined });
+    expect(check).toHaveBeenCalledWith(['u'], 'input', {
+      categories: undefined,
+      thresholds: undefined,
+      onError: undefined,
+    });
   });
 
   it('works outside a request context (module defaults)', async () => {
@@ -63,15 +77,26 @@ describe('ModerationPipe', () => {
     const err = await pipe.transform(body, meta).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(ContentFlaggedException);
     expect((err as ContentFlaggedException).getStatus()).toBe(422);
-    expect((err as ContentFlaggedException).body).toMatchObject({ error: 'input_flagged', categories: ['harassment', 'violence'] });
+    expect((err as ContentFlaggedException).body).toMatchObject({
+      error: 'input_flagged',
+      categories: ['harassment', 'violence'],
+    });
   });
 
-  it('route settings: the handler\'s @Moderate wins over the controller\'s', async () => {
+  it("route settings: the handler's @Moderate wins over the controller's", async () => {
     const { pipe, check } = setup();
     await inRoute(Annotated, Annotated.prototype.own, () => pipe.transform(body, meta));
-    expect(check).toHaveBeenLastCalledWith(['u', 'a'], 'input', { categories: undefined, thresholds: { harassment: 0.9 }, onError: 'fail-open' });
+    expect(check).toHaveBeenLastCalledWith(['u', 'a'], 'input', {
+      categories: undefined,
+      thresholds: { harassment: 0.9 },
+      onError: 'fail-open',
+    });
     await inRoute(Annotated, Annotated.prototype.inherits, () => pipe.transform(body, meta));
-    expect(check).toHaveBeenLastCalledWith(['s'], 'input', { categories: ['violence'], thresholds: undefined, onError: undefined });
+    expect(check).toHaveBeenLastCalledWith(['s'], 'input', {
+      categories: ['violence'],
+      thresholds: undefined,
+      onError: undefined,
+    });
   });
 
   it('input: false skips moderation; fields moderates named fields', async () => {

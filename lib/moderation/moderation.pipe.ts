@@ -29,13 +29,19 @@ export class ModerationPipe implements PipeTransform {
     if (metadata.type !== 'body' || !this.options.moderation.enabled) return value;
     const ctx = RequestContextStore.get();
     const targets = [ctx?.handler, ctx?.controller].filter((t): t is Function => t !== undefined);
-    const route = targets.length ? this.reflector.getAllAndOverride<ModerateOptions | undefined>(MODERATION_METADATA, targets) : undefined;
+    const route = targets.length
+      ? this.reflector.getAllAndOverride<ModerateOptions | undefined>(MODERATION_METADATA, targets)
+      : undefined;
     if (route?.input === false) return value;
     const texts = extractTexts(value, {
       roles: route?.roles ?? this.options.moderation.roles,
       fields: route?.fields ?? this.options.moderation.fields,
     });
-    const verdict = await this.moderation.check(texts, 'input', { categories: route?.categories, thresholds: route?.thresholds, onError: route?.onError });
+    const verdict = await this.moderation.check(texts, 'input', {
+      categories: route?.categories,
+      thresholds: route?.thresholds,
+      onError: route?.onError,
+    });
     if (verdict.flagged) throw new ContentFlaggedException(verdict.categories, 'input');
     return value;
   }

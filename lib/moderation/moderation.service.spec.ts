@@ -1,6 +1,9 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { resolveOpenAIOptions } from '../config/resolve-options.js';
-import type { OpenAIModuleOptions, ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type {
+  OpenAIModuleOptions,
+  ResolvedOpenAIOptions,
+} from '../interfaces/openai-module-options.interface.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import type { OpenAIService } from '../openai.service.js';
 import { MemoryStore } from '../storage/memory.store.js';
@@ -17,12 +20,19 @@ function resultFor(text: string) {
   if (text.includes('HIT')) hit.add('violence');
   if (text.includes('MILD')) hit.add('self-harm');
   const categories = Object.fromEntries(CATEGORIES.map((c) => [c, hit.has(c)]));
-  const category_scores = Object.fromEntries(CATEGORIES.map((c) => [c, hit.has(c) ? (c === 'self-harm' ? 0.4 : 0.95) : 0.0001]));
+  const category_scores = Object.fromEntries(
+    CATEGORIES.map((c) => [c, hit.has(c) ? (c === 'self-harm' ? 0.4 : 0.95) : 0.0001]),
+  );
   return { flagged: hit.size > 0, categories, category_scores };
 }
 
 function setup(options: OpenAIModuleOptions = {}, store: OpenAIStore = new MemoryStore()) {
-  const resolved: ResolvedOpenAIOptions = resolveOpenAIOptions({ environment: 'development', apiKey: 'sk-test-0000000000000000', logging: { config: false }, ...options });
+  const resolved: ResolvedOpenAIOptions = resolveOpenAIOptions({
+    environment: 'development',
+    apiKey: 'sk-test-0000000000000000',
+    logging: { config: false },
+    ...options,
+  });
   const calls: string[][] = [];
   let failure: Error | undefined;
   const openai = {
@@ -51,7 +61,10 @@ describe('ModerationService.check', () => {
 
   it('ignores empty and blank texts; with nothing left, makes no call', async () => {
     const { service, calls } = setup();
-    await expect(service.check(['', '  ', '\n'], 'input')).resolves.toEqual({ flagged: false, categories: [] });
+    await expect(service.check(['', '  ', '\n'], 'input')).resolves.toEqual({
+      flagged: false,
+      categories: [],
+    });
     expect(calls).toHaveLength(0);
   });
 
@@ -65,7 +78,10 @@ describe('ModerationService.check', () => {
   it('caches verdicts per text: a second check of the same texts makes no call; only new texts are sent', async () => {
     const { service, calls } = setup();
     await service.check(['a', 'FLAG_ME'], 'input');
-    expect(await service.check(['FLAG_ME', 'a'], 'input')).toEqual({ flagged: true, categories: ['harassment'] });
+    expect(await service.check(['FLAG_ME', 'a'], 'input')).toEqual({
+      flagged: true,
+      categories: ['harassment'],
+    });
     await service.check(['a', 'b'], 'input');
     expect(calls).toEqual([['a', 'FLAG_ME'], ['b']]);
   });
@@ -74,7 +90,10 @@ describe('ModerationService.check', () => {
     const { service } = setup();
     await service.check(['clean 1', 'clean 2'], 'input');
     // cached, fresh (flagged), cached
-    expect(await service.check(['clean 1', 'HIT', 'clean 2'], 'input')).toEqual({ flagged: true, categories: ['violence'] });
+    expect(await service.check(['clean 1', 'HIT', 'clean 2'], 'input')).toEqual({
+      flagged: true,
+      categories: ['violence'],
+    });
     expect(await service.check(['clean 2', 'clean 1'], 'input')).toEqual({ flagged: false, categories: [] });
   });
 
@@ -109,29 +128,61 @@ describe('ModerationService.check', () => {
   it('thresholds: stricter than OpenAI flags a category it did not; looser lets a flagged one through', async () => {
     const { service } = setup({ moderation: { cacheTtlMs: 0 } });
     expect(await service.check(['MILD'], 'input')).toEqual({ flagged: true, categories: ['self-harm'] });
-    expect(await service.check(['MILD'], 'input', { thresholds: { 'self-harm': 0.5 } })).toEqual({ flagged: false, categories: [] });
-    expect(await service.check(['calm'], 'input', { thresholds: { violence: 0.0001 } })).toEqual({ flagged: true, categories: ['violence'] });
-    expect(await service.check(['FLAG_ME'], 'input', { thresholds: { harassment: 0.951 } })).toEqual({ flagged: false, categories: [] });
-    expect(await service.check(['FLAG_ME'], 'input', { thresholds: { harassment: 0.95 } })).toEqual({ flagged: true, categories: ['harassment'] });
+    expect(await service.check(['MILD'], 'input', { thresholds: { 'self-harm': 0.5 } })).toEqual({
+      flagged: false,
+      categories: [],
+    });
+    expect(await service.check(['calm'], 'input', { thresholds: { violence: 0.0001 } })).toEqual({
+      flagged: true,
+      categories: ['violence'],
+    });
+    expect(await service.check(['FLAG_ME'], 'input', { thresholds: { harassment: 0.951 } })).toEqual({
+      flagged: false,
+      categories: [],
+    });
+    expect(await service.check(['FLAG_ME'], 'input', { thresholds: { harassment: 0.95 } })).toEqual({
+      flagged: true,
+      categories: ['harassment'],
+    });
   });
 
   it('module thresholds apply, and a check overrides them per category', async () => {
-    const { service } = setup({ moderation: { cacheTtlMs: 0, thresholds: { harassment: 0.99, violence: 0.99 } } });
+    const { service } = setup({
+      moderation: { cacheTtlMs: 0, thresholds: { harassment: 0.99, violence: 0.99 } },
+    });
     expect(await service.check(['FLAG_ME HIT'], 'input')).toEqual({ flagged: false, categories: [] });
-    expect(await service.check(['FLAG_ME HIT'], 'input', { thresholds: { violence: 0.5 } })).toEqual({ flagged: true, categories: ['violence'] });
+    expect(await service.check(['FLAG_ME HIT'], 'input', { thresholds: { violence: 0.5 } })).toEqual({
+      flagged: true,
+      categories: ['violence'],
+    });
   });
 
   it('categories: only those count', async () => {
     const { service } = setup();
-    expect(await service.check(['FLAG_ME HIT'], 'input', { categories: ['violence'] })).toEqual({ flagged: true, categories: ['violence'] });
-    expect(await service.check(['FLAG_ME'], 'input', { categories: ['violence'] })).toEqual({ flagged: false, categories: [] });
+    expect(await service.check(['FLAG_ME HIT'], 'input', { categories: ['violence'] })).toEqual({
+      flagged: true,
+      categories: ['violence'],
+    });
+    expect(await service.check(['FLAG_ME'], 'input', { categories: ['violence'] })).toEqual({
+      flagged: false,
+      categories: [],
+    });
   });
 
   it('overrides left undefined keep the module settings (categories, onError)', async () => {
     const { service, fail } = setup({ moderation: { categories: ['violence'], onError: 'fail-open' } });
-    expect(await service.check(['FLAG_ME'], 'input', { categories: undefined, thresholds: undefined, onError: undefined })).toEqual({ flagged: false, categories: [] });
+    expect(
+      await service.check(['FLAG_ME'], 'input', {
+        categories: undefined,
+        thresholds: undefined,
+        onError: undefined,
+      }),
+    ).toEqual({ flagged: false, categories: [] });
     fail(new Error('boom'));
-    await expect(service.check(['new text'], 'input', { onError: undefined })).resolves.toMatchObject({ flagged: false, failedOpen: true });
+    await expect(service.check(['new text'], 'input', { onError: undefined })).resolves.toMatchObject({
+      flagged: false,
+      failedOpen: true,
+    });
   });
 
   it('fail-closed: an endpoint failure is a 503 moderation_unavailable keeping the cause; nothing is cached', async () => {
@@ -151,18 +202,29 @@ describe('ModerationService.check', () => {
   it('fail-open: the text passes with failedOpen, a warning and an error metric; a check can choose its policy', async () => {
     const { service, fail, metrics } = setup({ moderation: { onError: 'fail-closed' } });
     fail(new Error('timeout'));
-    const warn = vi.spyOn((service as unknown as { logger: { warn: (m: string) => void } }).logger, 'warn').mockImplementation(() => undefined);
-    await expect(service.check(['y'], 'output', { onError: 'fail-open' })).resolves.toEqual({ flagged: false, categories: [], failedOpen: true });
+    const warn = vi
+      .spyOn((service as unknown as { logger: { warn: (m: string) => void } }).logger, 'warn')
+      .mockImplementation(() => undefined);
+    await expect(service.check(['y'], 'output', { onError: 'fail-open' })).resolves.toEqual({
+      flagged: false,
+      categories: [],
+      failedOpen: true,
+    });
     expect(warn).toHaveBeenCalledTimes(1);
     expect(warn.mock.calls[0][0]).toMatch(/output let through \(fail-open\)/);
     expect(warn.mock.calls[0][0]).not.toContain('y ');
-    expect(await metrics.metrics()).toMatch(/openai_moderation_checks_total\{direction="output",outcome="error"\} 1/);
+    expect(await metrics.metrics()).toMatch(
+      /openai_moderation_checks_total\{direction="output",outcome="error"\} 1/,
+    );
   });
 
   it('calls the endpoint with the moderation timeout, one retry and no fallbacks', async () => {
     const { service, openai } = setup({ moderation: { timeoutMs: 1234 } });
     await service.check(['t'], 'input');
-    expect(openai.moderate).toHaveBeenCalledWith(['t'], expect.objectContaining({ attemptTimeoutMs: 1234, maxRetries: 1, fallbacks: false }));
+    expect(openai.moderate).toHaveBeenCalledWith(
+      ['t'],
+      expect.objectContaining({ attemptTimeoutMs: 1234, maxRetries: 1, fallbacks: false }),
+    );
   });
 
   it('counts checks and flagged categories by direction', async () => {

@@ -47,29 +47,55 @@ export class ModerationService {
    * Moderates `texts` (empty strings ignored).
    * @throws ModerationUnavailableException (503) when the endpoint fails and the policy is `fail-closed`.
    */
-  async check(texts: readonly string[], direction: 'input' | 'output', overrides: ModerationCheckOptions = {}): Promise<ModerationVerdict> {
+  async check(
+    texts: readonly string[],
+    direction: 'input' | 'output',
+    overrides: ModerationCheckOptions = {},
+  ): Promise<ModerationVerdict> {
     // Unset overrides (the pipe passes `{ onError: undefined, ... }` for a route without them) keep the module's values.
-    const set = Object.fromEntries(Object.entries(overrides).filter(([, v]) => v !== undefined)) as ModerationCheckOptions;
-    const opts = { ...this.options.moderation, ...set, thresholds: { ...this.options.moderation.thresholds, ...set.thresholds } };
+    const set = Object.fromEntries(
+      Object.entries(overrides).filter(([, v]) => v !== undefined),
+    ) as ModerationCheckOptions;
+    const opts = {
+      ...this.options.moderation,
+      ...set,
+      thresholds: { ...this.options.moderation.thresholds, ...set.thresholds },
+    };
     const unique = [...new Set(texts.filter((t) => t.trim() !== ''))];
     if (unique.length === 0) return { flagged: false, categories: [] };
     const ttl = this.options.moderation.cacheTtlMs;
     let results: CachedResult[];
     try {
-      const cached = ttl > 0 ? await Promise.all(unique.map((t) => this.cacheGet(t))) : unique.map(() => undefined);
+      const cached =
+        ttl > 0 ? await Promise.all(unique.map((t) => this.cacheGet(t))) : unique.map(() => undefined);
       const missing = unique.filter((_, i) => cached[i] === undefined);
       let fresh: CachedResult[] = [];
       if (missing.length) {
-        const r = await this.openai.moderate(missing, { attemptTimeoutMs: opts.timeoutMs, deadlineMs: opts.timeoutMs * 2 + 500, maxRetries: 1, fallbacks: false });
-        fresh = r.response.results.map((x) => ({ c: { ...x.categories } as Record<string, boolean>, s: { ...x.category_scores } as Record<string, number> }));
-        if (ttl > 0) await Promise.all(missing.map((t, i) => this.store.set(this.cacheKey(t), JSON.stringify(fresh[i]), ttl).catch(() => undefined)));
+        const r = await this.openai.moderate(missing, {
+          attemptTimeoutMs: opts.timeoutMs,
+          deadlineMs: opts.timeoutMs * 2 + 500,
+          maxRetries: 1,
+          fallbacks: false,
+        });
+        fresh = r.response.results.map((x) => ({
+          c: { ...x.categories } as Record<string, boolean>,
+          s: { ...x.category_scores } as Record<string, number>,
+        }));
+        if (ttl > 0)
+          await Promise.all(
+            missing.map((t, i) =>
+              this.store.set(this.cacheKey(t), JSON.stringify(fresh[i]), ttl).catch(() => undefined),
+            ),
+          );
       }
       let j = 0;
       results = cached.map((c) => c ?? fresh[j++]);
     } catch (err) {
       this.metrics.moderation(direction, 'error');
       if (opts.onError === 'fail-open') {
-        this.logger.warn(`moderation unavailable, ${direction} let through (fail-open): ${(err as Error)?.message ?? String(err)}`);
+        this.logger.warn(
+          `moderation unavailable, ${direction} let through (fail-open): ${(err as Error)?.message ?? String(err)}`,
+        );
         return { flagged: false, categories: [], failedOpen: true };
       }
       throw new ModerationUnavailableException(err);

@@ -3,7 +3,13 @@ import { resolveOpenAIOptions } from '../config/resolve-options.js';
 import { ChatRequestSchema } from '../dto/chat-request.schema.js';
 import * as tokenCounter from '../tokens/token-counter.js';
 import { countChatPromptTokens } from '../tokens/token-counter.js';
-import { ChatRequestPipe, InputTooLargeException, InvalidBodyException, enforceInputLimits, parseBody } from './chat-request.pipe.js';
+import {
+  ChatRequestPipe,
+  InputTooLargeException,
+  InvalidBodyException,
+  enforceInputLimits,
+  parseBody,
+} from './chat-request.pipe.js';
 
 const LIMITS = { maxMessages: 3, maxChars: 100, maxPromptTokens: 40 };
 const user = (content: unknown) => ({ role: 'user', content });
@@ -12,8 +18,8 @@ function invalid(value: unknown): InvalidBodyException {
   try {
     parseBody(ChatRequestSchema, value);
   } catch (e) {
-    expect(e).toBeInstanceOf(InvalidBodyException);
-    return e as InvalidBodyException;
+    if (e instanceof InvalidBodyException) return e;
+    throw new Error(`threw something else than InvalidBodyException: ${String(e)}`, { cause: e });
   }
   throw new Error(`accepted: ${JSON.stringify(value)}`);
 }
@@ -21,7 +27,12 @@ function invalid(value: unknown): InvalidBodyException {
 describe('parseBody with ChatRequestSchema', () => {
   it('accepts the contract body: roles, string or text-part content, optional sampling fields', () => {
     const body = {
-      messages: [user('hi'), { role: 'system', content: 's' }, { role: 'developer', content: 'd' }, { role: 'assistant', content: [{ type: 'text', text: 'a' }], name: 'bot' }],
+      messages: [
+        user('hi'),
+        { role: 'system', content: 's' },
+        { role: 'developer', content: 'd' },
+        { role: 'assistant', content: [{ type: 'text', text: 'a' }], name: 'bot' },
+      ],
       model: 'gpt-4o-mini-2024-07-18',
       max_tokens: 10,
       temperature: 0,
@@ -32,11 +43,18 @@ describe('parseBody with ChatRequestSchema', () => {
     expect(parseBody(ChatRequestSchema, body)).toEqual(body);
   });
 
-  it.each([undefined, null, 'str', 42, true, [], [{ messages: [] }]])('refuses a body that is not a JSON object: %j', (v) => {
-    const e = invalid(v);
-    expect(e.getStatus()).toBe(400);
-    expect(e.body).toMatchObject({ error: 'invalid_body', message: 'Body must be a JSON object', issues: [] });
-  });
+  it.each([undefined, null, 'str', 42, true, [], [{ messages: [] }]])(
+    'refuses a body that is not a JSON object: %j',
+    (v) => {
+      const e = invalid(v);
+      expect(e.getStatus()).toBe(400);
+      expect(e.body).toMatchObject({
+        error: 'invalid_body',
+        message: 'Body must be a JSON object',
+        issues: [],
+      });
+    },
+  );
 
   it.each([
     ['logprobs', { logprobs: true }],
@@ -82,7 +100,8 @@ describe('parseBody with ChatRequestSchema', () => {
     const hugeKey = 'k'.repeat(100_000);
     const e2 = invalid({ messages: [user('x')], [hugeKey]: 1 });
     expect(JSON.stringify(e2.body).length).toBeLessThan(1_000);
-    for (const i of e2.body.issues as Array<{ path: string; message: string }>) expect(i.message.length).toBeLessThanOrEqual(123);
+    for (const i of e2.body.issues as Array<{ path: string; message: string }>)
+      expect(i.message.length).toBeLessThanOrEqual(123);
   });
 
   it('reports at most 10 issues', () => {
@@ -93,22 +112,45 @@ describe('parseBody with ChatRequestSchema', () => {
 
 describe('enforceInputLimits', () => {
   it('returns the prompt tokens, as the upstream counts them', () => {
-    const messages = [user('hello there'), { role: 'assistant', content: [{ type: 'text', text: 'a' }, { type: 'text', text: 'b' }] }];
+    const messages = [
+      user('hello there'),
+      {
+        role: 'assistant',
+        content: [
+          { type: 'text', text: 'a' },
+          { type: 'text', text: 'b' },
+        ],
+      },
+    ];
     expect(enforceInputLimits({ messages }, LIMITS)).toBe(countChatPromptTokens(messages as never));
   });
 
   it('maxMessages, maxChars (all roles, parts joined with a newline) and maxPromptTokens, each exact at the boundary', () => {
     expect(() => enforceInputLimits({ messages: [user('a'), user('b'), user('c')] }, LIMITS)).not.toThrow();
-    expect(() => enforceInputLimits({ messages: [user('a'), user('b'), user('c'), user('d')] }, LIMITS)).toThrow(/4 messages, over the limit of 3 \(maxMessages\)/);
+    expect(() =>
+      enforceInputLimits({ messages: [user('a'), user('b'), user('c'), user('d')] }, LIMITS),
+    ).toThrow(/4 messages, over the limit of 3 \(maxMessages\)/);
     // 49 + (25 + 1 + 25) = 100 characters
-    const hundred = [{ role: 'system', content: 'x'.repeat(49) }, user([{ type: 'text', text: 'y'.repeat(25) }, { type: 'text', text: 'z'.repeat(25) }])];
-    expect(() => enforceInputLimits({ messages: hundred }, { ...LIMITS, maxPromptTokens: 10_000 })).not.toThrow();
+    const hundred = [
+      { role: 'system', content: 'x'.repeat(49) },
+      user([
+        { type: 'text', text: 'y'.repeat(25) },
+        { type: 'text', text: 'z'.repeat(25) },
+      ]),
+    ];
+    expect(() =>
+      enforceInputLimits({ messages: hundred }, { ...LIMITS, maxPromptTokens: 10_000 }),
+    ).not.toThrow();
     const e = (() => {
       try {
-        enforceInputLimits({ messages: [...hundred.slice(0, 1), user('!'.repeat(52))] }, { ...LIMITS, maxPromptTokens: 10_000 });
+        enforceInputLimits(
+          { messages: [...hundred.slice(0, 1), user('!'.repeat(52))] },
+          { ...LIMITS, maxPromptTokens: 10_000 },
+        );
       } catch (err) {
         return err as InputTooLargeException;
       }
+      return undefined;
     })();
     expect(e).toBeInstanceOf(InputTooLargeException);
     expect(e!.getStatus()).toBe(413);
@@ -119,17 +161,24 @@ describe('enforceInputLimits', () => {
   it('maxPromptTokens: exactly the cap passes, one more is refused naming the limit', () => {
     let words = 1;
     let messages = [user('w')];
-    while (countChatPromptTokens(messages as never) < LIMITS.maxPromptTokens) messages = [user('w '.repeat(++words).trim())];
+    while (countChatPromptTokens(messages as never) < LIMITS.maxPromptTokens)
+      messages = [user('w '.repeat(++words).trim())];
     const n = countChatPromptTokens(messages as never);
     const limits = { ...LIMITS, maxPromptTokens: n, maxChars: 10_000 };
     expect(enforceInputLimits({ messages }, limits)).toBe(n);
-    expect(() => enforceInputLimits({ messages }, { ...limits, maxPromptTokens: n - 1 })).toThrow(expect.objectContaining({ response: expect.objectContaining({ limit: 'maxPromptTokens', max: n - 1 }) }));
+    expect(() => enforceInputLimits({ messages }, { ...limits, maxPromptTokens: n - 1 })).toThrow(
+      expect.objectContaining({
+        response: expect.objectContaining({ limit: 'maxPromptTokens', max: n - 1 }),
+      }),
+    );
   });
 
   it('checks the cheap caps before tokenizing', () => {
     const spy = vi.spyOn(tokenCounter, 'countChatPromptTokens');
     expect(() => enforceInputLimits({ messages: [user('q'.repeat(1_000))] }, LIMITS)).toThrow(/maxChars/);
-    expect(() => enforceInputLimits({ messages: Array.from({ length: 5 }, () => user('x')) }, LIMITS)).toThrow(/maxMessages/);
+    expect(() =>
+      enforceInputLimits({ messages: Array.from({ length: 5 }, () => user('x')) }, LIMITS),
+    ).toThrow(/maxMessages/);
     expect(spy).not.toHaveBeenCalled();
     // The spy does see the tokenizer when the cheap caps pass (so the assertion above means something).
     enforceInputLimits({ messages: [user('fresh array')] }, LIMITS);
@@ -139,8 +188,12 @@ describe('enforceInputLimits', () => {
 });
 
 describe('ChatRequestPipe', () => {
-  it('validates, then enforces the module\'s input caps', () => {
-    const options = resolveOpenAIOptions({ environment: 'development', apiKey: 'sk-test-0000000000000000', input: { maxMessages: 1 } });
+  it("validates, then enforces the module's input caps", () => {
+    const options = resolveOpenAIOptions({
+      environment: 'development',
+      apiKey: 'sk-test-0000000000000000',
+      input: { maxMessages: 1 },
+    });
     const pipe = new ChatRequestPipe(options);
     expect(pipe.transform({ messages: [user('x')] })).toEqual({ messages: [user('x')] });
     expect(() => pipe.transform({ messages: [user('x'), user('y')] })).toThrow(InputTooLargeException);
@@ -149,6 +202,8 @@ describe('ChatRequestPipe', () => {
 
   it('without the module (no options), only validates', () => {
     const pipe = new ChatRequestPipe();
-    expect(pipe.transform({ messages: Array.from({ length: 100 }, () => user('x')) }).messages).toHaveLength(100);
+    expect(pipe.transform({ messages: Array.from({ length: 100 }, () => user('x')) }).messages).toHaveLength(
+      100,
+    );
   });
 });

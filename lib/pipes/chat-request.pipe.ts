@@ -2,7 +2,10 @@ import { HttpStatus, Inject, Injectable, Optional, type PipeTransform } from '@n
 import type { ZodType } from 'zod';
 import { ChatRequestSchema, type ChatRequestBody } from '../dto/chat-request.schema.js';
 import { OpenAIHttpException } from '../errors/openai-http.exceptions.js';
-import type { InputLimitsOptions, ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type {
+  InputLimitsOptions,
+  ResolvedOpenAIOptions,
+} from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
 import { messageText, type CountableChatMessage } from '../tokens/token-counter.js';
 import { promptTokensOf } from '../tokens/prompt-token-cache.js';
@@ -18,7 +21,12 @@ export class InvalidBodyException extends OpenAIHttpException {
 export class InputTooLargeException extends OpenAIHttpException {
   constructor(limit: keyof InputLimitsOptions, value: number, max: number) {
     const what = limit === 'maxMessages' ? 'messages' : limit === 'maxChars' ? 'characters' : 'prompt tokens';
-    super(HttpStatus.PAYLOAD_TOO_LARGE, 'input_too_large', `The request has ${value} ${what}, over the limit of ${max} (${limit})`, { extra: { limit, max } });
+    super(
+      HttpStatus.PAYLOAD_TOO_LARGE,
+      'input_too_large',
+      `The request has ${value} ${what}, over the limit of ${max} (${limit})`,
+      { extra: { limit, max } },
+    );
   }
 }
 
@@ -32,8 +40,13 @@ export function parseBody<T>(schema: ZodType<T>, value: unknown): T {
   const result = schema.safeParse(value);
   if (result.success) return result.data;
   // zod quotes unknown keys in its messages, and a key can be most of the body: clip what is echoed.
-  const issues = result.error.issues.slice(0, 10).map((i) => ({ path: clip(i.path.map(String).join('.') || '(body)'), message: clip(i.message) }));
-  throw new InvalidBodyException(`Invalid body: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`, issues);
+  const issues = result.error.issues
+    .slice(0, 10)
+    .map((i) => ({ path: clip(i.path.map(String).join('.') || '(body)'), message: clip(i.message) }));
+  throw new InvalidBodyException(
+    `Invalid body: ${issues.map((i) => `${i.path}: ${i.message}`).join('; ')}`,
+    issues,
+  );
 }
 
 /**
@@ -41,14 +54,19 @@ export function parseBody<T>(schema: ZodType<T>, value: unknown): T {
  * tokens with the tokenizer), so an oversize body is refused before tokenizing it.
  * @throws InputTooLargeException (413)
  */
-export function enforceInputLimits(body: { messages: ReadonlyArray<{ role: string; content?: unknown }> }, limits: Required<InputLimitsOptions>): number {
+export function enforceInputLimits(
+  body: { messages: ReadonlyArray<{ role: string; content?: unknown }> },
+  limits: Required<InputLimitsOptions>,
+): number {
   const messages = body.messages as ReadonlyArray<{ role: string; content?: unknown }>;
-  if (messages.length > limits.maxMessages) throw new InputTooLargeException('maxMessages', messages.length, limits.maxMessages);
+  if (messages.length > limits.maxMessages)
+    throw new InputTooLargeException('maxMessages', messages.length, limits.maxMessages);
   let chars = 0;
   for (const m of messages) chars += messageText(m.content).length;
   if (chars > limits.maxChars) throw new InputTooLargeException('maxChars', chars, limits.maxChars);
   const tokens = promptTokensOf(messages as readonly CountableChatMessage[]);
-  if (tokens > limits.maxPromptTokens) throw new InputTooLargeException('maxPromptTokens', tokens, limits.maxPromptTokens);
+  if (tokens > limits.maxPromptTokens)
+    throw new InputTooLargeException('maxPromptTokens', tokens, limits.maxPromptTokens);
   return tokens;
 }
 
@@ -60,7 +78,9 @@ export function enforceInputLimits(body: { messages: ReadonlyArray<{ role: strin
  */
 @Injectable()
 export class ChatRequestPipe implements PipeTransform<unknown, ChatRequestBody> {
-  constructor(@Optional() @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options?: ResolvedOpenAIOptions) {}
+  constructor(
+    @Optional() @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options?: ResolvedOpenAIOptions,
+  ) {}
 
   transform(value: unknown): ChatRequestBody {
     const body = parseBody(ChatRequestSchema, value);

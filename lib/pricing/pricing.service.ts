@@ -25,33 +25,49 @@ export class PricingService {
 
   /** The price of `model`: exact name first, then its name without the snapshot date. */
   priceOf(model: string): ModelPrice | undefined {
-    return this.table[model] ?? (DATE_SUFFIX.test(model) ? this.table[model.replace(DATE_SUFFIX, '')] : undefined);
+    return (
+      this.table[model] ?? (DATE_SUFFIX.test(model) ? this.table[model.replace(DATE_SUFFIX, '')] : undefined)
+    );
   }
 
   /**
    * Cost of `usage` on `model` in USD: uncached prompt tokens at the input price, cached ones at the
    * cached-input price, completion tokens (reasoning included) at the output price. `null` when unpriced.
    */
-  cost(model: string, usage: Pick<NormalizedUsage, 'prompt_tokens' | 'cached_tokens' | 'completion_tokens'>): number | null {
+  cost(
+    model: string,
+    usage: Pick<NormalizedUsage, 'prompt_tokens' | 'cached_tokens' | 'completion_tokens'>,
+  ): number | null {
     const p = this.priceOf(model);
     if (!p) {
       this.reportUnpriced(model);
       return null;
     }
     const cached = Math.min(usage.cached_tokens, usage.prompt_tokens);
-    return ((usage.prompt_tokens - cached) * p.input + cached * (p.cachedInput ?? p.input) + usage.completion_tokens * p.output) / 1e6;
+    return (
+      ((usage.prompt_tokens - cached) * p.input +
+        cached * (p.cachedInput ?? p.input) +
+        usage.completion_tokens * p.output) /
+      1e6
+    );
   }
 
   /** Highest cost a call may reach (USD): all prompt tokens uncached, all `maxOutputTokens` produced. `null` when unpriced. */
   maxCost(model: string, promptTokens: number, maxOutputTokens: number): number | null {
-    return this.cost(model, { prompt_tokens: promptTokens, cached_tokens: 0, completion_tokens: maxOutputTokens });
+    return this.cost(model, {
+      prompt_tokens: promptTokens,
+      cached_tokens: 0,
+      completion_tokens: maxOutputTokens,
+    });
   }
 
   private reportUnpriced(model: string): void {
     for (const l of this.unpricedListeners) l(model);
     if (!this.warned.has(model) && this.warned.size < 1000) {
       this.warned.add(model);
-      this.logger.warn(`Model "${model}" has no price: its cost is unknown. Add it to pricing.models (USD per 1M tokens)`);
+      this.logger.warn(
+        `Model "${model}" has no price: its cost is unknown. Add it to pricing.models (USD per 1M tokens)`,
+      );
     }
   }
 }

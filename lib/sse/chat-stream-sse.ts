@@ -19,7 +19,11 @@ export interface ChatStreamSseOptions {
  *
  * With Express pass `res`; with Fastify pass `reply.raw` (and `reply.hijack()` first).
  */
-export async function sendChatStreamAsSse(stream: ChatStream, res: ServerResponse, options: ChatStreamSseOptions = {}): Promise<void> {
+export async function sendChatStreamAsSse(
+  stream: ChatStream,
+  res: ServerResponse,
+  options: ChatStreamSseOptions = {},
+): Promise<void> {
   const onClose = () => {
     if (!res.writableFinished) stream.abort();
   };
@@ -42,7 +46,11 @@ export async function sendChatStreamAsSse(stream: ChatStream, res: ServerRespons
     const summary = await stream.finished;
     const u = summary.usage;
     send({
-      usage: { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens },
+      usage: {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total_tokens,
+      },
       ...(options.summaryFields ? await options.summaryFields(summary) : {}),
     });
     send('[DONE]');
@@ -50,8 +58,20 @@ export async function sendChatStreamAsSse(stream: ChatStream, res: ServerRespons
     const body: OpenAIErrorBody =
       err instanceof HttpException && typeof err.getResponse() === 'object'
         ? (err.getResponse() as OpenAIErrorBody)
-        : { statusCode: 502, error: 'upstream_error', message: 'The stream failed', request_id: RequestContextStore.get()?.requestId };
-    send({ error: { statusCode: body.statusCode, error: body.error, message: body.message, request_id: body.request_id } });
+        : {
+            statusCode: 502,
+            error: 'upstream_error',
+            message: 'The stream failed',
+            request_id: RequestContextStore.get()?.requestId,
+          };
+    send({
+      error: {
+        statusCode: body.statusCode,
+        error: body.error,
+        message: body.message,
+        request_id: body.request_id,
+      },
+    });
   } finally {
     res.off('close', onClose);
     res.end();

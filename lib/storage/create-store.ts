@@ -18,7 +18,10 @@ export async function createStore(options: ResolvedOpenAIOptions): Promise<OpenA
     try {
       RedisCtor = (await import('ioredis')).Redis;
     } catch (err) {
-      throw new OpenAIProductionError('storage.type is "redis" but the package "ioredis" is not installed. Fix: npm install ioredis', { cause: err });
+      throw new OpenAIProductionError(
+        'storage.type is "redis" but the package "ioredis" is not installed. Fix: npm install ioredis',
+        { cause: err },
+      );
     }
   }
   const redis = new RedisStore(s.redis ?? {}, RedisCtor);

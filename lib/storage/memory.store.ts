@@ -1,4 +1,10 @@
-import type { ConsumeResult, OpenAIStore, WindowLimit, WindowRef, WindowState } from './openai-store.interface.js';
+import type {
+  ConsumeResult,
+  OpenAIStore,
+  WindowLimit,
+  WindowRef,
+  WindowState,
+} from './openai-store.interface.js';
 
 /** Options of the in-memory store. */
 export interface MemoryStoreOptions {
@@ -87,7 +93,14 @@ export class MemoryStore implements OpenAIStore {
         used = 0;
       }
       const fits = used + cost <= w.limit;
-      const st: WindowState = { name: w.name, limit: w.limit, used, remaining: Math.max(0, w.limit - used), start, resetMs: Math.max(0, start + w.windowMs - now) };
+      const st: WindowState = {
+        name: w.name,
+        limit: w.limit,
+        used,
+        remaining: Math.max(0, w.limit - used),
+        start,
+        resetMs: Math.max(0, start + w.windowMs - now),
+      };
       if (!fits && !blockedBy) blockedBy = st;
       states.push(st);
     }

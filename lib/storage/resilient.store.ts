@@ -1,6 +1,12 @@
 import { Logger } from '@nestjs/common';
 import { MemoryStore } from './memory.store.js';
-import type { ConsumeResult, OpenAIStore, StorageFailurePolicy, WindowLimit, WindowRef } from './openai-store.interface.js';
+import type {
+  ConsumeResult,
+  OpenAIStore,
+  StorageFailurePolicy,
+  WindowLimit,
+  WindowRef,
+} from './openai-store.interface.js';
 
 /** Health of the shared store as `/health` and metrics report it. */
 export interface StoreHealth {
@@ -52,7 +58,9 @@ export class ResilientStore implements OpenAIStore {
     if (this.down) return;
     this.down = true;
     this.outages++;
-    this.logger.error(`${this.kind} store unavailable, policy "${this.policy}" in force: ${(err as Error)?.message ?? String(err)}`);
+    this.logger.error(
+      `${this.kind} store unavailable, policy "${this.policy}" in force: ${(err as Error)?.message ?? String(err)}`,
+    );
     this.onTransition?.(true);
   }
 
@@ -89,10 +97,20 @@ export class ResilientStore implements OpenAIStore {
           return {
             allowed: true,
             degraded: true,
-            windows: windows.map((w) => ({ name: w.name, limit: w.limit, used: 0, remaining: w.limit, start: -1, resetMs: w.windowMs })),
+            windows: windows.map((w) => ({
+              name: w.name,
+              limit: w.limit,
+              used: 0,
+              remaining: w.limit,
+              start: -1,
+              resetMs: w.windowMs,
+            })),
           };
         }
-        const scaled = windows.map((w) => ({ ...w, limit: Math.max(1, Math.ceil(w.limit / this.instances)) }));
+        const scaled = windows.map((w) => ({
+          ...w,
+          limit: Math.max(1, Math.ceil(w.limit / this.instances)),
+        }));
         return { ...(await this.fallback!.consume(key, scaled, cost)), degraded: true };
       },
     );
@@ -109,14 +127,20 @@ export class ResilientStore implements OpenAIStore {
   incrementFields(key: string, fields: Readonly<Record<string, number>>, ttlMs: number): Promise<void> {
     return this.attempt(
       (s) => s.incrementFields(key, fields, ttlMs),
-      async () => (this.fallback ? this.fallback.incrementFields(key, fields, ttlMs) : this.policy === 'fail-closed' ? this.fail() : undefined),
+      async () =>
+        this.fallback
+          ? this.fallback.incrementFields(key, fields, ttlMs)
+          : this.policy === 'fail-closed'
+            ? this.fail()
+            : undefined,
     );
   }
 
   getFields(key: string): Promise<Record<string, number>> {
     return this.attempt(
       (s) => s.getFields(key),
-      async () => (this.fallback ? this.fallback.getFields(key) : this.policy === 'fail-closed' ? this.fail() : {}),
+      async () =>
+        this.fallback ? this.fallback.getFields(key) : this.policy === 'fail-closed' ? this.fail() : {},
     );
   }
 
@@ -137,7 +161,8 @@ export class ResilientStore implements OpenAIStore {
   setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
     return this.attempt(
       (s) => s.setIfAbsent(key, value, ttlMs),
-      async () => (this.fallback ? this.fallback.setIfAbsent(key, value, ttlMs) : this.policy === 'fail-open'),
+      async () =>
+        this.fallback ? this.fallback.setIfAbsent(key, value, ttlMs) : this.policy === 'fail-open',
     );
   }
 

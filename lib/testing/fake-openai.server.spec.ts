@@ -594,7 +594,7 @@ describe('FakeOpenAIServer', () => {
       expect(outcome).toBe('stalled');
       expect(text).toContain('"content":"Echo: "');
       controller.abort();
-      await expect(next).rejects.toThrow();
+      await expect(next).rejects.toBeInstanceOf(Error);
     });
 
     it('omitDone: the raw stream has the usage chunk but no [DONE]', async () => {

@@ -1,18 +1,31 @@
 import { Inject, Injectable } from '@nestjs/common';
-import type { ResolvedOpenAIOptions, ThrottleWindow, TierLimits } from '../interfaces/openai-module-options.interface.js';
+import type {
+  ResolvedOpenAIOptions,
+  ThrottleWindow,
+  TierLimits,
+} from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
-import { keyPart, type ConsumeResult, type OpenAIStore, type WindowLimit, type WindowState } from '../storage/openai-store.interface.js';
+import {
+  keyPart,
+  type ConsumeResult,
+  type OpenAIStore,
+  type WindowLimit,
+  type WindowState,
+} from '../storage/openai-store.interface.js';
 import { StoreDegradedError } from '../storage/resilient.store.js';
 import { StorageUnavailableException } from './rate-limit.exceptions.js';
 
 /** The window to report in `x-ratelimit-*` headers: the one with the least room left. */
 export function tightestWindow(windows: readonly WindowState[]): WindowState | undefined {
   let best: WindowState | undefined;
-  for (const w of windows) if (!best || w.remaining < best.remaining || (w.remaining === best.remaining && w.resetMs > best.resetMs)) best = w;
+  for (const w of windows)
+    if (!best || w.remaining < best.remaining || (w.remaining === best.remaining && w.resetMs > best.resetMs))
+      best = w;
   return best;
 }
 
-const toLimits = (windows: readonly ThrottleWindow[]): WindowLimit[] => windows.map((w) => ({ name: w.name, limit: w.limit, windowMs: w.ttl }));
+const toLimits = (windows: readonly ThrottleWindow[]): WindowLimit[] =>
+  windows.map((w) => ({ name: w.name, limit: w.limit, windowMs: w.ttl }));
 
 /**
  * Per-user request and token limits over the shared store: one atomic round trip per check.

@@ -66,7 +66,8 @@ export function countTextTokens(text: string): number {
   let last = 0;
   for (const m of text.matchAll(LONG_RUN)) {
     total += encode(text.slice(last, m.index), ENCODE_OPTIONS).length;
-    for (let i = 0; i < m[0].length; i += RUN_CHUNK) total += encode(m[0].slice(i, i + RUN_CHUNK), ENCODE_OPTIONS).length;
+    for (let i = 0; i < m[0].length; i += RUN_CHUNK)
+      total += encode(m[0].slice(i, i + RUN_CHUNK), ENCODE_OPTIONS).length;
     last = m.index + m[0].length;
   }
   return total + encode(text.slice(last), ENCODE_OPTIONS).length;
@@ -97,9 +98,13 @@ export function countChatPromptTokens(messages: readonly CountableChatMessage[])
       content: tools ? (text ? `${text}\n${tools}` : tools) : text,
     };
   });
-  if (!chat.some((m) => LONG_RUN_TEST.test(m.content))) return encodeChat(chat, CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
+  if (!chat.some((m) => LONG_RUN_TEST.test(m.content)))
+    return encodeChat(chat, CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
   // The chat template's tokens plus each content's own: equal to the chat encoding for ordinary text.
-  const framing = encodeChat(chat.map((m) => ({ ...m, content: '' })), CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
+  const framing = encodeChat(
+    chat.map((m) => ({ ...m, content: '' })),
+    CHAT_TEMPLATE_MODEL,
+    ENCODE_OPTIONS,
+  ).length;
   return chat.reduce((n, m) => n + countTextTokens(m.content), framing);
 }
-

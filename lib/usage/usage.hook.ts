@@ -14,7 +14,13 @@ export class UsageHook implements OpenAICallHook {
   reserve(call: UpstreamCall): CallReservation {
     return {
       settle: (s: SettledCall) => {
-        this.usage.record({ user: call.user, route: call.route, model: s.model, usage: s.usage, costUsd: s.costUsd !== undefined ? s.costUsd : this.pricing.cost(s.model, s.usage) });
+        this.usage.record({
+          user: call.user,
+          route: call.route,
+          model: s.model,
+          usage: s.usage,
+          costUsd: s.costUsd !== undefined ? s.costUsd : this.pricing.cost(s.model, s.usage),
+        });
       },
       release: () => undefined,
     };

@@ -53,7 +53,16 @@ export interface UsageEntry {
 }
 
 const DAY_MS = 86_400_000;
-const TOTAL_FIELDS = ['requests', 'prompt_tokens', 'cached_tokens', 'completion_tokens', 'reasoning_tokens', 'cost_usd', 'unpriced_requests', 'estimated_requests'] as const;
+const TOTAL_FIELDS = [
+  'requests',
+  'prompt_tokens',
+  'cached_tokens',
+  'completion_tokens',
+  'reasoning_tokens',
+  'cost_usd',
+  'unpriced_requests',
+  'estimated_requests',
+] as const;
 
 /** UTC period keys of `at`. */
 export function periodKeys(at: Date): { day: string; month: string } {
@@ -120,7 +129,8 @@ export class UsageService {
     }
     const p = Promise.all(writes).then(
       () => undefined,
-      (err: unknown) => this.logger.error(`recording usage failed: ${(err as Error)?.message ?? String(err)}`),
+      (err: unknown) =>
+        this.logger.error(`recording usage failed: ${(err as Error)?.message ?? String(err)}`),
     );
     this.pending.add(p);
     void p.finally(() => this.pending.delete(p));

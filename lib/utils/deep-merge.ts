@@ -14,15 +14,23 @@ export function deepMerge<T>(...sources: Array<Partial<T> | undefined>): T {
   for (const src of sources) {
     if (!src) continue;
     for (const [key, value] of Object.entries(src)) {
-      if (key === '__proto__' || key === 'constructor' || key === 'prototype' || value === undefined || value === null) continue;
+      if (
+        key === '__proto__' ||
+        key === 'constructor' ||
+        key === 'prototype' ||
+        value === undefined ||
+        value === null
+      )
+        continue;
       const prev = out[key];
-      out[key] = isPlainObject(prev) && isPlainObject(value)
-        ? deepMerge(prev, value)
-        : isPlainObject(value)
-          ? deepMerge(value)
-          : Array.isArray(value)
-            ? [...(value as unknown[])]
-            : value;
+      out[key] =
+        isPlainObject(prev) && isPlainObject(value)
+          ? deepMerge(prev, value)
+          : isPlainObject(value)
+            ? deepMerge(value)
+            : Array.isArray(value)
+              ? [...(value as unknown[])]
+              : value;
     }
   }
   return out as T;

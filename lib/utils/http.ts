@@ -8,7 +8,10 @@ export function rawResponse(res: unknown): ServerResponse {
 
 /** Sets a response header on an Express response or a Fastify reply. */
 export function setResponseHeader(res: unknown, name: string, value: string | number): void {
-  const r = res as { header?: (n: string, v: string) => unknown; setHeader?: (n: string, v: string) => unknown };
+  const r = res as {
+    header?: (n: string, v: string) => unknown;
+    setHeader?: (n: string, v: string) => unknown;
+  };
   if (typeof r.header === 'function') r.header(name, String(value));
   else r.setHeader?.(name, String(value));
 }

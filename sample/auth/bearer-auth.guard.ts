@@ -17,8 +17,11 @@ export class BearerAuthGuard implements CanActivate {
   ) {}
 
   canActivate(context: ExecutionContext): boolean {
-    if (this.reflector.getAllAndOverride<boolean>(IS_PUBLIC, [context.getHandler(), context.getClass()])) return true;
-    const req = context.switchToHttp().getRequest<{ headers: Record<string, string | undefined>; user?: { id: string } }>();
+    if (this.reflector.getAllAndOverride<boolean>(IS_PUBLIC, [context.getHandler(), context.getClass()]))
+      return true;
+    const req = context
+      .switchToHttp()
+      .getRequest<{ headers: Record<string, string | undefined>; user?: { id: string } }>();
     const match = /^Bearer\s+(\S+)$/i.exec(req.headers.authorization ?? '');
     const user = match ? this.config.users.get(match[1]) : undefined;
     if (!user) throw new UnauthorizedException('Missing or unknown bearer token');

@@ -26,7 +26,10 @@ export class ChatController {
 
   @Post()
   @HttpCode(200)
-  async chat(@Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody, @Res({ passthrough: true }) res: unknown) {
+  async chat(
+    @Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody,
+    @Res({ passthrough: true }) res: unknown,
+  ) {
     return this.reply(await this.openai.chat(body, { signal: clientAbortSignal(res) }), res);
   }
 
@@ -34,12 +37,18 @@ export class ChatController {
   @Post('moderated')
   @HttpCode(200)
   @Moderate({ output: true })
-  async moderated(@Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody, @Res({ passthrough: true }) res: unknown) {
+  async moderated(
+    @Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody,
+    @Res({ passthrough: true }) res: unknown,
+  ) {
     return this.reply(await this.openai.chat(body, { signal: clientAbortSignal(res) }), res);
   }
 
   @Post('stream')
-  async stream(@Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody, @Res() res: { hijack?: () => void }) {
+  async stream(
+    @Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody,
+    @Res() res: { hijack?: () => void },
+  ) {
     // Errors before the first byte (400, 413, 422, 429, 502, 504) go through the exception filter as JSON.
     const stream = await this.openai.stream(body, { signal: clientAbortSignal(res) });
     res.hijack?.();
@@ -52,7 +61,11 @@ export class ChatController {
       id: r.completion.id,
       model: r.model,
       content: r.content,
-      usage: { prompt_tokens: r.usage.prompt_tokens, completion_tokens: r.usage.completion_tokens, total_tokens: r.usage.total_tokens },
+      usage: {
+        prompt_tokens: r.usage.prompt_tokens,
+        completion_tokens: r.usage.completion_tokens,
+        total_tokens: r.usage.total_tokens,
+      },
       cost_usd: r.costUsd,
       request_id: RequestContextStore.get()?.requestId,
       openai_request_id: r.openaiRequestId ?? null,

@@ -27,7 +27,12 @@ export class UsageController {
       by_model: u.by_model,
       // No daily budget configured: the same shape, with null amounts.
       budget: daily
-        ? { limit_usd: daily.limit_usd, remaining_usd: daily.remaining_usd, period: 'day', resets_at: daily.resets_at }
+        ? {
+            limit_usd: daily.limit_usd,
+            remaining_usd: daily.remaining_usd,
+            period: 'day',
+            resets_at: daily.resets_at,
+          }
         : { limit_usd: null, remaining_usd: null, period: 'day', resets_at: null },
     };
   }

@@ -51,20 +51,35 @@ function own(obj: Record<string, unknown>, key: string, value: unknown): Record<
   return obj;
 }
 
-function text(rng: Rng): string {
-  return pick(rng, ['hello', 'What is 2+2?', '', ' ', 'ünïcødé ✓ 🚀', 'line\nbreak', 'x'.repeat(int(rng, 1, 200)), 'a\u0000b', 'tab\tquote"back\\slash']);
+function randomText(rng: Rng): string {
+  return pick(rng, [
+    'hello',
+    'What is 2+2?',
+    '',
+    ' ',
+    'ünïcødé ✓ 🚀',
+    'line\nbreak',
+    'x'.repeat(int(rng, 1, 200)),
+    'a\u0000b',
+    'tab\tquote"back\\slash',
+  ]);
 }
 
 function validMessage(rng: Rng): Record<string, unknown> {
   const role = pick(rng, ['system', 'developer', 'user', 'assistant']);
-  const content = rng() < 0.7 ? text(rng) : Array.from({ length: int(rng, 1, 3) }, () => ({ type: 'text', text: text(rng) }));
+  const content =
+    rng() < 0.7
+      ? randomText(rng)
+      : Array.from({ length: int(rng, 1, 3) }, () => ({ type: 'text', text: randomText(rng) }));
   const m: Record<string, unknown> = { role, content };
   if (rng() < 0.1) m.name = 'bob';
   return m;
 }
 
 function validBody(rng: Rng): Record<string, unknown> {
-  const body: Record<string, unknown> = { messages: Array.from({ length: int(rng, 1, 4) }, () => validMessage(rng)) };
+  const body: Record<string, unknown> = {
+    messages: Array.from({ length: int(rng, 1, 4) }, () => validMessage(rng)),
+  };
   if (rng() < 0.3) body.max_tokens = int(rng, 1, 5000);
   if (rng() < 0.3) body.temperature = rng() * 2;
   if (rng() < 0.2) body.top_p = rng();
@@ -104,7 +119,8 @@ function paths(body: Record<string, unknown>): Array<Array<string | number>> {
   const walk = (v: unknown, p: Array<string | number>) => {
     out.push(p);
     if (Array.isArray(v)) v.forEach((x, i) => walk(x, [...p, i]));
-    else if (v && typeof v === 'object') for (const k of Object.keys(v)) walk((v as Record<string, unknown>)[k], [...p, k]);
+    else if (v && typeof v === 'object')
+      for (const k of Object.keys(v)) walk((v as Record<string, unknown>)[k], [...p, k]);
   };
   walk(body, []);
   return out.filter((p) => p.length > 0);
@@ -133,17 +149,58 @@ const MUTATIONS: Array<(rng: Rng, body: Record<string, unknown>) => string> = [
   },
   (rng, b) => {
     const targets: Array<Record<string, unknown>> = [b, ...(b.messages as Array<Record<string, unknown>>)];
-    own(pick(rng, targets), pick(rng, ['logprobs', 'logit_bias', 'n', 'tools', 'tool_choice', 'functions', 'stream', 'response_format', 'user', 'store', 'metadata', '', ' ', 'Messages', 'role\u0000']), wrongValue(rng) ?? 1);
+    own(
+      pick(rng, targets),
+      pick(rng, [
+        'logprobs',
+        'logit_bias',
+        'n',
+        'tools',
+        'tool_choice',
+        'functions',
+        'stream',
+        'response_format',
+        'user',
+        'store',
+        'metadata',
+        '',
+        ' ',
+        'Messages',
+        'role\u0000',
+      ]),
+      wrongValue(rng) ?? 1,
+    );
     return 'unknown-key';
   },
   (rng, b) => {
     const m = pick(rng, b.messages as Array<Record<string, unknown>>);
-    m.role = pick(rng, ['tool', 'function', '', 'USER', 'user ', 'system\u0000', 'root', 'admin', 'assistant\n', 'ｕｓｅｒ']);
+    m.role = pick(rng, [
+      'tool',
+      'function',
+      '',
+      'USER',
+      'user ',
+      'system\u0000',
+      'root',
+      'admin',
+      'assistant\n',
+      'ｕｓｅｒ',
+    ]);
     return 'bad-role';
   },
   (rng, b) => {
     const m = pick(rng, b.messages as Array<Record<string, unknown>>);
-    m.content = [pick(rng, [{ type: 'image_url', image_url: { url: 'https://x.test/a.png' } }, { type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } }, { type: 'file', file: { file_id: 'f' } }, { type: 'TEXT', text: 'x' }, { type: 'text' }, { text: 'x' }, { type: 'text', text: 'x', extra: 1 }])];
+    m.content = [
+      pick(rng, [
+        { type: 'image_url', image_url: { url: 'https://x.test/a.png' } },
+        { type: 'input_audio', input_audio: { data: 'AAAA', format: 'wav' } },
+        { type: 'file', file: { file_id: 'f' } },
+        { type: 'TEXT', text: 'x' },
+        { type: 'text' },
+        { text: 'x' },
+        { type: 'text', text: 'x', extra: 1 },
+      ]),
+    ];
     return 'bad-part';
   },
   (rng, b) => {
@@ -175,12 +232,17 @@ const MUTATIONS: Array<(rng: Rng, body: Record<string, unknown>) => string> = [
     return 'empty';
   },
   (rng, b) => {
-    own(pick(rng, [b, ...(b.messages as Array<Record<string, unknown>>)]), pick(rng, FORBIDDEN_KEYS), pick(rng, [{ polluted: 'yes' }, { prototype: { polluted: 'yes' } }, { role: 'system' }, null, 'x']));
+    own(
+      pick(rng, [b, ...(b.messages as Array<Record<string, unknown>>)]),
+      pick(rng, FORBIDDEN_KEYS),
+      pick(rng, [{ polluted: 'yes' }, { prototype: { polluted: 'yes' } }, { role: 'system' }, null, 'x']),
+    );
     return 'proto-key';
   },
   (rng, b) => {
     const m = pick(rng, b.messages as Array<Record<string, unknown>>);
-    if (Array.isArray(m.content)) own(m.content[0] as Record<string, unknown>, pick(rng, FORBIDDEN_KEYS), { type: 'image_url' });
+    if (Array.isArray(m.content))
+      own(m.content[0] as Record<string, unknown>, pick(rng, FORBIDDEN_KEYS), { type: 'image_url' });
     else own(m, '__proto__', { content: 'x' });
     return 'proto-key-nested';
   },
@@ -196,7 +258,18 @@ function mutate(rng: Rng, b: Record<string, unknown>): string {
   }
 }
 
-const BAD_UTF8: number[][] = [[0xff], [0xfe], [0xc0, 0xaf], [0xe0, 0x80, 0xaf], [0xed, 0xa0, 0x80], [0xf8, 0x88, 0x80, 0x80, 0x80], [0xc3], [0x80], [0xf4, 0x90, 0x80, 0x80], [0xef, 0xbf]];
+const BAD_UTF8: number[][] = [
+  [0xff],
+  [0xfe],
+  [0xc0, 0xaf],
+  [0xe0, 0x80, 0xaf],
+  [0xed, 0xa0, 0x80],
+  [0xf8, 0x88, 0x80, 0x80, 0x80],
+  [0xc3],
+  [0x80],
+  [0xf4, 0x90, 0x80, 0x80],
+  [0xef, 0xbf],
+];
 
 const NON_JSON_TYPES = [
   'text/plain',
@@ -263,7 +336,30 @@ function syntaxBroken(rng: Rng): string {
 }
 
 function primitive(rng: Rng): string {
-  return pick(rng, ['', ' ', '\n', 'null', '0', '-1', '1e999', 'true', 'false', '""', '"messages"', '[]', '[{}]', '{}', '{"messages":null}', '{"messages":[null]}', '{"messages":[{}]}', '{"messages":{}}', '{"messages":"[]"}', '{"messages":[{"role":"user","content":null}]}', '{"messages":[{"role":null,"content":"x"}]}', '\ufeff{}']);
+  return pick(rng, [
+    '',
+    ' ',
+    '\n',
+    'null',
+    '0',
+    '-1',
+    '1e999',
+    'true',
+    'false',
+    '""',
+    '"messages"',
+    '[]',
+    '[{}]',
+    '{}',
+    '{"messages":null}',
+    '{"messages":[null]}',
+    '{"messages":[{}]}',
+    '{"messages":{}}',
+    '{"messages":"[]"}',
+    '{"messages":[{"role":"user","content":null}]}',
+    '{"messages":[{"role":null,"content":"x"}]}',
+    '\ufeff{}',
+  ]);
 }
 
 function makeCase(rng: Rng): Case {
@@ -271,7 +367,13 @@ function makeCase(rng: Rng): Case {
   const r = rng();
   let kind: string;
   let body: Buffer;
-  let contentType = pick(rng, ['application/json', 'application/json', 'application/json; charset=utf-8', 'APPLICATION/JSON', 'application/json;charset=UTF-8']);
+  let contentType = pick(rng, [
+    'application/json',
+    'application/json',
+    'application/json; charset=utf-8',
+    'APPLICATION/JSON',
+    'application/json;charset=UTF-8',
+  ]);
   if (r < 0.4) {
     const b = validBody(rng);
     kind = mutate(rng, b);
@@ -304,7 +406,12 @@ function makeCase(rng: Rng): Case {
     );
   } else if (r < 0.92) {
     kind = 'charset';
-    contentType = pick(rng, ['application/json; charset=latin1', 'application/json; charset=utf-16', 'application/json; charset=bogus', 'application/json; charset=']);
+    contentType = pick(rng, [
+      'application/json; charset=latin1',
+      'application/json; charset=utf-16',
+      'application/json; charset=bogus',
+      'application/json; charset=',
+    ]);
     const b = validBody(rng);
     mutate(rng, b);
     body = Buffer.from(JSON.stringify(b));
@@ -371,7 +478,10 @@ function generate(seed: number, count: number): { cases: Case[]; dropped: number
 const STACK = /\n\s+at |\bat [\w.<>]+ \(|\.(ts|js|mjs):\d+|node_modules/;
 
 function describeCase(c: Case, i: number): string {
-  const preview = c.body.subarray(0, 160).toString('latin1').replace(/[^\x20-\x7e]/g, '?');
+  const preview = c.body
+    .subarray(0, 160)
+    .toString('latin1')
+    .replace(/[^\x20-\x7e]/g, '?');
   return `seed ${SEED} case #${i} (${c.kind}, ${c.route}, content-type "${c.contentType}", ${c.body.length} bytes): ${preview}`;
 }
 
@@ -384,7 +494,11 @@ describe.each(PLATFORMS)('fuzzing the chat routes with malformed bodies (%s)', (
 
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start();
-    h = await startSampleApp(platform, fake, { MODERATION: 'on', RATE_LIMIT_RPM: '1000000', RATE_LIMIT_TPM: '100000000' });
+    h = await startSampleApp(platform, fake, {
+      MODERATION: 'on',
+      RATE_LIMIT_RPM: '1000000',
+      RATE_LIMIT_TPM: '100000000',
+    });
     await h.app.listen(0, '127.0.0.1');
     baseUrl = `http://127.0.0.1:${(h.app.getHttpServer().address() as AddressInfo).port}`;
   });
@@ -418,10 +532,17 @@ describe.each(PLATFORMS)('fuzzing the chat routes with malformed bodies (%s)', (
       }
     };
     await Promise.all(Array.from({ length: CONCURRENCY }, worker));
-    console.log(`fuzz ${platform}: ${cases.length} cases (${dropped} acceptable bodies regenerated), by kind: ${JSON.stringify(Object.fromEntries(kinds))}`);
+    console.log(
+      `fuzz ${platform}: ${cases.length} cases (${dropped} acceptable bodies regenerated), by kind: ${JSON.stringify(Object.fromEntries(kinds))}`,
+    );
     expect(failures.slice(0, 10), `${failures.length} failing case(s), seed ${SEED}`).toEqual([]);
-    expect(fake.requests.map((r) => r.path), `upstream calls, seed ${SEED}`).toEqual([]);
-    expect(h.logger.lines.filter((l) => l.level === 'error' || l.level === 'fatal').map((l) => l.message)).toEqual([]);
+    expect(
+      fake.requests.map((r) => r.path),
+      `upstream calls, seed ${SEED}`,
+    ).toEqual([]);
+    expect(
+      h.logger.lines.filter((l) => l.level === 'error' || l.level === 'fatal').map((l) => l.message),
+    ).toEqual([]);
     expect(Object.getOwnPropertyNames(Object.prototype).sort()).toEqual(protoBefore);
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();
   });
@@ -438,7 +559,8 @@ describe.each(PLATFORMS)('fuzzing the chat routes with malformed bodies (%s)', (
 function checkResponse(res: request.Response): string | undefined {
   const text = res.text ?? '';
   if (res.status < 400 || res.status > 499) return `status ${res.status}: ${text.slice(0, 200)}`;
-  if (!String(res.headers['content-type'] ?? '').includes('application/json')) return `content-type ${res.headers['content-type']}: ${text.slice(0, 200)}`;
+  if (!String(res.headers['content-type'] ?? '').includes('application/json'))
+    return `content-type ${res.headers['content-type']}: ${text.slice(0, 200)}`;
   if (/^\s*</.test(text)) return `HTML body: ${text.slice(0, 200)}`;
   if (STACK.test(text)) return `stack trace or file path: ${text.slice(0, 300)}`;
   if (text.length > 8_192) return `a ${text.length}-byte error body (input echoed?)`;
@@ -449,8 +571,11 @@ function checkResponse(res: request.Response): string | undefined {
     return `not JSON: ${text.slice(0, 200)}`;
   }
   if (body.statusCode !== res.status) return `statusCode ${String(body.statusCode)} != ${res.status}`;
-  if (typeof body.error !== 'string' || !/^[a-z0-9_]+$/.test(body.error)) return `error ${JSON.stringify(body.error)}`;
-  if (typeof body.message !== 'string' || body.message === '') return `message ${JSON.stringify(body.message)}`;
-  if (typeof body.request_id !== 'string' || body.request_id !== res.headers['x-request-id']) return `request_id ${JSON.stringify(body.request_id)} vs header ${res.headers['x-request-id']}`;
+  if (typeof body.error !== 'string' || !/^[a-z0-9_]+$/.test(body.error))
+    return `error ${JSON.stringify(body.error)}`;
+  if (typeof body.message !== 'string' || body.message === '')
+    return `message ${JSON.stringify(body.message)}`;
+  if (typeof body.request_id !== 'string' || body.request_id !== res.headers['x-request-id'])
+    return `request_id ${JSON.stringify(body.request_id)} vs header ${res.headers['x-request-id']}`;
   return undefined;
 }

@@ -3,7 +3,13 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { InputTooLargeException, OpenAIBadRequestException, type ChatStream } from '../../lib/index.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { countChatPromptTokens } from '../../lib/tokens/token-counter.js';
-import { PLATFORMS, TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  fixtureOptions,
+  startFixtureApp,
+  type FixtureHandle,
+} from '../support/fixture-app.js';
 import { auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
 import { ModerationFixtureController, expectNoLeak } from '../moderation/moderation-fixture.js';
 
@@ -27,14 +33,25 @@ function chatOfTokens(n: number): Msg[] {
 function expectTooLarge(res: request.Response, limit: string, max: number) {
   expect(res.status).toBe(413);
   expect(res.headers['content-type']).toContain('application/json');
-  expect(res.body).toMatchObject({ statusCode: 413, error: 'input_too_large', request_id: res.headers['x-request-id'], limit, max });
+  expect(res.body).toMatchObject({
+    statusCode: 413,
+    error: 'input_too_large',
+    request_id: res.headers['x-request-id'],
+    limit,
+    max,
+  });
   expect(res.body.message).toContain(limit);
   expectNoLeak(res);
 }
 
 function expectInvalidBody(res: request.Response) {
   expect(res.status).toBe(400);
-  expect(res.body).toMatchObject({ statusCode: 400, error: 'invalid_body', message: expect.any(String), request_id: res.headers['x-request-id'] });
+  expect(res.body).toMatchObject({
+    statusCode: 400,
+    error: 'invalid_body',
+    message: expect.any(String),
+    request_id: res.headers['x-request-id'],
+  });
   expectNoLeak(res);
 }
 
@@ -53,22 +70,36 @@ describe.each(PLATFORMS)('input caps on the sample app (%s)', (platform) => {
 
   it('a 2 MB body: 413 payload_too_large from the body limit, no upstream call of any kind', async () => {
     const huge = JSON.stringify(userMessage('x'.repeat(2 * 1024 * 1024)));
-    const res = await request(h.server).post('/chat').set(auth()).set('content-type', 'application/json').send(huge);
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .set('content-type', 'application/json')
+      .send(huge);
     expect(res.status).toBe(413);
-    expect(res.body).toMatchObject({ statusCode: 413, error: 'payload_too_large', request_id: res.headers['x-request-id'] });
+    expect(res.body).toMatchObject({
+      statusCode: 413,
+      error: 'payload_too_large',
+      request_id: res.headers['x-request-id'],
+    });
     expect(res.text.length).toBeLessThan(1000);
     expect(fake.requests).toHaveLength(0);
   });
 
   it('a body under the body limit but over maxChars (32,000 by default): 413 input_too_large naming maxChars', async () => {
-    const res = await request(h.server).post('/chat').set(auth()).send(userMessage('y'.repeat(500_000)));
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .send(userMessage('y'.repeat(500_000)));
     expectTooLarge(res, 'maxChars', 32_000);
     expect(res.text).not.toContain('yyyy');
     expect(fake.requests).toHaveLength(0);
   });
 
   it('max_tokens above the cap (1024) is clamped: the upstream sees the cap', async () => {
-    const res = await request(h.server).post('/chat').set(auth()).send({ ...userMessage('clamp me'), max_tokens: 50_000 });
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .send({ ...userMessage('clamp me'), max_tokens: 50_000 });
     expect(res.status).toBe(200);
     const [chat] = fake.requestsTo(CHAT);
     expect(chat.body.max_tokens).toBe(1024);
@@ -76,8 +107,16 @@ describe.each(PLATFORMS)('input caps on the sample app (%s)', (platform) => {
   });
 
   it('max_completion_tokens above the cap is clamped too, and a smaller one is kept', async () => {
-    await request(h.server).post('/chat').set(auth()).send({ ...userMessage('clamp me too'), max_completion_tokens: 4096 }).expect(200);
-    await request(h.server).post('/chat').set(auth()).send({ ...userMessage('keep mine'), max_tokens: 7 }).expect(200);
+    await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .send({ ...userMessage('clamp me too'), max_completion_tokens: 4096 })
+      .expect(200);
+    await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .send({ ...userMessage('keep mine'), max_tokens: 7 })
+      .expect(200);
     const [a, b] = fake.requestsTo(CHAT);
     expect(a.body.max_completion_tokens).toBe(1024);
     expect(b.body.max_tokens).toBe(7);
@@ -97,14 +136,24 @@ describe.each(PLATFORMS)('input caps on the sample app (%s)', (platform) => {
     ['response_format', { response_format: { type: 'json_object' } }],
     ['user', { user: 'someone-else' }],
   ])('%s is refused: 400 invalid_body naming it, no upstream call', async (key, extra) => {
-    const res = await request(h.server).post('/chat').set(auth()).send({ ...userMessage('hi'), ...extra });
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .send({ ...userMessage('hi'), ...extra });
     expectInvalidBody(res);
     expect(res.body.message).toContain(key);
     expect(fake.requests).toHaveLength(0);
   });
 
   it.each([
-    ['an image part', { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/a.png' } }] }] }],
+    [
+      'an image part',
+      {
+        messages: [
+          { role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/a.png' } }] },
+        ],
+      },
+    ],
     ['a tool role', { messages: [{ role: 'tool', content: 'x', tool_call_id: 'c1' }] }],
     ['empty messages', { messages: [] }],
     ['max_tokens 0', { ...userMessage('x'), max_tokens: 0 }],
@@ -118,7 +167,10 @@ describe.each(PLATFORMS)('input caps on the sample app (%s)', (platform) => {
   });
 
   it('the stream route enforces the same caps (413 JSON, no event stream)', async () => {
-    const res = await request(h.server).post('/chat/stream').set(auth()).send(userMessage('z'.repeat(40_000)));
+    const res = await request(h.server)
+      .post('/chat/stream')
+      .set(auth())
+      .send(userMessage('z'.repeat(40_000)));
     expectTooLarge(res, 'maxChars', 32_000);
     expect(fake.requests).toHaveLength(0);
   });
@@ -134,17 +186,32 @@ describe.each(PLATFORMS)('configured input caps (%s)', (platform) => {
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start();
     const input = { maxMessages: 3, maxChars: 1_000, maxPromptTokens: N };
-    h = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, { input, moderation: { enabled: false } }), {
-      controllers: [ModerationFixtureController],
-    });
+    h = await startFixtureApp(
+      platform,
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { input, moderation: { enabled: false } }),
+      {
+        controllers: [ModerationFixtureController],
+      },
+    );
     rejecting = await startFixtureApp(
       platform,
-      fixtureOptions(fake.baseURL, TEST_API_KEY, { input, moderation: { enabled: false }, maxTokens: { cap: 100, overCap: 'reject' } }),
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        input,
+        moderation: { enabled: false },
+        maxTokens: { cap: 100, overCap: 'reject' },
+      }),
       { controllers: [ModerationFixtureController] },
     );
-    chars = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, { input: { maxChars: 1_000 }, moderation: { enabled: false } }), {
-      controllers: [ModerationFixtureController],
-    });
+    chars = await startFixtureApp(
+      platform,
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        input: { maxChars: 1_000 },
+        moderation: { enabled: false },
+      }),
+      {
+        controllers: [ModerationFixtureController],
+      },
+    );
   });
   afterAll(async () => {
     await h.close();
@@ -171,10 +238,16 @@ describe.each(PLATFORMS)('configured input caps (%s)', (platform) => {
   });
 
   it('maxMessages 3: 3 messages pass, 4 -> 413 naming maxMessages', async () => {
-    const msgs = (k: number) => Array.from({ length: k }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: `m${i}` }));
-    await request(h.server).post('/chat').send({ messages: msgs(3) }).expect(200);
+    const msgs = (k: number) =>
+      Array.from({ length: k }, (_, i) => ({ role: i % 2 ? 'assistant' : 'user', content: `m${i}` }));
+    await request(h.server)
+      .post('/chat')
+      .send({ messages: msgs(3) })
+      .expect(200);
     fake.reset();
-    const res = await request(h.server).post('/chat').send({ messages: msgs(4) });
+    const res = await request(h.server)
+      .post('/chat')
+      .send({ messages: msgs(4) });
     expectTooLarge(res, 'maxMessages', 3);
     expect(fake.requests).toHaveLength(0);
   });
@@ -185,7 +258,13 @@ describe.each(PLATFORMS)('configured input caps (%s)', (platform) => {
       messages: [
         { role: 'system', content: 'a'.repeat(400) },
         { role: 'user', content: 'b'.repeat(300) + extra },
-        { role: 'user', content: [{ type: 'text', text: 'c'.repeat(150) }, { type: 'text', text: 'd'.repeat(149) }] },
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'c'.repeat(150) },
+            { type: 'text', text: 'd'.repeat(149) },
+          ],
+        },
       ],
     });
     await request(chars.server).post('/chat').send(body('')).expect(200);
@@ -196,23 +275,38 @@ describe.each(PLATFORMS)('configured input caps (%s)', (platform) => {
   });
 
   it("overCap: 'reject': max_tokens above the cap -> 400, no upstream call; at the cap -> 200", async () => {
-    const res = await request(rejecting.server).post('/chat').send({ ...userMessage('x'), max_tokens: 101 });
+    const res = await request(rejecting.server)
+      .post('/chat')
+      .send({ ...userMessage('x'), max_tokens: 101 });
     expect(res.status).toBe(400);
-    expect(res.body).toMatchObject({ statusCode: 400, error: 'max_tokens_above_cap', request_id: res.headers['x-request-id'] });
+    expect(res.body).toMatchObject({
+      statusCode: 400,
+      error: 'max_tokens_above_cap',
+      request_id: res.headers['x-request-id'],
+    });
     expect(fake.requests).toHaveLength(0);
-    await request(rejecting.server).post('/chat').send({ ...userMessage('x'), max_tokens: 100 }).expect(200);
+    await request(rejecting.server)
+      .post('/chat')
+      .send({ ...userMessage('x'), max_tokens: 100 })
+      .expect(200);
     expect(fake.requestsTo(CHAT)[0].body.max_tokens).toBe(100);
   });
 
   it('OpenAIService.chat() outside HTTP enforces the same caps, before any upstream call', async () => {
     const tooMany = Array.from({ length: 4 }, () => ({ role: 'user' as const, content: 'm' }));
     await expect(h.openai.chat({ messages: tooMany })).rejects.toBeInstanceOf(InputTooLargeException);
-    await expect(h.openai.chat({ messages: [{ role: 'user', content: 'q'.repeat(1_001) }] })).rejects.toMatchObject({
+    await expect(
+      h.openai.chat({ messages: [{ role: 'user', content: 'q'.repeat(1_001) }] }),
+    ).rejects.toMatchObject({
       status: 413,
       response: expect.objectContaining({ limit: 'maxChars' }),
     });
-    await expect(h.openai.chat({ messages: chatOfTokens(N + 1) })).rejects.toMatchObject({ response: expect.objectContaining({ limit: 'maxPromptTokens' }) });
-    await expect(rejecting.openai.chat({ messages: [{ role: 'user', content: 'x' }], max_tokens: 500 })).rejects.toBeInstanceOf(OpenAIBadRequestException);
+    await expect(h.openai.chat({ messages: chatOfTokens(N + 1) })).rejects.toMatchObject({
+      response: expect.objectContaining({ limit: 'maxPromptTokens' }),
+    });
+    await expect(
+      rejecting.openai.chat({ messages: [{ role: 'user', content: 'x' }], max_tokens: 500 }),
+    ).rejects.toBeInstanceOf(OpenAIBadRequestException);
     expect(fake.requests).toHaveLength(0);
     const ok = await h.openai.chat({ messages: chatOfTokens(N) });
     expect(ok.usage.prompt_tokens).toBe(N);

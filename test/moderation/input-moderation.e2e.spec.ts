@@ -1,7 +1,13 @@
 import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
-import { PLATFORMS, TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  fixtureOptions,
+  startFixtureApp,
+  type FixtureHandle,
+} from '../support/fixture-app.js';
 import { auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
 import { ModerationFixtureController, expectNoLeak } from './moderation-fixture.js';
 
@@ -12,7 +18,13 @@ function expectFlagged(res: request.Response, categories: string[]) {
   expect(res.status).toBe(422);
   expect(res.headers['content-type']).toContain('application/json');
   // Names only: no scores, no verdict map, no text.
-  expect(res.body).toEqual({ statusCode: 422, error: 'input_flagged', message: expect.any(String), request_id: res.headers['x-request-id'], categories });
+  expect(res.body).toEqual({
+    statusCode: 422,
+    error: 'input_flagged',
+    message: expect.any(String),
+    request_id: res.headers['x-request-id'],
+    categories,
+  });
   expectNoLeak(res);
 }
 
@@ -30,7 +42,11 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
   beforeEach(() => fake.reset());
 
   it('a flagged user message: 422 input_flagged with the category names only, and no chat call upstream', async () => {
-    const res = await request(h.server).post('/chat').set(auth()).set('x-request-id', 'mod-flag-1').send(userMessage('you are awful FLAG_ME please'));
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .set('x-request-id', 'mod-flag-1')
+      .send(userMessage('you are awful FLAG_ME please'));
     expectFlagged(res, ['harassment']);
     expect(res.body.request_id).toBe('mod-flag-1');
     expect(res.text).not.toContain('FLAG_ME');
@@ -40,7 +56,10 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
   });
 
   it('several flagged categories are all named, sorted', async () => {
-    const res = await request(h.server).post('/chat').set(auth()).send(userMessage('KILL_ME_NOW and FLAG_ME'));
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .send(userMessage('KILL_ME_NOW and FLAG_ME'));
     expectFlagged(res, ['harassment', 'self-harm', 'self-harm/intent']);
     expect(fake.requestsTo(CHAT)).toHaveLength(0);
   });
@@ -60,7 +79,13 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
         { role: 'system', content: 'system FLAG_ME rules' },
         { role: 'user', content: 'first question' },
         { role: 'assistant', content: 'assistant says FLAG_ME' },
-        { role: 'user', content: [{ type: 'text', text: 'part one' }, { type: 'text', text: 'part two' }] },
+        {
+          role: 'user',
+          content: [
+            { type: 'text', text: 'part one' },
+            { type: 'text', text: 'part two' },
+          ],
+        },
         { role: 'user', content: 'third question' },
       ],
     };
@@ -76,7 +101,17 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
     const res = await request(h.server)
       .post('/chat')
       .set(auth())
-      .send({ messages: [{ role: 'user', content: [{ type: 'text', text: 'harmless' }, { type: 'text', text: 'then FLAG_ME' }] }] });
+      .send({
+        messages: [
+          {
+            role: 'user',
+            content: [
+              { type: 'text', text: 'harmless' },
+              { type: 'text', text: 'then FLAG_ME' },
+            ],
+          },
+        ],
+      });
     expectFlagged(res, ['harassment']);
     expect(fake.requestsTo(CHAT)).toHaveLength(0);
   });
@@ -85,7 +120,12 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
     const res = await request(h.server)
       .post('/chat')
       .set(auth())
-      .send({ messages: [{ role: 'system', content: 'FLAG_ME system' }, { role: 'user', content: 'hello' }] });
+      .send({
+        messages: [
+          { role: 'system', content: 'FLAG_ME system' },
+          { role: 'user', content: 'hello' },
+        ],
+      });
     expect(res.status).toBe(200);
     expect(fake.requestsTo(MODERATIONS)[0].body.input).toEqual(['hello']);
   });
@@ -97,7 +137,10 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
   });
 
   it('an invalid body is refused (400) before moderation is called', async () => {
-    const res = await request(h.server).post('/chat').set(auth()).send({ messages: [{ role: 'user', content: 'FLAG_ME', extra: 1 }] });
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .send({ messages: [{ role: 'user', content: 'FLAG_ME', extra: 1 }] });
     expect(res.status).toBe(400);
     expect(fake.requests).toHaveLength(0);
   });
@@ -105,8 +148,12 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
   it('counts input flags in the metrics', async () => {
     await request(h.server).post('/chat').set(auth()).send(userMessage('FLAG_ME metric')).expect(422);
     const metrics = await request(h.server).get('/metrics');
-    expect(metrics.text).toMatch(/openai_moderation_flags_total\{direction="input",category="harassment"\} [1-9]/);
-    expect(metrics.text).toMatch(/openai_moderation_checks_total\{direction="input",outcome="flagged"\} [1-9]/);
+    expect(metrics.text).toMatch(
+      /openai_moderation_flags_total\{direction="input",category="harassment"\} [1-9]/,
+    );
+    expect(metrics.text).toMatch(
+      /openai_moderation_checks_total\{direction="input",outcome="flagged"\} [1-9]/,
+    );
   });
 });
 
@@ -135,11 +182,27 @@ describe.each(PLATFORMS)('per-route moderation settings (%s)', (platform) => {
   let h: FixtureHandle;
   let withSystem: FixtureHandle;
   beforeAll(async () => {
-    fake = await FakeOpenAIServer.start({ moderationTriggers: { FLAG_ME: ['harassment'], HIT_HIM: ['violence'], DUAL_USE: ['harassment', 'violence'] } });
-    h = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, { moderation: { cacheTtlMs: 0 } }), { controllers: [ModerationFixtureController] });
-    withSystem = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, { moderation: { cacheTtlMs: 0, roles: ['system', 'user'] } }), {
-      controllers: [ModerationFixtureController],
+    fake = await FakeOpenAIServer.start({
+      moderationTriggers: {
+        FLAG_ME: ['harassment'],
+        HIT_HIM: ['violence'],
+        DUAL_USE: ['harassment', 'violence'],
+      },
     });
+    h = await startFixtureApp(
+      platform,
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { moderation: { cacheTtlMs: 0 } }),
+      { controllers: [ModerationFixtureController] },
+    );
+    withSystem = await startFixtureApp(
+      platform,
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        moderation: { cacheTtlMs: 0, roles: ['system', 'user'] },
+      }),
+      {
+        controllers: [ModerationFixtureController],
+      },
+    );
   });
   afterAll(async () => {
     await h.close();
@@ -148,7 +211,12 @@ describe.each(PLATFORMS)('per-route moderation settings (%s)', (platform) => {
   });
   beforeEach(() => fake.reset());
 
-  const systemFlag = { messages: [{ role: 'system', content: 'you FLAG_ME' }, { role: 'user', content: 'hello' }] };
+  const systemFlag = {
+    messages: [
+      { role: 'system', content: 'you FLAG_ME' },
+      { role: 'user', content: 'hello' },
+    ],
+  };
 
   it('@Moderate({ roles: ["system", "user"] }) moderates the system message too, in the same call', async () => {
     expect((await request(h.server).post('/chat').send(systemFlag)).status).toBe(200);
@@ -173,7 +241,7 @@ describe.each(PLATFORMS)('per-route moderation settings (%s)', (platform) => {
     expect(fake.requestsTo(CHAT)).toHaveLength(1);
   });
 
-  it('a looser threshold on one category leaves the others on OpenAI\'s verdict', async () => {
+  it("a looser threshold on one category leaves the others on OpenAI's verdict", async () => {
     const res = await request(h.server).post('/chat/lenient').send(userMessage('DUAL_USE'));
     expectFlagged(res, ['violence']);
   });
@@ -200,10 +268,18 @@ describe.each(PLATFORMS)('per-route moderation settings (%s)', (platform) => {
   });
 
   it('@Moderate({ fields }) moderates named fields of a body that is not a chat request', async () => {
-    const clean = await request(h.server).post('/complete').send({ prompt: 'hello', other: 'FLAG_ME is not moderated here', extra: { notes: ['fine', 'also fine'] } });
+    const clean = await request(h.server)
+      .post('/complete')
+      .send({
+        prompt: 'hello',
+        other: 'FLAG_ME is not moderated here',
+        extra: { notes: ['fine', 'also fine'] },
+      });
     expect(clean.status).toBe(200);
     expect(fake.requestsTo(MODERATIONS)[0].body.input).toEqual(['hello', 'fine', 'also fine']);
-    const flagged = await request(h.server).post('/complete').send({ prompt: 'hello', extra: { notes: ['HIT_HIM'] } });
+    const flagged = await request(h.server)
+      .post('/complete')
+      .send({ prompt: 'hello', extra: { notes: ['HIT_HIM'] } });
     expectFlagged(flagged, ['violence']);
   });
 });
@@ -215,14 +291,26 @@ describe.each(PLATFORMS)('moderation endpoint failures (%s)', (platform) => {
   let dev: FixtureHandle;
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start();
-    prod = await startSampleApp(platform, fake, { NODE_ENV: 'production', OPENAI_MODEL: 'gpt-4o-mini-2024-07-18' });
-    const fast = { moderation: { timeoutMs: 150, cacheTtlMs: 0 }, retry: { initialDelayMs: 10, maxDelayMs: 20 } };
+    prod = await startSampleApp(platform, fake, {
+      NODE_ENV: 'production',
+      OPENAI_MODEL: 'gpt-4o-mini-2024-07-18',
+    });
+    const fast = {
+      moderation: { timeoutMs: 150, cacheTtlMs: 0 },
+      retry: { initialDelayMs: 10, maxDelayMs: 20 },
+    };
     prodFixture = await startFixtureApp(
       platform,
-      fixtureOptions(fake.baseURL, TEST_API_KEY, { ...fast, environment: 'production', models: { default: 'gpt-4o-mini-2024-07-18' } }),
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        ...fast,
+        environment: 'production',
+        models: { default: 'gpt-4o-mini-2024-07-18' },
+      }),
       { controllers: [ModerationFixtureController] },
     );
-    dev = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, fast), { controllers: [ModerationFixtureController] });
+    dev = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, fast), {
+      controllers: [ModerationFixtureController],
+    });
   });
   afterAll(async () => {
     await prod.close();
@@ -234,7 +322,12 @@ describe.each(PLATFORMS)('moderation endpoint failures (%s)', (platform) => {
 
   function expectUnavailable(res: request.Response) {
     expect(res.status).toBe(503);
-    expect(res.body).toEqual({ statusCode: 503, error: 'moderation_unavailable', message: expect.any(String), request_id: res.headers['x-request-id'] });
+    expect(res.body).toEqual({
+      statusCode: 503,
+      error: 'moderation_unavailable',
+      message: expect.any(String),
+      request_id: res.headers['x-request-id'],
+    });
     expectNoLeak(res);
     expect(fake.requestsTo(CHAT)).toHaveLength(0);
   }
@@ -266,7 +359,9 @@ describe.each(PLATFORMS)('moderation endpoint failures (%s)', (platform) => {
     const res = await request(dev.server).post('/chat').send(userMessage('hello there'));
     expect(res.status).toBe(200);
     expect(fake.requestsTo(CHAT)).toHaveLength(1);
-    const warnings = dev.logger.lines.slice(before).filter((l) => l.level === 'warn' && /fail-open/.test(String(l.message)));
+    const warnings = dev.logger.lines
+      .slice(before)
+      .filter((l) => l.level === 'warn' && /fail-open/.test(String(l.message)));
     expect(warnings).toHaveLength(1);
     expect(String(warnings[0].message)).not.toContain('hello there');
   });
@@ -276,7 +371,9 @@ describe.each(PLATFORMS)('moderation endpoint failures (%s)', (platform) => {
     const before = dev.logger.lines.length;
     const res = await request(dev.server).post('/chat').send(userMessage('hello there'));
     expect(res.status).toBe(200);
-    expect(dev.logger.lines.slice(before).some((l) => l.level === 'warn' && /fail-open/.test(String(l.message)))).toBe(true);
+    expect(
+      dev.logger.lines.slice(before).some((l) => l.level === 'warn' && /fail-open/.test(String(l.message))),
+    ).toBe(true);
   });
 
   it('@Moderate({ onError: "fail-open" }) overrides the production default on its route', async () => {
@@ -293,10 +390,16 @@ describe.each(PLATFORMS)('the moderation cache (%s)', (platform) => {
   let uncached: FixtureHandle;
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start();
-    cached = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY), { controllers: [ModerationFixtureController] });
-    uncached = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, { moderation: { cacheTtlMs: 0 } }), {
+    cached = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY), {
       controllers: [ModerationFixtureController],
     });
+    uncached = await startFixtureApp(
+      platform,
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { moderation: { cacheTtlMs: 0 } }),
+      {
+        controllers: [ModerationFixtureController],
+      },
+    );
   });
   afterAll(async () => {
     await cached.close();
@@ -328,7 +431,13 @@ describe.each(PLATFORMS)('the moderation cache (%s)', (platform) => {
     await request(cached.server).post('/chat').send(userMessage(a)).expect(200);
     await request(cached.server)
       .post('/chat')
-      .send({ messages: [{ role: 'user', content: a }, { role: 'assistant', content: 'ok' }, { role: 'user', content: b }] })
+      .send({
+        messages: [
+          { role: 'user', content: a },
+          { role: 'assistant', content: 'ok' },
+          { role: 'user', content: b },
+        ],
+      })
       .expect(200);
     const mods = fake.requestsTo(MODERATIONS);
     expect(mods).toHaveLength(2);

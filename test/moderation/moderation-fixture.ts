@@ -33,7 +33,10 @@ export class ModerationFixtureController {
 
   @Post('chat')
   @HttpCode(200)
-  async chat(@Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody, @Res({ passthrough: true }) res: unknown) {
+  async chat(
+    @Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody,
+    @Res({ passthrough: true }) res: unknown,
+  ) {
     return reply(await this.openai.chat(body, { signal: clientAbortSignal(res) }));
   }
 
@@ -99,7 +102,10 @@ export class ModerationFixtureController {
 
   @Post('chat/moderated/stream')
   @Moderate({ output: true })
-  async moderatedStream(@Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody, @Res() res: { hijack?: () => void }) {
+  async moderatedStream(
+    @Body(ChatRequestPipe, ModerationPipe) body: ChatRequestBody,
+    @Res() res: { hijack?: () => void },
+  ) {
     const stream = await this.openai.stream(body, { signal: clientAbortSignal(res) });
     res.hijack?.();
     await sendChatStreamAsSse(stream, rawResponse(res), { summaryFields: (s) => ({ cost_usd: s.costUsd }) });
@@ -132,5 +138,6 @@ export function sseEvents(body: string): string[] {
 /** The body of the error contract, checked strictly: never a stack or an echoed body. */
 export function expectNoLeak(res: request.Response): void {
   if (!res.text) return;
-  if (/\bat \S+ \(|\.ts:\d+|node_modules/.test(res.text)) throw new Error(`response leaks a stack trace: ${res.text.slice(0, 300)}`);
+  if (/\bat \S+ \(|\.ts:\d+|node_modules/.test(res.text))
+    throw new Error(`response leaks a stack trace: ${res.text.slice(0, 300)}`);
 }

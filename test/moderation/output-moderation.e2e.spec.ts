@@ -2,11 +2,16 @@ import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { OpenAIMetricsService, type ChatStream } from '../../lib/index.js';
 import { FakeOpenAIServer, defaultReply, type FakeChatRequest } from '../../lib/testing/index.js';
-import { PLATFORMS, TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  fixtureOptions,
+  startFixtureApp,
+  type FixtureHandle,
+} from '../support/fixture-app.js';
 import { auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
 import { ModerationFixtureController, sseEvents, sseParser } from './moderation-fixture.js';
 
-const CHAT = '/v1/chat/completions';
 const MODERATIONS = '/v1/moderations';
 const SAFE = "Sorry, I can't help with that.";
 
@@ -41,7 +46,10 @@ describe.each(PLATFORMS)('output moderation on the sample app (%s)', (platform) 
   beforeEach(() => fake.reset());
 
   it('POST /chat/moderated replaces a flagged completion by the safe message and marks it', async () => {
-    const res = await request(h.server).post('/chat/moderated').set(auth()).send(userMessage('please say something bad'));
+    const res = await request(h.server)
+      .post('/chat/moderated')
+      .set(auth())
+      .send(userMessage('please say something bad'));
     expect(res.status).toBe(200);
     expect(res.body.content).toBe(SAFE);
     expect(res.body.output_moderation).toEqual({ flagged: true, categories: ['harassment'] });
@@ -62,7 +70,10 @@ describe.each(PLATFORMS)('output moderation on the sample app (%s)', (platform) 
   });
 
   it('POST /chat (no output moderation) returns the completion as is, with a single (input) moderation call', async () => {
-    const res = await request(h.server).post('/chat').set(auth()).send(userMessage('unmoderated: say something bad'));
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .send(userMessage('unmoderated: say something bad'));
     expect(res.status).toBe(200);
     expect(res.body.content).toBe('Here you go: FLAG_ME and more');
     expect(res.body.output_moderation).toBeUndefined();
@@ -76,7 +87,11 @@ describe.each(PLATFORMS)('output moderation on the sample app (%s)', (platform) 
       return m ? Number(m[1]) : 0;
     };
     const before = await read();
-    await request(h.server).post('/chat/moderated').set(auth()).send(userMessage('say something bad again')).expect(200);
+    await request(h.server)
+      .post('/chat/moderated')
+      .set(auth())
+      .send(userMessage('say something bad again'))
+      .expect(200);
     expect(await read()).toBe(before + 1);
   });
 });
@@ -87,9 +102,13 @@ describe.each(PLATFORMS)('output moderation of streams and per-call options (%s)
   let metrics: OpenAIMetricsService;
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start({ reply, moderationTriggers: triggers });
-    h = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY, { moderation: { streamCheckIntervalChars: 200 } }), {
-      controllers: [ModerationFixtureController],
-    });
+    h = await startFixtureApp(
+      platform,
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { moderation: { streamCheckIntervalChars: 200 } }),
+      {
+        controllers: [ModerationFixtureController],
+      },
+    );
     metrics = h.app.get(OpenAIMetricsService);
   });
   afterAll(async () => {
@@ -109,36 +128,58 @@ describe.each(PLATFORMS)('output moderation of streams and per-call options (%s)
   }
 
   it('OpenAIService.chat with moderateOutput: true replaces a flagged completion', async () => {
-    const r = await h.openai.chat({ messages: [{ role: 'user', content: 'say something bad' }] }, { moderateOutput: true });
+    const r = await h.openai.chat(
+      { messages: [{ role: 'user', content: 'say something bad' }] },
+      { moderateOutput: true },
+    );
     expect(r.content).toBe(SAFE);
     expect(r.completion.choices[0].message.content).toBe(SAFE);
     expect(r.outputModeration).toEqual({ flagged: true, categories: ['harassment'] });
   });
 
   it('moderateOutput with categories only counts those categories', async () => {
-    const r = await h.openai.chat({ messages: [{ role: 'user', content: 'say something bad' }] }, { moderateOutput: { categories: ['violence'] } });
+    const r = await h.openai.chat(
+      { messages: [{ role: 'user', content: 'say something bad' }] },
+      { moderateOutput: { categories: ['violence'] } },
+    );
     expect(r.content).toBe('Here you go: FLAG_ME and more');
     expect(r.outputModeration).toEqual({ flagged: false, categories: [] });
-    const v = await h.openai.chat({ messages: [{ role: 'user', content: 'say something violent' }] }, { moderateOutput: { categories: ['violence'] } });
+    const v = await h.openai.chat(
+      { messages: [{ role: 'user', content: 'say something violent' }] },
+      { moderateOutput: { categories: ['violence'] } },
+    );
     expect(v.outputModeration).toEqual({ flagged: true, categories: ['violence'] });
   });
 
-  it('@Moderate({ categories, output: true }): the route\'s categories apply to the output check too', async () => {
-    const res = await request(h.server).post('/chat/moderated/violence-only').send(userMessage('say something bad'));
+  it("@Moderate({ categories, output: true }): the route's categories apply to the output check too", async () => {
+    const res = await request(h.server)
+      .post('/chat/moderated/violence-only')
+      .send(userMessage('say something bad'));
     expect(res.status).toBe(200);
     expect(res.body.output_moderation).toEqual({ flagged: false, categories: [] });
     expect(res.body.content).toBe('Here you go: FLAG_ME and more');
-    const v = await request(h.server).post('/chat/moderated/violence-only').send(userMessage('say something violent'));
-    expect(v.body).toMatchObject({ content: SAFE, output_moderation: { flagged: true, categories: ['violence'] } });
+    const v = await request(h.server)
+      .post('/chat/moderated/violence-only')
+      .send(userMessage('say something violent'));
+    expect(v.body).toMatchObject({
+      content: SAFE,
+      output_moderation: { flagged: true, categories: ['violence'] },
+    });
   });
 
   it('OpenAIService.stream with moderateOutput: true stops a flagged stream with a 422 output_flagged, before the end', async () => {
     const flagsBefore = await flagCount(metrics, 'harassment');
-    const stream = await h.openai.stream({ messages: [{ role: 'user', content: 'long bad' }] }, { moderateOutput: true });
+    const stream = await h.openai.stream(
+      { messages: [{ role: 'user', content: 'long bad' }] },
+      { moderateOutput: true },
+    );
     const { text, error } = await drain(stream);
     expect(error).toBeDefined();
     expect((error as { getStatus(): number }).getStatus()).toBe(422);
-    expect((error as { getResponse(): unknown }).getResponse()).toMatchObject({ error: 'output_flagged', categories: ['harassment'] });
+    expect((error as { getResponse(): unknown }).getResponse()).toMatchObject({
+      error: 'output_flagged',
+      categories: ['harassment'],
+    });
     // Checked every 200 characters: the stream was cut long before its end.
     expect(text.length).toBeLessThan(FLAGGED_EARLY.length);
     expect(text).not.toContain('tail149');
@@ -148,7 +189,10 @@ describe.each(PLATFORMS)('output moderation of streams and per-call options (%s)
   });
 
   it('a clean stream is checked along the way and at the end, and completes', async () => {
-    const stream = await h.openai.stream({ messages: [{ role: 'user', content: 'long clean' }] }, { moderateOutput: true });
+    const stream = await h.openai.stream(
+      { messages: [{ role: 'user', content: 'long clean' }] },
+      { moderateOutput: true },
+    );
     const { text, error } = await drain(stream);
     expect(error).toBeUndefined();
     expect(text).toBe(CLEAN_LONG);
@@ -161,9 +205,15 @@ describe.each(PLATFORMS)('output moderation of streams and per-call options (%s)
   });
 
   it('a short flagged stream is caught by the final check', async () => {
-    const stream = await h.openai.stream({ messages: [{ role: 'user', content: 'say something bad' }] }, { moderateOutput: true });
+    const stream = await h.openai.stream(
+      { messages: [{ role: 'user', content: 'say something bad' }] },
+      { moderateOutput: true },
+    );
     const { error } = await drain(stream);
-    expect((error as { getResponse(): unknown }).getResponse()).toMatchObject({ statusCode: 422, error: 'output_flagged' });
+    expect((error as { getResponse(): unknown }).getResponse()).toMatchObject({
+      statusCode: 422,
+      error: 'output_flagged',
+    });
   });
 
   it('a stream without moderateOutput is not moderated', async () => {
@@ -175,7 +225,12 @@ describe.each(PLATFORMS)('output moderation of streams and per-call options (%s)
   });
 
   it('SSE route with @Moderate({ output: true }): one output_flagged error event, no usage event, no [DONE]', async () => {
-    const res = await request(h.server).post('/chat/moderated/stream').set('x-request-id', 'sse-flag-1').send(userMessage('long bad')).buffer(true).parse(sseParser);
+    const res = await request(h.server)
+      .post('/chat/moderated/stream')
+      .set('x-request-id', 'sse-flag-1')
+      .send(userMessage('long bad'))
+      .buffer(true)
+      .parse(sseParser);
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toContain('text/event-stream');
     const events = sseEvents(res.body as string);
@@ -184,24 +239,41 @@ describe.each(PLATFORMS)('output moderation of streams and per-call options (%s)
     const errors = parsed.filter((e) => e.error);
     expect(errors).toHaveLength(1);
     expect(parsed.at(-1)).toBe(errors[0]);
-    expect(errors[0].error).toEqual({ statusCode: 422, error: 'output_flagged', message: expect.any(String), request_id: 'sse-flag-1' });
+    expect(errors[0].error).toEqual({
+      statusCode: 422,
+      error: 'output_flagged',
+      message: expect.any(String),
+      request_id: 'sse-flag-1',
+    });
     expect(parsed.some((e) => e.usage)).toBe(false);
-    const deltas = parsed.filter((e) => typeof e.delta === 'string').map((e) => e.delta).join('');
+    const deltas = parsed
+      .filter((e) => typeof e.delta === 'string')
+      .map((e) => e.delta)
+      .join('');
     expect(deltas.length).toBeLessThan(FLAGGED_EARLY.length);
   });
 
   it('SSE route: a clean stream ends with usage and [DONE]', async () => {
-    const res = await request(h.server).post('/chat/moderated/stream').send(userMessage('long clean')).buffer(true).parse(sseParser);
+    const res = await request(h.server)
+      .post('/chat/moderated/stream')
+      .send(userMessage('long clean'))
+      .buffer(true)
+      .parse(sseParser);
     const events = sseEvents(res.body as string);
     expect(events.at(-1)).toBe('[DONE]');
     expect(JSON.parse(events.at(-2)!).usage.completion_tokens).toBeGreaterThan(0);
-    const deltas = events.slice(0, -2).map((e) => JSON.parse(e).delta).join('');
+    const deltas = events
+      .slice(0, -2)
+      .map((e) => JSON.parse(e).delta)
+      .join('');
     expect(deltas).toBe(CLEAN_LONG);
   });
 });
 
 async function flagCount(metrics: OpenAIMetricsService, category: string): Promise<number> {
   const text = await metrics.metrics();
-  const m = new RegExp(`openai_moderation_flags_total\\{direction="output",category="${category.replace('/', '\\/')}"\\} (\\d+)`).exec(text);
+  const m = new RegExp(
+    `openai_moderation_flags_total\\{direction="output",category="${category.replace('/', '\\/')}"\\} (\\d+)`,
+  ).exec(text);
   return m ? Number(m[1]) : 0;
 }

@@ -2,16 +2,18 @@ import 'reflect-metadata';
 import type { INestApplication } from '@nestjs/common';
 import { Test } from '@nestjs/testing';
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 
-const root = fileURLToPath(new URL('../../', import.meta.url));
+// Vitest runs from the repository root.
+const root = `${process.cwd()}/`;
 const readme = readFileSync(`${root}README.md`, 'utf8');
 
 /** `<!-- snippet: path -->` followed by a fenced block: the block must be that file, verbatim. */
-const snippets = [...readme.matchAll(/<!-- snippet: (\S+) -->\n```(?:ts|typescript)\n([\s\S]*?)```/g)].map((m) => ({ path: m[1], code: m[2] }));
+const snippets = [...readme.matchAll(/<!-- snippet: (\S+) -->\n```(?:ts|typescript)\n([\s\S]*?)```/g)].map(
+  (m) => ({ path: m[1], code: m[2] }),
+);
 
 describe('README snippets', () => {
   it('has snippets', () => {
@@ -42,7 +44,9 @@ describe('README quick start', () => {
   });
 
   it('serves POST /chat through the alias, with usage, cost and the upstream request ID', async () => {
-    const res = await request(app.getHttpServer()).post('/chat').send({ messages: [{ role: 'user', content: 'Say hello' }] });
+    const res = await request(app.getHttpServer())
+      .post('/chat')
+      .send({ messages: [{ role: 'user', content: 'Say hello' }] });
     expect(res.status).toBe(201);
     const upstream = fake.requestsTo('/v1/chat/completions');
     expect(upstream).toHaveLength(1);

@@ -1,8 +1,14 @@
 import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { OpenAIConfigError } from '../../lib/index.js';
+import { OPENAI_RESOLVED_OPTIONS, OpenAIConfigError, type ResolvedOpenAIOptions } from '../../lib/index.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
-import { PLATFORMS, TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  fixtureOptions,
+  startFixtureApp,
+  type FixtureHandle,
+} from '../support/fixture-app.js';
 import { ModerationFixtureController, sseParser } from '../moderation/moderation-fixture.js';
 
 const KEY = 'sk-proj-Zq81_LEAKME-x7Yt3Kp9Wm2Vn5Bc0Ld4';
@@ -18,7 +24,21 @@ const PROMPT =
   `Header was "Authorization: ${BEARER}". Tickets ${TICKETS.join(' and ')}, codenames ${CODENAMES.join(', ')}.`;
 
 /** Every secret or personal datum of PROMPT, and fragments of them that must not survive either. */
-const FORBIDDEN = [KEY, KEY.slice(-12), 'LEAKME', EMAIL, 'jane.doe', 'example-corp', PHONE, '555-0134', LOCAL_PHONE, 'c2VjcmV0LXRva2Vu', ...TICKETS, ...CODENAMES, TEST_API_KEY];
+const FORBIDDEN = [
+  KEY,
+  KEY.slice(-12),
+  'LEAKME',
+  EMAIL,
+  'jane.doe',
+  'example-corp',
+  PHONE,
+  '555-0134',
+  LOCAL_PHONE,
+  'c2VjcmV0LXRva2Vu',
+  ...TICKETS,
+  ...CODENAMES,
+  TEST_API_KEY,
+];
 
 function expectClean(text: string) {
   for (const f of FORBIDDEN) expect(text, `the logs contain "${f}"`).not.toContain(f);
@@ -34,7 +54,9 @@ describe.each(PLATFORMS)('prompt logging with redaction (%s)', (platform) => {
     h = await startFixtureApp(
       platform,
       // One global pattern and one without /g: both must mask every match.
-      fixtureOptions(fake.baseURL, TEST_API_KEY, { logging: { prompts: true, redact: [/ACME-\d{6}/g, /project-[a-z]+/i] } }),
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        logging: { prompts: true, redact: [/ACME-\d{6}/g, /project-[a-z]+/i] },
+      }),
       { controllers: [ModerationFixtureController] },
     );
   });
@@ -48,7 +70,9 @@ describe.each(PLATFORMS)('prompt logging with redaction (%s)', (platform) => {
   });
 
   it('logs the prompt and the completion with keys, e-mails, phones and custom patterns masked', async () => {
-    const res = await request(h.server).post('/chat').send({ messages: [{ role: 'user', content: PROMPT }] });
+    const res = await request(h.server)
+      .post('/chat')
+      .send({ messages: [{ role: 'user', content: PROMPT }] });
     expect(res.status).toBe(200);
     // The fake echoes the prompt: the completion carries the same data.
     expect(res.body.content).toContain(EMAIL);
@@ -61,7 +85,9 @@ describe.each(PLATFORMS)('prompt logging with redaction (%s)', (platform) => {
       expect(field).toContain('[REDACTED_EMAIL]');
       expect(field).toContain('[REDACTED_PHONE]');
       expect(field).toContain('Bearer [REDACTED]');
-      expect(field.match(/\[REDACTED\]/g)!.length).toBeGreaterThanOrEqual(1 + TICKETS.length + CODENAMES.length);
+      expect(field.match(/\[REDACTED\]/g)!.length).toBeGreaterThanOrEqual(
+        1 + TICKETS.length + CODENAMES.length,
+      );
       // What is not personal data is kept, so the log stays useful.
       expect(field).toContain('Tickets');
       expect(field).toContain('codenames');
@@ -70,7 +96,11 @@ describe.each(PLATFORMS)('prompt logging with redaction (%s)', (platform) => {
   });
 
   it('a streamed call logs the redacted prompt and completion too', async () => {
-    const res = await request(h.server).post('/chat/moderated/stream').send({ messages: [{ role: 'user', content: PROMPT }] }).buffer(true).parse(sseParser);
+    const res = await request(h.server)
+      .post('/chat/moderated/stream')
+      .send({ messages: [{ role: 'user', content: PROMPT }] })
+      .buffer(true)
+      .parse(sseParser);
     expect(res.status).toBe(200);
     expect(res.body as string).toContain('[DONE]');
     const [line] = h.logger.records('openai call').filter((l) => l.endpoint === 'chat.completions');
@@ -84,7 +114,13 @@ describe.each(PLATFORMS)('prompt logging with redaction (%s)', (platform) => {
       .send({
         messages: [
           { role: 'system', content: `Escalate to ${EMAIL}` },
-          { role: 'user', content: [{ type: 'text', text: `key ${KEY}` }, { type: 'text', text: `call ${PHONE}` }] },
+          {
+            role: 'user',
+            content: [
+              { type: 'text', text: `key ${KEY}` },
+              { type: 'text', text: `call ${PHONE}` },
+            ],
+          },
         ],
       })
       .expect(200);
@@ -92,7 +128,6 @@ describe.each(PLATFORMS)('prompt logging with redaction (%s)', (platform) => {
     const [line] = h.logger.records('openai call').filter((l) => l.endpoint === 'chat.completions');
     expect(line.prompt).toContain('[REDACTED_EMAIL]');
   });
-
 });
 
 describe.each(PLATFORMS)('prompt logging off (the default) (%s)', (platform) => {
@@ -100,7 +135,9 @@ describe.each(PLATFORMS)('prompt logging off (the default) (%s)', (platform) => 
   let quiet: FixtureHandle;
   beforeAll(async () => {
     fake = await FakeOpenAIServer.start();
-    quiet = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY), { controllers: [ModerationFixtureController] });
+    quiet = await startFixtureApp(platform, fixtureOptions(fake.baseURL, TEST_API_KEY), {
+      controllers: [ModerationFixtureController],
+    });
   });
   afterAll(async () => {
     await quiet.close();
@@ -108,7 +145,10 @@ describe.each(PLATFORMS)('prompt logging off (the default) (%s)', (platform) => 
   });
 
   it('without logging.prompts, no prompt or completion is logged at all', async () => {
-    await request(quiet.server).post('/chat').send({ messages: [{ role: 'user', content: PROMPT }] }).expect(200);
+    await request(quiet.server)
+      .post('/chat')
+      .send({ messages: [{ role: 'user', content: PROMPT }] })
+      .expect(200);
     const [line] = quiet.logger.records('openai call').filter((l) => l.endpoint === 'chat.completions');
     expect(line).toBeDefined();
     expect(line.prompt).toBeUndefined();
@@ -129,11 +169,18 @@ describe('logging.prompts in production', () => {
 
   it.each([
     ['at the top level', { environment: 'production', logging: { prompts: true } }],
-    ['in the production profile', { environment: 'production', profiles: { production: { logging: { prompts: true } } } }],
+    [
+      'in the production profile',
+      { environment: 'production', profiles: { production: { logging: { prompts: true } } } },
+    ],
   ])('fails at boot when set %s, naming logging.prompts', async (_where, extra) => {
-    const err = await startFixtureApp('express', fixtureOptions(fake.baseURL, TEST_API_KEY, { models: { default: 'gpt-4o-mini-2024-07-18' }, ...extra }), {
-      controllers: [ModerationFixtureController],
-    }).then(
+    const err = await startFixtureApp(
+      'express',
+      fixtureOptions(fake.baseURL, TEST_API_KEY, { models: { default: 'gpt-4o-mini-2024-07-18' }, ...extra }),
+      {
+        controllers: [ModerationFixtureController],
+      },
+    ).then(
       async (h) => {
         await h.close();
         return undefined;
@@ -146,9 +193,15 @@ describe('logging.prompts in production', () => {
   });
 
   it('logging.redact entries that are not RegExps fail at boot (not at the first logged call)', async () => {
-    const err = await startFixtureApp('express', fixtureOptions(fake.baseURL, TEST_API_KEY, { logging: { prompts: true, redact: ['ACME-' as unknown as RegExp] } }), {
-      controllers: [ModerationFixtureController],
-    }).then(
+    const err = await startFixtureApp(
+      'express',
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        logging: { prompts: true, redact: ['ACME-' as unknown as RegExp] },
+      }),
+      {
+        controllers: [ModerationFixtureController],
+      },
+    ).then(
       async (h) => {
         await h.close();
         return undefined;
@@ -162,9 +215,17 @@ describe('logging.prompts in production', () => {
   it('is allowed in staging (the profile a team debugs in)', async () => {
     const h = await startFixtureApp(
       'express',
-      fixtureOptions(fake.baseURL, TEST_API_KEY, { environment: 'staging', models: { default: 'gpt-4o-mini-2024-07-18' }, logging: { prompts: true } }),
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        environment: 'staging',
+        models: { default: 'gpt-4o-mini-2024-07-18' },
+        logging: { prompts: true },
+      }),
       { controllers: [ModerationFixtureController] },
     );
-    await h.close();
+    try {
+      expect(h.app.get<ResolvedOpenAIOptions>(OPENAI_RESOLVED_OPTIONS).logging.prompts).toBe(true);
+    } finally {
+      await h.close();
+    }
   });
 });

@@ -1,7 +1,14 @@
 import request from 'supertest';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
-import { PLATFORMS, TEST_API_KEY, auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
+import {
+  PLATFORMS,
+  TEST_API_KEY,
+  auth,
+  startSampleApp,
+  userMessage,
+  type SampleAppHandle,
+} from '../support/sample-app.js';
 
 describe.each(PLATFORMS)('sample POST /chat on %s', (platform) => {
   let fake: FakeOpenAIServer;
@@ -19,7 +26,11 @@ describe.each(PLATFORMS)('sample POST /chat on %s', (platform) => {
   });
 
   it('answers with content, usage and both request IDs, and logs them on one line', async () => {
-    const res = await request(h.server).post('/chat').set(auth()).set('x-request-id', 'client-req-1').send(userMessage('Say hello'));
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .set('x-request-id', 'client-req-1')
+      .send(userMessage('Say hello'));
     expect(res.status).toBe(200);
     const upstream = fake.requestsTo('/v1/chat/completions');
     expect(upstream).toHaveLength(1);
@@ -30,7 +41,13 @@ describe.each(PLATFORMS)('sample POST /chat on %s', (platform) => {
     expect(res.headers['x-openai-request-id']).toBe(upstream[0].requestId);
     expect(res.body.usage.total_tokens).toBe(res.body.usage.prompt_tokens + res.body.usage.completion_tokens);
     const line = h.logger.records('openai call').at(-1)!;
-    expect(line).toMatchObject({ request_id: 'client-req-1', openai_request_id: upstream[0].requestId, user: 'alice', status: 'ok', retries: 0 });
+    expect(line).toMatchObject({
+      request_id: 'client-req-1',
+      openai_request_id: upstream[0].requestId,
+      user: 'alice',
+      status: 'ok',
+      retries: 0,
+    });
   });
 
   it('passes the user upstream only as a hash', async () => {
@@ -41,7 +58,11 @@ describe.each(PLATFORMS)('sample POST /chat on %s', (platform) => {
   });
 
   it('replaces an insane inbound request ID', async () => {
-    const res = await request(h.server).post('/chat').set(auth()).set('x-request-id', 'bad id with spaces').send(userMessage('x'));
+    const res = await request(h.server)
+      .post('/chat')
+      .set(auth())
+      .set('x-request-id', 'bad id with spaces')
+      .send(userMessage('x'));
     expect(res.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
   });
 
@@ -63,16 +84,27 @@ describe.each(PLATFORMS)('sample POST /chat on %s', (platform) => {
   });
 
   it('streams deltas, then usage, then [DONE]', async () => {
-    const res = await request(h.server).post('/chat/stream').set(auth()).send(userMessage('one two three')).buffer(true).parse((r, cb) => {
-      let data = '';
-      r.on('data', (c: Buffer) => (data += c.toString()));
-      r.on('end', () => cb(null, data));
-    });
+    const res = await request(h.server)
+      .post('/chat/stream')
+      .set(auth())
+      .send(userMessage('one two three'))
+      .buffer(true)
+      .parse((r, cb) => {
+        let data = '';
+        r.on('data', (c: Buffer) => (data += c.toString()));
+        r.on('end', () => cb(null, data));
+      });
     expect(res.status).toBe(200);
     expect(res.headers['content-type']).toContain('text/event-stream');
-    const events = (res.body as string).split('\n\n').filter(Boolean).map((e) => e.replace(/^data: /, ''));
+    const events = (res.body as string)
+      .split('\n\n')
+      .filter(Boolean)
+      .map((e) => e.replace(/^data: /, ''));
     expect(events.at(-1)).toBe('[DONE]');
-    const deltas = events.slice(0, -2).map((e) => JSON.parse(e).delta).join('');
+    const deltas = events
+      .slice(0, -2)
+      .map((e) => JSON.parse(e).delta)
+      .join('');
     expect(deltas).toBe('Echo: one two three');
     expect(JSON.parse(events.at(-2)!).usage.completion_tokens).toBeGreaterThan(0);
   });

@@ -23,7 +23,13 @@ function freePort(): Promise<number> {
 async function waitForPing(port: number, deadline: number): Promise<void> {
   const { Redis } = await import('ioredis');
   while (Date.now() < deadline) {
-    const client = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    const client = new Redis({
+      port,
+      host: '127.0.0.1',
+      lazyConnect: true,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
     try {
       await client.connect();
       await client.ping();
@@ -44,15 +50,24 @@ export default async function setup(project: TestProject): Promise<() => Promise
   }
   const found = spawnSync('redis-server', ['--version'], { encoding: 'utf8' });
   if (found.error || found.status !== 0) {
-    if (process.env.CI) throw new Error('redis-server is not installed; CI must install it (.ci/run does: apt-get install -y redis-server)');
-    console.warn('\n!!! redis-server not found: the Redis suites will be SKIPPED. Install it (apt-get install -y redis-server) to run them.\n');
+    if (process.env.CI)
+      throw new Error(
+        'redis-server is not installed; CI must install it (.ci/run does: apt-get install -y redis-server)',
+      );
+    console.warn(
+      '\n!!! redis-server not found: the Redis suites will be SKIPPED. Install it (apt-get install -y redis-server) to run them.\n',
+    );
     project.provide('redisUrl', '');
     return async () => {};
   }
   const port = await freePort();
-  child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
-    stdio: 'ignore',
-  });
+  child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+    {
+      stdio: 'ignore',
+    },
+  );
   await waitForPing(port, Date.now() + 10_000);
   project.provide('redisUrl', `redis://127.0.0.1:${port}`);
   return async () => {

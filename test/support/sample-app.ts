@@ -23,7 +23,11 @@ export interface SampleAppHandle {
  * Starts the sample app (not listening on a port: supertest drives its server) on `platform`,
  * against `fake`, with sample environment variables `env` (NODE_ENV defaults to development).
  */
-export async function startSampleApp(platform: Platform, fake: FakeOpenAIServer, env: Record<string, string> = {}): Promise<SampleAppHandle> {
+export async function startSampleApp(
+  platform: Platform,
+  fake: FakeOpenAIServer,
+  env: Record<string, string> = {},
+): Promise<SampleAppHandle> {
   const config = readSampleConfig(
     { NODE_ENV: 'development', SAMPLE_PLATFORM: platform, ...env },
     { apiKey: env.OPENAI_API_KEY ?? TEST_API_KEY, baseURL: fake.baseURL },

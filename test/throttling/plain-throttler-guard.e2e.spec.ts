@@ -119,7 +119,7 @@ describe.each(PLATFORMS)('plain ThrottlerGuard over OpenAIThrottlerStorage on %s
           new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\{thr:[0-9a-f]{64}\\}:default$`),
         );
       const counts = await Promise.all(keys.map((k) => admin.hget(k, 'c')));
-      expect(counts.map(Number).sort()).toEqual([1, 3]);
+      expect(counts.map(Number).sort((a, b) => a - b)).toEqual([1, 3]);
     } finally {
       admin.disconnect();
       await h.close();

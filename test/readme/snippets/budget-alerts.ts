@@ -10,7 +10,9 @@ export class BudgetAlerts implements OnModuleInit {
 
   onModuleInit(): void {
     this.budgets.alerts$.subscribe((a) => {
-      this.logger.warn(`${a.scope} ${a.user ?? ''} spent $${a.spentUsd} of $${a.limitUsd} this ${a.period} (${a.threshold * 100}%)`);
+      this.logger.warn(
+        `${a.scope} ${a.user ?? ''} spent $${a.spentUsd} of $${a.limitUsd} this ${a.period} (${a.threshold * 100}%)`,
+      );
     });
   }
 }

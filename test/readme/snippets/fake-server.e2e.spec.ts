@@ -9,7 +9,14 @@ let openai: OpenAIService;
 beforeAll(async () => {
   fake = await FakeOpenAIServer.start();
   const moduleRef = await Test.createTestingModule({
-    imports: [OpenAIModule.forRoot({ apiKey: 'sk-test-0000000000000000', baseURL: fake.baseURL, environment: 'test', retry: { initialDelayMs: 1 } })],
+    imports: [
+      OpenAIModule.forRoot({
+        apiKey: 'sk-test-0000000000000000',
+        baseURL: fake.baseURL,
+        environment: 'test',
+        retry: { initialDelayMs: 1 },
+      }),
+    ],
   }).compile();
   openai = moduleRef.get(OpenAIService);
 });

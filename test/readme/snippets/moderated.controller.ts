@@ -1,5 +1,11 @@
 import { Body, Controller, Post } from '@nestjs/common';
-import { ChatRequestPipe, Moderate, ModerationPipe, OpenAIService, type ChatRequestBody } from 'nestjs-openai-production';
+import {
+  ChatRequestPipe,
+  Moderate,
+  ModerationPipe,
+  OpenAIService,
+  type ChatRequestBody,
+} from 'nestjs-openai-production';
 
 @Controller('support')
 export class SupportController {
