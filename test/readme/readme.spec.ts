@@ -11,7 +11,7 @@ const root = `${process.cwd()}/`;
 const readme = readFileSync(`${root}README.md`, 'utf8');
 
 /** `<!-- snippet: path -->` followed by a fenced block: the block must be that file, verbatim. */
-const snippets = [...readme.matchAll(/<!-- snippet: (\S+) -->\n```(?:ts|typescript)\n([\s\S]*?)```/g)].map(
+const snippets = [...readme.matchAll(/<!-- snippet: (\S+) -->\n+```(?:ts|typescript)\n([\s\S]*?)```/g)].map(
   (m) => ({ path: m[1], code: m[2] }),
 );
 
