@@ -57,3 +57,4 @@ export * from './usage/index.js';
 export * from './budget/index.js';
 export * from './metrics/index.js';
 export * from './moderation/index.js';
+export * from './cache/index.js';

@@ -37,6 +37,7 @@ import { UsageService } from './usage/usage.service.js';
 import { ModerationPipe } from './moderation/moderation.pipe.js';
 import { ModerationService } from './moderation/moderation.service.js';
 import { ChatRequestPipe } from './pipes/chat-request.pipe.js';
+import { ResponseCacheService } from './cache/response-cache.service.js';
 import type { OpenAIStore } from './storage/openai-store.interface.js';
 import { OpenAIThrottlerGuard } from './throttling/openai-throttler.guard.js';
 import { OpenAIThrottlerStorage } from './throttling/openai-throttler.storage.js';
@@ -98,6 +99,7 @@ const providers: Provider[] = [
   ModerationService,
   ModerationPipe,
   ChatRequestPipe,
+  ResponseCacheService,
   // Order matters: token limits, then budgets, then the usage ledger (which only settles).
   {
     provide: OPENAI_CALL_HOOKS,

@@ -2,6 +2,7 @@ import { HttpException, Inject, Injectable, Logger, Optional } from '@nestjs/com
 import OpenAI, { APIConnectionTimeoutError, APIUserAbortError } from 'openai';
 import { OpenAIMetricsService, type StatusClass } from './metrics/openai-metrics.service.js';
 import { PricingService } from './pricing/pricing.service.js';
+import { ResponseCacheService } from './cache/response-cache.service.js';
 import { MODERATION_METADATA, type ModerateOptions } from './moderation/moderate.decorator.js';
 import { ContentFlaggedException } from './moderation/moderation.exceptions.js';
 import { sseCompleted } from './client/sse-completion.js';
@@ -53,6 +54,8 @@ export interface ChatResult extends CallResultMeta {
   content: string | null;
   /** Set when output moderation ran: whether the completion was flagged (and replaced by the safe message). */
   outputModeration?: { flagged: boolean; categories: string[] };
+  /** True when served from the response cache (no upstream call: `usage` is zero and `costUsd` 0). */
+  cached?: boolean;
 }
 
 /** Checks a completion's text; throws when moderation is unavailable and fails closed. */
@@ -173,6 +176,7 @@ export class OpenAIService {
       ...options,
       metrics: { ...options.metrics, enabled: false },
     }),
+    @Optional() private readonly cache?: ResponseCacheService,
   ) {
     this.policy = new ModelPolicy(options.models);
     this.hooks = hooks ?? [];
@@ -186,6 +190,11 @@ export class OpenAIService {
   async chat(request: ChatRequest, options: CallOptions = {}): Promise<ChatResult> {
     const prep = this.prepareChat(request, options, false);
     const started = performance.now();
+    const cacheKey = this.cache?.keyFor(prep.body, prep.call.user);
+    if (cacheKey) {
+      const hit = await this.cache!.get(cacheKey);
+      if (hit) return this.moderateChatOutput(this.fromCache(prep, hit, started), options);
+    }
     const reservations = await this.reserve(prep.call);
     let result: ChatResult;
     try {
@@ -205,12 +214,29 @@ export class OpenAIService {
       };
       await this.settle(reservations, result);
       this.logCall(prep, 'ok', result, prep.body, result.content);
+      if (cacheKey) await this.cache!.set(cacheKey, ok.data);
     } catch (err) {
       await this.release(reservations);
       throw this.fail(prep, err, started);
     }
     // After settling: the completion was produced and billed whatever moderation says of it.
     return this.moderateChatOutput(result, options);
+  }
+
+  /** A result served from the response cache: no upstream call, no usage, no cost. */
+  private fromCache(prep: Prepared, completion: ChatCompletion, started: number): ChatResult {
+    const result: ChatResult = {
+      completion,
+      content: completion.choices[0]?.message?.content ?? null,
+      model: completion.model ?? prep.call.model,
+      attempts: 0,
+      latencyMs: performance.now() - started,
+      usage: { ...ZERO_USAGE },
+      costUsd: 0,
+      cached: true,
+    };
+    this.logCall(prep, 'cache_hit', result, prep.body, result.content);
+    return result;
   }
 
   /** Registers the output moderator (done by `ModerationService`). @internal */
@@ -651,7 +677,7 @@ export class OpenAIService {
   /** @internal */
   logCall(
     prep: Prepared,
-    status: 'ok' | 'incomplete',
+    status: 'ok' | 'incomplete' | 'cache_hit',
     result: CallResultMeta,
     body?: Record<string, unknown>,
     output?: string | null,

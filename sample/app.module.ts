@@ -43,6 +43,7 @@ function fromEnvironment(config: SampleConfig): OpenAIProfileOptions {
       ...(config.rpm ? { requests: [perMinute(config.rpm)] } : {}),
       ...(config.tpm ? { tokens: [perMinute(config.tpm)] } : {}),
     },
+    ...(config.cacheTtlS ? { cache: { ttlMs: config.cacheTtlS * 1000 } } : {}),
     ...(config.moderation !== undefined ? { moderation: { enabled: config.moderation } } : {}),
     ...(config.budgetDailyUsd ? { budgets: { user: { dailyUsd: config.budgetDailyUsd } } } : {}),
     ...(config.redisUrl

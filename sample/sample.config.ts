@@ -20,6 +20,8 @@ export interface SampleConfig {
   redisUrl?: string;
   /** spend budget per user per UTC day (USD) */
   budgetDailyUsd?: number;
+  /** response cache TTL in seconds (0 or undefined: off) */
+  cacheTtlS?: number;
   /** input moderation on the chat routes (undefined: on) */
   moderation?: boolean;
 }
@@ -93,6 +95,7 @@ export function readSampleConfig(
     redisUrl: env.REDIS_URL || undefined,
     budgetDailyUsd: positiveNumber(env, 'BUDGET_USD_DAILY', problems),
     moderation: onOff(env, 'MODERATION', problems),
+    cacheTtlS: int(env, 'CACHE_TTL_S', problems, 0),
   };
   if (problems.length) throw new Error(`Invalid sample settings:\n  - ${problems.join('\n  - ')}`);
   return config;

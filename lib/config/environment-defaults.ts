@@ -37,6 +37,7 @@ export const BASE_DEFAULTS = {
     streamCheckIntervalChars: 400,
   },
   input: { maxMessages: 50, maxChars: 32_000, maxPromptTokens: 8_000 },
+  cache: { ttlMs: 0, perUser: false, maxEntryBytes: 262_144 },
 } satisfies OpenAIProfileOptions;
 
 /**

@@ -32,6 +32,7 @@ const PROFILE_KEYS = new Set<keyof OpenAIProfileOptions>([
   'metrics',
   'moderation',
   'input',
+  'cache',
 ]);
 
 /**
@@ -369,6 +370,8 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     if (!isPositiveInt(o.input[key]))
       add(`input.${key}`, `must be a positive integer, got ${String(o.input[key])}`, 'set a cap');
   }
+  if (!(Number.isInteger(o.cache.ttlMs) && o.cache.ttlMs >= 0)) add('cache.ttlMs', `must be an integer >= 0 (ms), got ${String(o.cache.ttlMs)}`, 'set 0 to turn the cache off');
+  if (!isPositiveInt(o.cache.maxEntryBytes)) add('cache.maxEntryBytes', 'must be a positive integer (bytes)', 'set a value such as 262144');
   if (!['safety_identifier', 'user', 'none'].includes(o.identity.field))
     add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
 }

@@ -325,6 +325,20 @@ export interface InputLimitsOptions {
   maxPromptTokens?: number;
 }
 
+/** Response cache of deterministic chat requests. */
+export interface CacheOptions {
+  /**
+   * How long an answer to a deterministic request (`temperature: 0`, one choice, no tools) is reused
+   * (ms); 0 turns the cache off.
+   * @default 0
+   */
+  ttlMs?: number;
+  /** Keep one cache per user instead of one for all users. @default false */
+  perUser?: boolean;
+  /** Completions larger than this (bytes of JSON) are not cached. @default 262144 */
+  maxEntryBytes?: number;
+}
+
 /** Options a profile may override: everything but the profiles themselves and `environment`. */
 export interface OpenAIProfileOptions {
   apiKey?: string | ApiKeyProvider;
@@ -346,6 +360,7 @@ export interface OpenAIProfileOptions {
   metrics?: MetricsOptions;
   moderation?: ModerationOptions;
   input?: InputLimitsOptions;
+  cache?: CacheOptions;
 }
 
 /**
@@ -402,4 +417,5 @@ export interface ResolvedOpenAIOptions {
   moderation: Required<Omit<ModerationOptions, 'categories' | 'fields'>> &
     Pick<ModerationOptions, 'categories' | 'fields'>;
   input: Required<InputLimitsOptions>;
+  cache: Required<CacheOptions>;
 }

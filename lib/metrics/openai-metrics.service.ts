@@ -37,6 +37,7 @@ export class OpenAIMetricsService {
   private readonly storageDegraded: Gauge<'store'>;
   private readonly unpriced: Counter<'model'>;
   private readonly estimatedUsage: Counter<'model'>;
+  private readonly cacheLookups: Counter<'outcome'>;
 
   constructor(@Inject(OPENAI_RESOLVED_OPTIONS) options: ResolvedOpenAIOptions) {
     const m = options.metrics;
@@ -111,6 +112,9 @@ export class OpenAIMetricsService {
     });
     this.unpriced = counter('unpriced_calls_total', 'Calls to models without a price (cost unknown)', [
       'model',
+    ]);
+    this.cacheLookups = counter('cache_lookups_total', 'Response cache lookups by outcome (hit, miss)', [
+      'outcome',
     ]);
     this.estimatedUsage = counter(
       'estimated_usage_total',
@@ -198,6 +202,10 @@ export class OpenAIMetricsService {
     if (!this.enabled) return;
     this.storageDegraded.set({ store }, degraded ? 1 : 0);
     if (degraded) this.storageErrors.inc({ store });
+  }
+
+  cache(outcome: 'hit' | 'miss'): void {
+    if (this.enabled) this.cacheLookups.inc({ outcome });
   }
 
   unpricedCall(model: string): void {

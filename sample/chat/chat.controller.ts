@@ -57,6 +57,7 @@ export class ChatController {
 
   private reply(r: ChatResult, res: unknown) {
     if (r.openaiRequestId) setResponseHeader(res, OPENAI_REQUEST_ID_HEADER, r.openaiRequestId);
+    if (r.cached) setResponseHeader(res, 'x-cache', 'hit');
     return {
       id: r.completion.id,
       model: r.model,

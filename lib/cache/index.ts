@@ -1,0 +1,1 @@
+export * from './response-cache.service.js';
