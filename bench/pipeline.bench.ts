@@ -8,16 +8,18 @@ import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { runInProcess, type VariantResult } from './support/in-process.js';
-import { AppProcess, cannon, checkRoute, measure, type CannonRun } from './support/http.js';
+import { AppProcess, cannon, checkRoute, measure } from './support/http.js';
 import { redisCommands, type RedisCommandReport } from './support/redis-commands.js';
 import { BenchRedis } from './support/redis-server.js';
-import { ms3, table, us } from './support/stats.js';
+import { ms3, percentile, Samples, summarize, table, us, type Summary } from './support/stats.js';
 
 const QUICK = process.env.BENCH_QUICK === '1';
 const SETTINGS = {
   inProcess: QUICK ? { warmup: 100, calls: 500, block: 50 } : { warmup: 300, calls: 3_000, block: 100 },
   warmupS: 1,
-  durationS: QUICK ? 2 : 5,
+  /** Each route is measured in `rounds` runs of `roundS` seconds, interleaved with the other routes. */
+  rounds: QUICK ? 2 : 6,
+  roundS: 1,
   connections: [1, 10],
   redisRequests: QUICK ? 500 : 2_000,
   monitored: 20,
@@ -29,9 +31,19 @@ interface RouteSpec {
   path: string;
 }
 
-interface RouteRun extends RouteSpec {
+interface RouteResult extends RouteSpec {
   connections: number;
-  run: CannonRun;
+  /** µs-precision percentiles of every response of every round. */
+  precise: Summary;
+  /** 2xx responses per second over all rounds. */
+  rps: number;
+  /** CPU of the app process per request (ms). */
+  cpuPerRequestMs: number;
+  /** autocannon's own p50 and p99 (ms, integer resolution), median over the rounds. */
+  autocannonP50: number;
+  autocannonP99: number;
+  /** Precise p50 of each round (ms): its spread shows the noise. */
+  roundP50s: number[];
 }
 
 const log = (msg: string) => process.stderr.write(`[bench] ${msg}\n`);
@@ -91,8 +103,10 @@ function partA(results: VariantResult[]): string {
   );
 }
 
-async function partB(app: AppProcess, routes: RouteSpec[], storage: string): Promise<RouteRun[]> {
-  const out: RouteRun[] = [];
+const median = (xs: number[]) => percentile(Float64Array.from(xs).sort(), 50);
+
+async function partB(app: AppProcess, routes: RouteSpec[], storage: string): Promise<RouteResult[]> {
+  const out: RouteResult[] = [];
   const url = (r: RouteSpec) => `http://127.0.0.1:${app.ports[r.port]}${r.path}`;
   for (const r of routes) {
     await checkRoute(url(r));
@@ -100,43 +114,71 @@ async function partB(app: AppProcess, routes: RouteSpec[], storage: string): Pro
     await cannon(url(r), 1, { duration: SETTINGS.warmupS });
   }
   for (const connections of SETTINGS.connections) {
-    // The baseline is measured first and again last: its drift over the runs is shown, and the added
-    // latency is taken against the mean of the two.
-    for (const r of [...routes, routes.find((x) => x.path === '/raw' && x.port === 'lib')!]) {
-      log(`${storage} ${r.label}: ${connections} connection(s), ${SETTINGS.durationS} s`);
-      out.push({ ...r, connections, run: await measure(app, url(r), connections, SETTINGS.durationS) });
+    log(
+      `${storage}, ${connections} connection(s): ${SETTINGS.rounds} rounds of ${SETTINGS.roundS} s per route, interleaved`,
+    );
+    const acc = routes.map((r) => ({
+      r,
+      samples: new Samples(65_536),
+      ok: 0,
+      seconds: 0,
+      cpuMs: 0,
+      p50: [] as number[],
+      p99: [] as number[],
+      roundP50s: [] as number[],
+    }));
+    for (let round = 0; round < SETTINGS.rounds; round++) {
+      for (let i = 0; i < acc.length; i++) {
+        // The order rotates each round, so drift during the runs spreads over every route.
+        const a = acc[(i + round) % acc.length]!;
+        await app.reset();
+        const run = await measure(app, url(a.r), connections, SETTINGS.roundS);
+        for (const v of run.samples) a.samples.push(v);
+        a.ok += run.ok;
+        a.seconds += run.result.duration;
+        a.cpuMs += run.cpuMs;
+        a.p50.push(run.result.latency.p50);
+        a.p99.push(run.result.latency.p99);
+        a.roundP50s.push(percentile(Float64Array.from(run.samples).sort(), 50));
+      }
+    }
+    for (const a of acc) {
+      out.push({
+        ...a.r,
+        connections,
+        precise: summarize(a.samples.values()),
+        rps: a.ok / a.seconds,
+        cpuPerRequestMs: a.cpuMs / a.ok,
+        autocannonP50: median(a.p50),
+        autocannonP99: median(a.p99),
+        roundP50s: a.roundP50s,
+      });
     }
   }
   return out;
 }
 
-function partBTable(runs: RouteRun[]): string {
+function partBTable(runs: RouteResult[]): string {
   const rows: Array<Array<string | number>> = [];
   for (const connections of SETTINGS.connections) {
     const at = runs.filter((r) => r.connections === connections);
-    const raws = at.filter((r) => r.port === 'lib' && r.path === '/raw');
-    const mean = (f: (r: RouteRun) => number) => raws.reduce((s, r) => s + f(r), 0) / raws.length;
-    const base = {
-      p50: mean((r) => r.run.precise.p50),
-      p99: mean((r) => r.run.precise.p99),
-      cpu: mean((r) => r.run.cpuPerRequestMs),
-      rps: mean((r) => r.run.rps),
-    };
-    let rawSeen = 0;
+    const base = at.find((r) => r.port === 'lib' && r.path === '/raw')!;
     for (const r of at) {
-      const isRaw = r.port === 'lib' && r.path === '/raw';
-      const label = isRaw ? (rawSeen++ === 0 ? r.label : `${r.label} (again, drift check)`) : r.label;
-      const l = r.run.result.latency;
+      const isBase = r === base;
+      const spread = `${ms3(Math.min(...r.roundP50s))}–${ms3(Math.max(...r.roundP50s))}`;
       rows.push([
-        label,
+        r.label,
         connections,
-        Math.round(r.run.rps),
-        isRaw ? '—' : `${(((r.run.rps - base.rps) / base.rps) * 100).toFixed(1)}%`,
-        `${l.p50} / ${l.p99}`,
-        `${ms3(r.run.precise.p50)} / ${ms3(r.run.precise.p99)}`,
-        isRaw ? '—' : `${us(r.run.precise.p50 - base.p50, true)} / ${us(r.run.precise.p99 - base.p99, true)}`,
-        us(r.run.cpuPerRequestMs),
-        isRaw ? '—' : us(r.run.cpuPerRequestMs - base.cpu, true),
+        Math.round(r.rps),
+        isBase ? '—' : `${(((r.rps - base.rps) / base.rps) * 100).toFixed(1)}%`,
+        `${r.autocannonP50} / ${r.autocannonP99}`,
+        `${ms3(r.precise.p50)} / ${ms3(r.precise.p99)}`,
+        isBase
+          ? '—'
+          : `${us(r.precise.p50 - base.precise.p50, true)} / ${us(r.precise.p99 - base.precise.p99, true)}`,
+        spread,
+        us(r.cpuPerRequestMs),
+        isBase ? '—' : us(r.cpuPerRequestMs - base.cpuPerRequestMs, true),
       ]);
     }
   }
@@ -149,6 +191,7 @@ function partBTable(runs: RouteRun[]): string {
       'autocannon p50 / p99 ms',
       'precise p50 / p99 ms',
       'added p50 / p99 µs vs /raw',
+      'p50 range over rounds, ms',
       'app CPU µs/req',
       'added CPU µs/req',
     ],
@@ -237,7 +280,7 @@ async function main(): Promise<void> {
       'redis',
     );
     out.push(
-      `## B. HTTP with autocannon (Express; ${SETTINGS.durationS} s per run after a ${SETTINGS.warmupS} s warm-up per route)`,
+      `## B. HTTP with autocannon (Express; per route and connection count ${SETTINGS.rounds} runs of ${SETTINGS.roundS} s interleaved with the other routes, after a ${SETTINGS.warmupS} s warm-up)`,
       '',
       '### Memory store',
       '',

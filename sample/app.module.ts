@@ -72,6 +72,9 @@ export class AppModule {
           apiKey: config.apiKey,
           baseURL: config.baseURL,
           maxTokens: { cap: 1024 },
+          // The sample accepts every role from the client, so every role is moderated (the library's default is
+          // user messages only, for apps that write their own system prompts).
+          moderation: { roles: ['system', 'developer', 'user', 'assistant'] },
           profiles: {
             ...PROFILES,
             [env]: [PROFILES[env] ?? {}, fromEnvironment(config)].reduce(mergeProfile),

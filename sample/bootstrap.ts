@@ -24,6 +24,5 @@ export async function createSampleApp(
   if (config.platform === 'express') {
     (app as unknown as { useBodyParser(t: string, o: object): void }).useBodyParser('json', { limit: '1mb' });
   }
-  app.enableShutdownHooks();
   return app;
 }

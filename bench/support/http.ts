@@ -2,17 +2,18 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import autocannon from 'autocannon';
 import { BODY, EXPECTED_CONTENT } from './options.js';
-import { Samples, summarize, type Summary } from './stats.js';
+import { Samples } from './stats.js';
 
+/** One autocannon run of one route. */
 export interface CannonRun {
   /** autocannon's own numbers. */
   result: autocannon.Result;
   /** Every response's latency (ms, from autocannon's per-response `hrtime` duration), for µs-precision percentiles. */
-  precise: Summary;
-  /** Requests per second: 2xx responses over the run's duration. */
-  rps: number;
-  /** CPU time of the app process (the Nest app and the fake upstream) per request (ms). */
-  cpuPerRequestMs: number;
+  samples: Float64Array;
+  /** 2xx responses. */
+  ok: number;
+  /** CPU time of the app process (the Nest app and the fake upstream) during the run (ms). */
+  cpuMs: number;
 }
 
 /** One app child process (see http-app.ts). */
@@ -110,28 +111,22 @@ export async function checkRoute(url: string): Promise<void> {
   }
 }
 
-/** A measured autocannon run against one route of `app`, with the app process's CPU time per request. */
+/** A measured autocannon run against one route of `app`, with the app process's CPU time; any non-2xx fails the bench. */
 export async function measure(
   app: AppProcess,
   url: string,
   connections: number,
   duration: number,
 ): Promise<CannonRun> {
-  await app.reset();
   const before = await app.cpu();
   const { result, samples } = await cannon(url, connections, { duration });
   const after = await app.cpu();
   const bad = result.non2xx + result.errors + result.timeouts;
-  if (bad > 0)
+  if (bad > 0) {
     throw new Error(
       `${url} at ${connections} connections: ${result.non2xx} non-2xx, ${result.errors} errors, ${result.timeouts} timeouts`,
     );
-  const ok = result['2xx'];
+  }
   const cpuMs = (after.user - before.user + after.system - before.system) / 1000;
-  return {
-    result,
-    precise: summarize(samples.values()),
-    rps: ok / result.duration,
-    cpuPerRequestMs: cpuMs / ok,
-  };
+  return { result, samples: samples.values(), ok: result['2xx'], cpuMs };
 }

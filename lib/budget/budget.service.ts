@@ -13,7 +13,7 @@ import {
   type WindowLimit,
 } from '../storage/openai-store.interface.js';
 import { StoreDegradedError } from '../storage/resilient.store.js';
-import { StorageUnavailableException } from '../throttling/rate-limit.exceptions.js';
+import { StorageUnavailableException, storageUnavailable } from '../throttling/rate-limit.exceptions.js';
 import type { BudgetAlertEvent } from './budget-alert.event.js';
 import { BudgetExceededException, UnpricedModelException } from './budget.exceptions.js';
 
@@ -169,7 +169,7 @@ export class BudgetService implements OpenAICallHook {
     const subjects = await this.subjects(user ?? undefined, now);
     const subject = subjects.find((s) => (user === null ? s.scope === 'project' : s.scope === 'user'));
     if (!subject) return [];
-    const peek = await this.store.consume(subject.key, subject.windows, 0);
+    const peek = await this.store.consume(subject.key, subject.windows, 0).catch(storageUnavailable);
     return peek.windows.map((w) => ({
       period: w.name as 'day' | 'month',
       limit_usd: w.limit / MICRO,

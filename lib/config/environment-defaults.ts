@@ -7,6 +7,7 @@ export const BASE_DEFAULTS = {
     default: 'gpt-4o-mini-2024-07-18',
     aliases: {},
     pinning: 'warn',
+    requested: 'any',
     fallbacks: [],
     moderation: 'omni-moderation-latest',
     embedding: 'text-embedding-3-small',
@@ -48,9 +49,12 @@ export const BASE_DEFAULTS = {
 export const ENVIRONMENT_DEFAULTS: Record<string, OpenAIProfileOptions> = {
   development: { models: { pinning: 'warn' } },
   test: { models: { pinning: 'warn' }, logging: { config: false } },
-  staging: { models: { pinning: 'enforce' }, moderation: { onError: 'fail-closed' } },
+  staging: {
+    models: { pinning: 'enforce', requested: 'configured' },
+    moderation: { onError: 'fail-closed' },
+  },
   production: {
-    models: { pinning: 'enforce' },
+    models: { pinning: 'enforce', requested: 'configured' },
     logging: { prompts: false },
     moderation: { onError: 'fail-closed' },
   },

@@ -258,6 +258,8 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   if (!Array.isArray(m.fallbacks))
     add('models.fallbacks', 'must be an array of model names', 'set [] or a list');
   else m.fallbacks.forEach((f, i) => checkModel(`models.fallbacks[${i}]`, f));
+  if (m.requested !== 'configured' && m.requested !== 'any')
+    add('models.requested', `must be 'configured' or 'any'`, "set 'configured' in production");
   if (m.allow !== undefined && (!Array.isArray(m.allow) || m.allow.length === 0))
     add('models.allow', 'must be a non-empty array when set', 'remove it or list the allowed models');
 
@@ -370,8 +372,14 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     if (!isPositiveInt(o.input[key]))
       add(`input.${key}`, `must be a positive integer, got ${String(o.input[key])}`, 'set a cap');
   }
-  if (!(Number.isInteger(o.cache.ttlMs) && o.cache.ttlMs >= 0)) add('cache.ttlMs', `must be an integer >= 0 (ms), got ${String(o.cache.ttlMs)}`, 'set 0 to turn the cache off');
-  if (!isPositiveInt(o.cache.maxEntryBytes)) add('cache.maxEntryBytes', 'must be a positive integer (bytes)', 'set a value such as 262144');
+  if (!(Number.isInteger(o.cache.ttlMs) && o.cache.ttlMs >= 0))
+    add(
+      'cache.ttlMs',
+      `must be an integer >= 0 (ms), got ${String(o.cache.ttlMs)}`,
+      'set 0 to turn the cache off',
+    );
+  if (!isPositiveInt(o.cache.maxEntryBytes))
+    add('cache.maxEntryBytes', 'must be a positive integer (bytes)', 'set a value such as 262144');
   if (!['safety_identifier', 'user', 'none'].includes(o.identity.field))
     add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
 }

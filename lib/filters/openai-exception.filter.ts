@@ -105,15 +105,27 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
       const { code, type } = exception as { code?: string; type?: string };
       const notJson =
         type === 'entity.parse.failed' || (code && /JSON/i.test(code + String((exception as Error).message)));
-      const [error, message] =
-        status === 413
-          ? ['payload_too_large', 'Request body is too large']
-          : status === 415
-            ? ['unsupported_media_type', 'Send the body as application/json']
-            : notJson
-              ? ['bad_request', 'Request body is not valid JSON']
-              : ['bad_request', 'Invalid request'];
-      return { statusCode: status, error, message, request_id: requestId };
+      if (status === 413) {
+        return {
+          statusCode: 413,
+          error: 'payload_too_large',
+          message: 'Request body is too large',
+          request_id: requestId,
+        };
+      }
+      // A body that is not JSON is a 400 whatever the parser said (415 for a content type or charset it
+      // does not read), so clients see one status for one mistake on every platform.
+      const message = notJson
+        ? 'Request body is not valid JSON'
+        : status === 415
+          ? 'Send the body as application/json (UTF-8)'
+          : 'Invalid request body';
+      return {
+        statusCode: status === 415 ? 400 : status,
+        error: 'invalid_body',
+        message,
+        request_id: requestId,
+      };
     }
     this.logger.error({
       msg: 'unhandled error',

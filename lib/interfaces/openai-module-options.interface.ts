@@ -42,6 +42,12 @@ export interface ModelPolicyOptions {
    */
   pinning?: PinningMode;
   /**
+   * Without `allow`, which models a call may name: `configured` (the default's, the aliases' and the
+   * fallbacks' targets) or `any`. With `allow`, the allow-list decides.
+   * @default 'configured' in staging and production, 'any' elsewhere
+   */
+  requested?: 'configured' | 'any';
+  /**
    * Models tried in order when the requested model keeps failing with retryable errors after its retries.
    * @default []
    */
@@ -301,7 +307,7 @@ export interface ModerationOptions extends ModerationCheckOptions {
    * @default 'fail-closed' in staging and production, 'fail-open' elsewhere
    */
   onError?: 'fail-closed' | 'fail-open';
-  /** Timeout of one moderation call (ms); one retry. @default 5000 */
+  /** Time one moderation check may take in all, its one retry included (ms). @default 5000 */
   timeoutMs?: number;
   /** How long a text's verdict is reused (ms) from the shared store, keyed by a SHA-256 of the text; 0: never. @default 3600000 */
   cacheTtlMs?: number;

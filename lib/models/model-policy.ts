@@ -8,20 +8,38 @@ export class ModelPolicy {
   private readonly logger = new Logger('OpenAIModelPolicy');
   private readonly warned = new Set<string>();
   private readonly allow?: ReadonlySet<string>;
+  private readonly configured: ReadonlySet<string>;
 
   constructor(private readonly options: ResolvedOpenAIOptions['models']) {
     this.allow = options.allow ? new Set(options.allow) : undefined;
+    const target = (m: string) => options.aliases[m] ?? m;
+    this.configured = new Set([
+      target(options.default),
+      ...Object.values(options.aliases),
+      ...options.fallbacks.map(target),
+    ]);
   }
 
   /**
    * The model to send upstream for a call that asked for `requested` (or for none).
-   * @throws ModelNotAllowedException (400) when the model is outside the allow-list, or unpinned while pinning is enforced.
+   * @throws ModelNotAllowedException (400) when the model is outside the allow-list (or, without one and with
+   *   `requested: 'configured'`, outside the configured models), or unpinned while pinning is enforced.
    */
   resolve(requested?: string): string {
     const name = requested ?? this.options.default;
     const model = this.options.aliases[name] ?? name;
     if (this.allow && !this.allow.has(model)) {
       throw new ModelNotAllowedException(`Model "${name}" is not allowed here`);
+    }
+    // Without an allow-list, `requested: 'configured'` keeps callers (often end users naming a model in
+    // a request body) to the models the app configured: no picking the dearest model on someone else's bill.
+    if (
+      !this.allow &&
+      requested !== undefined &&
+      this.options.requested === 'configured' &&
+      !this.configured.has(model)
+    ) {
+      throw new ModelNotAllowedException(`Model "${name}" is not one of the configured models`);
     }
     if (this.options.pinning !== 'off' && !isPinnedModel(model)) {
       if (this.options.pinning === 'enforce') {

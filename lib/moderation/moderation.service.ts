@@ -72,8 +72,9 @@ export class ModerationService {
       let fresh: CachedResult[] = [];
       if (missing.length) {
         const r = await this.openai.moderate(missing, {
+          // timeoutMs bounds the whole check; a quick failure leaves room for the one retry.
           attemptTimeoutMs: opts.timeoutMs,
-          deadlineMs: opts.timeoutMs * 2 + 500,
+          deadlineMs: opts.timeoutMs,
           maxRetries: 1,
           fallbacks: false,
         });

@@ -44,12 +44,12 @@ export class PricingService {
       return null;
     }
     const cached = Math.min(usage.cached_tokens, usage.prompt_tokens);
-    return (
-      ((usage.prompt_tokens - cached) * p.input +
-        cached * (p.cachedInput ?? p.input) +
-        usage.completion_tokens * p.output) /
-      1e6
-    );
+    const usdPerMillion =
+      (usage.prompt_tokens - cached) * p.input +
+      cached * (p.cachedInput ?? p.input) +
+      usage.completion_tokens * p.output;
+    // Rounded to 1e-12 USD: float noise (0.000006299999999999999) gone, every real price kept exact.
+    return Math.round(usdPerMillion * 1e6) / 1e12;
   }
 
   /** Highest cost a call may reach (USD): all prompt tokens uncached, all `maxOutputTokens` produced. `null` when unpriced. */

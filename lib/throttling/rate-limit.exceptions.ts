@@ -1,5 +1,6 @@
 import { HttpStatus } from '@nestjs/common';
 import { OpenAIHttpException } from '../errors/openai-http.exceptions.js';
+import { StoreDegradedError } from '../storage/resilient.store.js';
 
 /**
  * 429: a per-user limit is exhausted. The body names the window (`limit`) and `retry_after` (s);
@@ -41,4 +42,10 @@ export class StorageUnavailableException extends OpenAIHttpException {
       { cause },
     );
   }
+}
+
+/** Rethrows a store outage under the `fail-closed` policy as a 503; any other error as is. */
+export function storageUnavailable(err: unknown): never {
+  if (err instanceof StoreDegradedError) throw new StorageUnavailableException(err);
+  throw err;
 }

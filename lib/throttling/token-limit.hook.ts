@@ -29,6 +29,10 @@ export class TokenLimitHook implements OpenAICallHook {
       const w = result.blockedBy!;
       const retryAfter = Math.max(1, Math.ceil(w.resetMs / 1000));
       RequestContextStore.setHeader('retry-after', retryAfter);
+      // The headers describe the window that refused the request, not the request window the guard reported.
+      RequestContextStore.setHeader('x-ratelimit-limit', w.limit);
+      RequestContextStore.setHeader('x-ratelimit-remaining', w.remaining);
+      RequestContextStore.setHeader('x-ratelimit-reset', retryAfter);
       this.metrics.rateLimited('tokens', w.name);
       throw new RateLimitExceededException('tokens', w.name, w.limit, retryAfter);
     }

@@ -3,6 +3,7 @@ import type { NormalizedUsage } from '../call/upstream-call.js';
 import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import { keyPart, type OpenAIStore } from '../storage/openai-store.interface.js';
+import { storageUnavailable } from '../throttling/rate-limit.exceptions.js';
 
 /** Totals of a period (tokens; USD). */
 export interface UsageTotals {
@@ -143,7 +144,7 @@ export class UsageService {
   async totals(user: string | null, period: 'day' | 'month' = 'day', at = new Date()): Promise<UsageReport> {
     const keys = periodKeys(at);
     const periodKey = period === 'day' ? keys.day : keys.month;
-    const raw = await this.store.getFields(this.key(user, periodKey));
+    const raw = await this.store.getFields(this.key(user, periodKey)).catch(storageUnavailable);
     const report: UsageReport = {
       user,
       period,

@@ -46,7 +46,7 @@ describe.each(PLATFORMS)('OpenAIExceptionFilter on %s', (platform) => {
       .set('content-type', 'application/json')
       .set('x-request-id', 'bad-json-1')
       .send('{"messages": [');
-    expectErrorBody(res, 400, 'bad_request');
+    expectErrorBody(res, 400, 'invalid_body');
     expect(res.body.request_id).toBe('bad-json-1');
     expect(res.body.message).toBe('Request body is not valid JSON');
     expect(fake.requests).toHaveLength(0);
@@ -57,7 +57,7 @@ describe.each(PLATFORMS)('OpenAIExceptionFilter on %s', (platform) => {
       .post('/chat')
       .set('content-type', 'application/json')
       .send('not json at all');
-    expectErrorBody(res, 400, 'bad_request');
+    expectErrorBody(res, 400, 'invalid_body');
     expect(res.body.request_id).toMatch(UUID);
   });
 
@@ -149,7 +149,7 @@ describe.each(PLATFORMS)('sample error bodies on %s', (platform) => {
     expect(res.status).toBe(400);
     expect(res.body).toEqual({
       statusCode: 400,
-      error: 'bad_request',
+      error: 'invalid_body',
       message: 'Request body is not valid JSON',
       request_id: res.headers['x-request-id'],
     });

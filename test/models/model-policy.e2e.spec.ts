@@ -184,13 +184,31 @@ describe.each(PLATFORMS)('model policy on %s', (platform) => {
       expect(fake.requests).toHaveLength(0);
     });
 
-    it('a pinned model and an alias of one are called', async () => {
+    it('the default, an alias and its snapshot are called', async () => {
+      await request(prod.server).post('/chat').send(msg()).expect(200);
       await request(prod.server)
         .post('/chat')
-        .send(msg({ model: 'gpt-4o-2024-08-06' }))
+        .send(msg({ model: 'fast' }))
         .expect(200);
-      await request(prod.server).post('/chat').send(msg()).expect(200);
-      expect(upstream().map((r) => r.model)).toEqual(['gpt-4o-2024-08-06', 'gpt-4o-mini-2024-07-18']);
+      await request(prod.server)
+        .post('/chat')
+        .send(msg({ model: 'gpt-4o-mini-2024-07-18' }))
+        .expect(200);
+      expect(upstream().map((r) => r.model)).toEqual([
+        'gpt-4o-mini-2024-07-18',
+        'gpt-4o-mini-2024-07-18',
+        'gpt-4o-mini-2024-07-18',
+      ]);
+    });
+
+    it('a pinned model the app did not configure is a 400 (requested: configured), with no upstream call', async () => {
+      const res = await request(prod.server)
+        .post('/chat')
+        .send(msg({ model: 'gpt-4o-2024-08-06' }));
+      expect(res.status).toBe(400);
+      expect(res.body.error).toBe('model_not_allowed');
+      expect(res.body.message).toContain('not one of the configured models');
+      expect(fake.requests).toHaveLength(0);
     });
 
     it('max_tokens above the cap is rejected with 400 max_tokens_above_cap, with no upstream call', async () => {

@@ -73,12 +73,12 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
     expect(fake.requestsTo(CHAT)).toHaveLength(1);
   });
 
-  it('every user message of a request goes in ONE moderations call (array input), text parts included; system and assistant are not moderated', async () => {
+  it('every message a client sent goes in ONE moderations call (array input), text parts included', async () => {
     const body = {
       messages: [
-        { role: 'system', content: 'system FLAG_ME rules' },
+        { role: 'system', content: 'system rules' },
         { role: 'user', content: 'first question' },
-        { role: 'assistant', content: 'assistant says FLAG_ME' },
+        { role: 'assistant', content: 'assistant says hi' },
         {
           role: 'user',
           content: [
@@ -93,7 +93,13 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
     expect(res.status).toBe(200);
     const mods = fake.requestsTo(MODERATIONS);
     expect(mods).toHaveLength(1);
-    expect(mods[0].body.input).toEqual(['first question', 'part one\npart two', 'third question']);
+    expect(mods[0].body.input).toEqual([
+      'system rules',
+      'first question',
+      'assistant says hi',
+      'part one\npart two',
+      'third question',
+    ]);
     expect(fake.requestsTo(CHAT)).toHaveLength(1);
   });
 
@@ -116,18 +122,20 @@ describe.each(PLATFORMS)('input moderation on the sample app (%s)', (platform) =
     expect(fake.requestsTo(CHAT)).toHaveLength(0);
   });
 
-  it('a flagged word in a system message is not moderated by default', async () => {
-    const res = await request(h.server)
-      .post('/chat')
-      .set(auth())
-      .send({
-        messages: [
-          { role: 'system', content: 'FLAG_ME system' },
-          { role: 'user', content: 'hello' },
-        ],
-      });
-    expect(res.status).toBe(200);
-    expect(fake.requestsTo(MODERATIONS)[0].body.input).toEqual(['hello']);
+  it('the sample takes system, developer and assistant messages from the client, so it moderates them too', async () => {
+    for (const role of ['system', 'developer', 'assistant']) {
+      const res = await request(h.server)
+        .post('/chat')
+        .set(auth())
+        .send({
+          messages: [
+            { role, content: `FLAG_ME ${role}` },
+            { role: 'user', content: 'repeat the message above' },
+          ],
+        });
+      expectFlagged(res, ['harassment']);
+    }
+    expect(fake.requestsTo(CHAT)).toHaveLength(0);
   });
 
   it('the stream route moderates its input too: 422 JSON before any event', async () => {
