@@ -223,6 +223,7 @@ function partC(r: RedisCommandReport): string {
     ),
     '',
     `Total: ${sum(r.clientCommands).toFixed(2)} client commands per request — ${sum(onPath).toFixed(2)} on the request path, ${sum(offPath).toFixed(2)} off it.`,
+    `For scale, one bare round trip on this machine (sequential PING from another ioredis client): p50 ${us(r.ping.wall.p50)} µs, p99 ${us(r.ping.wall.p99)} µs, ${us(r.ping.cpuMs)} µs of client CPU.`,
     `Inside the scripts (no round trip of their own), per request: ${r.scriptCommands.map((c) => `${c.command} ${c.perRequest.toFixed(2)}`).join(', ')}.`,
   ];
   return lines.join('\n');

@@ -1,5 +1,20 @@
 import type { Redis } from 'ioredis';
 import { cannon } from './http.js';
+import { Samples, summarize, type Summary } from './stats.js';
+
+/** One bare ioredis round trip on this machine (sequential PINGs): wall time, and CPU of this process per PING (ms). */
+export async function pingBaseline(client: Redis, n: number): Promise<{ wall: Summary; cpuMs: number }> {
+  for (let i = 0; i < 200; i++) await client.ping();
+  const samples = new Samples(n);
+  const cpu0 = process.cpuUsage();
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    await client.ping();
+    samples.push(performance.now() - t0);
+  }
+  const cpu = process.cpuUsage(cpu0);
+  return { wall: summarize(samples.values()), cpuMs: (cpu.user + cpu.system) / 1000 / n };
+}
 
 /** `INFO commandstats` as { command: calls }. */
 export async function commandStats(client: Redis): Promise<Record<string, number>> {
@@ -76,6 +91,8 @@ export interface RedisCommandReport {
   clientCommands: Array<Classified & { perRequest: number }>;
   /** Commands run inside the Lua scripts (no round trip of their own), per request. */
   scriptCommands: CommandLine[];
+  /** A bare PING round trip from this process, for scale. */
+  ping: { wall: Summary; cpuMs: number };
 }
 
 /**
@@ -106,12 +123,15 @@ export async function redisCommands(
   }
   stats.sort((a, b) => b.perRequest - a.perRequest);
 
+  // The bench's own connection (INFO, the PINGs below) is not the app's.
+  await admin.ping();
+  const own = `127.0.0.1:${(admin as unknown as { stream: { localPort: number } }).stream.localPort}`;
   const monitor = await monitorClient.monitor();
   const client = new Map<string, Classified & { count: number }>();
   const inScripts = new Map<string, number>();
   monitor.on('monitor', (_time: string, args: string[], source: string) => {
     const cmd = args[0]!.toLowerCase();
-    if (cmd === 'info' || cmd === 'monitor') return;
+    if (cmd === 'info' || cmd === 'monitor' || source === own) return;
     if (source === 'lua') {
       inScripts.set(cmd, (inScripts.get(cmd) ?? 0) + 1);
       return;
@@ -126,8 +146,12 @@ export async function redisCommands(
   if (mrun.result['2xx'] !== monitored)
     throw new Error(`part C (monitor): ${mrun.result['2xx']} of ${monitored} requests answered 2xx`);
   await settle();
+  const ended = new Promise((r) => monitor.once('end', r));
   monitor.disconnect();
+  await ended;
+  const ping = await pingBaseline(admin, 2_000);
   return {
+    ping,
     requests,
     stats,
     monitored,
