@@ -57,12 +57,14 @@ class OpenAIStoreLifecycle implements OnModuleInit, OnApplicationShutdown {
     private readonly metrics: OpenAIMetricsService,
     private readonly usage: UsageService,
     private readonly budgets: BudgetService,
+    private readonly openai: OpenAIService,
   ) {}
   onModuleInit(): void {
     if (this.store instanceof ResilientStore)
       this.store.onTransition = (degraded) => this.metrics.storageTransition(this.store.kind, degraded);
   }
   async onApplicationShutdown(): Promise<void> {
+    await this.openai.flush();
     await this.usage.flush();
     await this.budgets.flush();
     await this.store.close();

@@ -165,6 +165,7 @@ export class OpenAIService {
   private readonly policy: ModelPolicy;
   private readonly hooks: OpenAICallHook[];
   private outputModerator?: OutputModerator;
+  private readonly pendingSettlements = new Set<Promise<void>>();
 
   constructor(
     @InjectOpenAI() readonly client: OpenAI,
@@ -464,45 +465,63 @@ export class OpenAIService {
     body[field] = hashUserId(user, this.options.identity.salt);
   }
 
+  /**
+   * Every hook reserves at once (on Redis: one round trip of waiting, not one per hook). If one
+   * refuses, the holds of the others are released and the first refusal, in hook order, is thrown.
+   */
   private async reserve(call: UpstreamCall): Promise<CallReservation[]> {
     if (this.hooks.length === 0) return [];
-    const held: CallReservation[] = [];
-    try {
-      for (const hook of this.hooks) {
-        const r = await hook.reserve(call);
-        if (r) held.push(r);
-      }
-      return held;
-    } catch (err) {
+    const outcomes = await Promise.allSettled(this.hooks.map(async (hook) => hook.reserve(call)));
+    const held = outcomes.flatMap((o) => (o.status === 'fulfilled' && o.value ? [o.value] : []));
+    const refused = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (refused) {
       await this.release(held);
-      throw err;
+      throw refused.reason;
     }
+    return held;
   }
 
-  /** @internal */
-  async settle(reservations: CallReservation[], result: SettledCall): Promise<void> {
-    for (const r of reservations) {
-      try {
-        await r.settle(result);
-      } catch (err) {
-        this.logger.error(
-          `settling a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
-        );
-      }
-    }
+  /**
+   * Settles every reservation. The store writes are issued before this returns (so a later read on
+   * the same store sees them) but not awaited on the request path; `flush()` waits for them.
+   * @internal
+   */
+  settle(reservations: CallReservation[], result: SettledCall): Promise<void> {
+    if (reservations.length === 0) return Promise.resolve();
+    const done = Promise.all(
+      reservations.map(async (r) => {
+        try {
+          await r.settle(result);
+        } catch (err) {
+          this.logger.error(
+            `settling a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
+          );
+        }
+      }),
+    ).then(() => undefined);
+    this.pendingSettlements.add(done);
+    void done.finally(() => this.pendingSettlements.delete(done));
+    return Promise.resolve();
   }
 
   /** @internal */
   async release(reservations: CallReservation[]): Promise<void> {
-    for (const r of reservations) {
-      try {
-        await r.release();
-      } catch (err) {
-        this.logger.error(
-          `releasing a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
-        );
-      }
-    }
+    await Promise.all(
+      reservations.map(async (r) => {
+        try {
+          await r.release();
+        } catch (err) {
+          this.logger.error(
+            `releasing a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
+          );
+        }
+      }),
+    );
+  }
+
+  /** Waits until the settlements of finished calls are written (the module calls it on shutdown). */
+  async flush(): Promise<void> {
+    while (this.pendingSettlements.size) await Promise.all([...this.pendingSettlements]);
   }
 
   /**

@@ -122,30 +122,39 @@ export class BudgetService implements OpenAICallHook {
       maxCost = Math.max(maxCost, c);
     }
     const reserved = toMicro(maxCost);
-    const held: Array<{ subject: Subject_; result: ConsumeResult }> = [];
-    try {
-      for (const subject of subjects) {
-        const result = await this.store.consume(subject.key, subject.windows, reserved);
-        if (!result.allowed) {
-          const w = result.blockedBy!;
-          const period = w.name as 'day' | 'month';
-          this.metrics.budgetRejected(subject.scope, period);
-          const windowMs = subject.windows.find((x) => x.name === w.name)!.windowMs;
-          const ex = new BudgetExceededException(
-            subject.scope,
-            period,
-            w.limit / MICRO,
-            new Date(w.start + windowMs),
-          );
-          RequestContextStore.setHeader('retry-after', ex.headers['retry-after']);
-          throw ex;
-        }
-        held.push({ subject, result });
-      }
-    } catch (err) {
+    // The user's and the project's budgets are reserved at once; a refusal gives back the other hold.
+    const outcomes = await Promise.allSettled(
+      subjects.map(async (subject) => ({
+        subject,
+        result: await this.store.consume(subject.key, subject.windows, reserved),
+      })),
+    );
+    const held = outcomes.flatMap((o) =>
+      o.status === 'fulfilled' && o.value.result.allowed ? [o.value] : [],
+    );
+    const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    const refused = outcomes.find((o) => o.status === 'fulfilled' && !o.value.result.allowed);
+    if (failed || refused) {
       await this.adjustAll(held, -reserved);
-      if (err instanceof StoreDegradedError) throw new StorageUnavailableException(err);
-      throw err;
+      if (failed) {
+        if (failed.reason instanceof StoreDegradedError) throw new StorageUnavailableException(failed.reason);
+        throw failed.reason;
+      }
+      const { subject, result } = (
+        refused as PromiseFulfilledResult<{ subject: Subject_; result: ConsumeResult }>
+      ).value;
+      const w = result.blockedBy!;
+      const period = w.name as 'day' | 'month';
+      this.metrics.budgetRejected(subject.scope, period);
+      const windowMs = subject.windows.find((x) => x.name === w.name)!.windowMs;
+      const ex = new BudgetExceededException(
+        subject.scope,
+        period,
+        w.limit / MICRO,
+        new Date(w.start + windowMs),
+      );
+      RequestContextStore.setHeader('retry-after', ex.headers['retry-after']);
+      throw ex;
     }
     let done = false;
     return {

@@ -5,5 +5,15 @@ import { createHash } from 'node:crypto';
  * OpenAI uses it for abuse monitoring; the hash keeps the user's own ID (often an e-mail) private.
  */
 export function hashUserId(user: string, salt: string): string {
-  return createHash('sha256').update(`${salt}:${user}`).digest('hex');
+  const key = `${salt}:${user}`;
+  let hash = recent.get(key);
+  if (hash === undefined) {
+    hash = createHash('sha256').update(key).digest('hex');
+    // A small bounded memo: the same users call again and again; SHA-256 costs ~10 µs a call.
+    if (recent.size >= 10_000) recent.delete(recent.keys().next().value as string);
+    recent.set(key, hash);
+  }
+  return hash;
 }
+
+const recent = new Map<string, string>();

@@ -89,22 +89,35 @@ const LONG_RUN_TEST = new RegExp(`\\S{${LONG_RUN_LENGTH}}`);
  * as `user`; non-object entries count as empty user messages.
  */
 export function countChatPromptTokens(messages: readonly CountableChatMessage[]): number {
-  const chat = (messages as readonly unknown[]).map((m) => {
-    if (!isRecord(m)) return { role: 'user', content: '' };
+  // gpt-tokenizer's encodeChat rebuilds its special-token pattern on every call (~30 µs); the chat
+  // template is additive, so the same count is the reply primer, a fixed framing per message, and each
+  // content's own tokens (checked against encodeChat in the spec).
+  let total = CHAT_PRIMER_TOKENS;
+  for (const m of messages as readonly unknown[]) {
+    if (!isRecord(m)) {
+      total += framingTokens('user');
+      continue;
+    }
     const text = messageText(m.content);
     const tools = toolCallsText(m.tool_calls);
-    return {
-      role: typeof m.role === 'string' && m.role.length > 0 ? m.role : 'user',
-      content: tools ? (text ? `${text}\n${tools}` : tools) : text,
-    };
-  });
-  if (!chat.some((m) => LONG_RUN_TEST.test(m.content)))
-    return encodeChat(chat, CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
-  // The chat template's tokens plus each content's own: equal to the chat encoding for ordinary text.
-  const framing = encodeChat(
-    chat.map((m) => ({ ...m, content: '' })),
-    CHAT_TEMPLATE_MODEL,
-    ENCODE_OPTIONS,
-  ).length;
-  return chat.reduce((n, m) => n + countTextTokens(m.content), framing);
+    const role = typeof m.role === 'string' && m.role.length > 0 ? m.role : 'user';
+    total += framingTokens(role) + countTextTokens(tools ? (text ? `${text}\n${tools}` : tools) : text);
+  }
+  return total;
+}
+
+/** Tokens of `encodeChat` for an empty chat: the primer of the assistant's reply. */
+const CHAT_PRIMER_TOKENS = encodeChat([], CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length;
+const framing = new Map<string, number>();
+
+/** Template tokens around one message of `role` (its content excluded), computed once per role. */
+function framingTokens(role: string): number {
+  let n = framing.get(role);
+  if (n === undefined) {
+    n =
+      encodeChat([{ role: role as 'user', content: '' }], CHAT_TEMPLATE_MODEL, ENCODE_OPTIONS).length -
+      CHAT_PRIMER_TOKENS;
+    if (framing.size < 64) framing.set(role, n);
+  }
+  return n;
 }

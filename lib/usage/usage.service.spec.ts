@@ -238,7 +238,7 @@ describe('UsageService', () => {
     expect((await usage.totals('u', 'day', AT)).requests).toBe(0);
   });
 
-  it('writes off the request path; flush() waits for the writes; a failed write is logged, not thrown', async () => {
+  it('writes off the request path; flush() and totals() wait for the writes; a failed write is logged, not thrown', async () => {
     const error = vi.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
     const memory = new MemoryStore();
     let release!: () => void;
@@ -255,15 +255,21 @@ describe('UsageService', () => {
       },
     });
     const usage = new UsageService(slow, options());
+    // record() returns at once: nothing is written until the buffer drains after this turn.
     usage.record({ user: 'u', model: 'm', usage: u(1, 1), costUsd: 0.1 }, AT);
-    expect((await usage.totals(null, 'day', AT)).requests).toBe(0);
+    expect((await memory.getFields('usage:project:2024-07-04')).requests ?? 0).toBe(0);
     let flushed = false;
     const f = usage.flush().then(() => (flushed = true));
+    // totals() reads this instance's own writes: it waits for them too.
+    let read: number | undefined;
+    const t = usage.totals(null, 'day', AT).then((r) => (read = r.requests));
     await new Promise((r) => setTimeout(r, 5));
     expect(flushed).toBe(false);
+    expect(read).toBeUndefined();
     release();
     await f;
-    expect((await usage.totals(null, 'day', AT)).requests).toBe(1);
+    await t;
+    expect(read).toBe(1);
     expect(error.mock.calls.map((c) => String(c[0])).join('\n')).toContain('store down');
   });
 });

@@ -76,6 +76,34 @@ const roundUsd = (usd: number) => Math.round(usd * 1e9) / 1e9;
 
 const label = (s: string) => s.replace(/[|]/g, '_').slice(0, 120);
 
+/** The fields one call adds to a usage record (zeros left out). */
+function usageFields(entry: UsageEntry): Record<string, number> {
+  const u = entry.usage;
+  const cost = entry.costUsd ?? 0;
+  const model = label(entry.model);
+  const route = label(entry.route ?? 'none');
+  const fields: Record<string, number> = {
+    requests: 1,
+    prompt_tokens: u.prompt_tokens,
+    cached_tokens: u.cached_tokens,
+    completion_tokens: u.completion_tokens,
+    reasoning_tokens: u.reasoning_tokens,
+    cost_usd: cost,
+    unpriced_requests: entry.costUsd === null ? 1 : 0,
+    estimated_requests: u.estimated ? 1 : 0,
+    [`m|${model}|requests`]: 1,
+    [`m|${model}|total_tokens`]: u.total_tokens,
+    [`m|${model}|cost_usd`]: cost,
+    [`m|${model}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
+    [`r|${route}|requests`]: 1,
+    [`r|${route}|total_tokens`]: u.total_tokens,
+    [`r|${route}|cost_usd`]: cost,
+    [`r|${route}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
+  };
+  for (const k of Object.keys(fields)) if (fields[k] === 0) delete fields[k];
+  return fields;
+}
+
 /**
  * The usage ledger: per user and for the project, per UTC day and month, with breakdowns by model and
  * by route. Writes go to the shared store off the request path (one atomic write per key); `flush()`
@@ -85,50 +113,54 @@ const label = (s: string) => s.replace(/[|]/g, '_').slice(0, 120);
 export class UsageService {
   private readonly logger = new Logger('OpenAIUsage');
   private readonly pending = new Set<Promise<void>>();
+  private buffer: Array<{ entry: UsageEntry; at: Date }> = [];
+  private scheduled = false;
 
   constructor(
     @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
     @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
   ) {}
 
-  /** Records one call; returns at once (the write is tracked for `flush()`). */
+  /**
+   * Records one call and returns at once: calls are buffered and written right after the current turn
+   * of the event loop, summed per key (one write per key for a burst of calls), off the request path.
+   * `flush()` writes and waits; `totals()` flushes first, so an instance reads its own writes.
+   */
   record(entry: UsageEntry, at = new Date()): void {
     if (!this.options.usage.enabled) return;
-    const u = entry.usage;
-    const cost = entry.costUsd ?? 0;
-    const model = label(entry.model);
-    const route = label(entry.route ?? 'none');
-    const fields: Record<string, number> = {
-      requests: 1,
-      prompt_tokens: u.prompt_tokens,
-      cached_tokens: u.cached_tokens,
-      completion_tokens: u.completion_tokens,
-      reasoning_tokens: u.reasoning_tokens,
-      cost_usd: cost,
-      unpriced_requests: entry.costUsd === null ? 1 : 0,
-      estimated_requests: u.estimated ? 1 : 0,
-      [`m|${model}|requests`]: 1,
-      [`m|${model}|total_tokens`]: u.total_tokens,
-      [`m|${model}|cost_usd`]: cost,
-      [`m|${model}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
-      [`r|${route}|requests`]: 1,
-      [`r|${route}|total_tokens`]: u.total_tokens,
-      [`r|${route}|cost_usd`]: cost,
-      [`r|${route}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
+    this.buffer.push({ entry, at });
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.drain());
+    }
+  }
+
+  private drain(): void {
+    this.scheduled = false;
+    const batch = this.buffer;
+    this.buffer = [];
+    if (batch.length === 0) return;
+    const sums = new Map<string, { fields: Record<string, number>; ttlMs: number }>();
+    const add = (key: string, fields: Record<string, number>, ttlMs: number) => {
+      const e = sums.get(key);
+      if (!e) sums.set(key, { fields: { ...fields }, ttlMs });
+      else for (const [k, v] of Object.entries(fields)) e.fields[k] = (e.fields[k] ?? 0) + v;
     };
-    for (const k of Object.keys(fields)) if (fields[k] === 0) delete fields[k];
-    const { day, month } = periodKeys(at);
     const dayTtl = this.options.usage.dailyRetentionDays * DAY_MS;
     const monthTtl = this.options.usage.monthlyRetentionDays * DAY_MS;
-    const writes: Array<Promise<void>> = [
-      this.store.incrementFields(this.key(null, day), fields, dayTtl),
-      this.store.incrementFields(this.key(null, month), fields, monthTtl),
-    ];
-    if (entry.user !== undefined) {
-      writes.push(this.store.incrementFields(this.key(entry.user, day), fields, dayTtl));
-      writes.push(this.store.incrementFields(this.key(entry.user, month), fields, monthTtl));
+    for (const { entry, at } of batch) {
+      const fields = usageFields(entry);
+      const { day, month } = periodKeys(at);
+      add(this.key(null, day), fields, dayTtl);
+      add(this.key(null, month), fields, monthTtl);
+      if (entry.user !== undefined) {
+        add(this.key(entry.user, day), fields, dayTtl);
+        add(this.key(entry.user, month), fields, monthTtl);
+      }
     }
-    const p = Promise.all(writes).then(
+    const p = Promise.all(
+      [...sums].map(([key, e]) => this.store.incrementFields(key, e.fields, e.ttlMs)),
+    ).then(
       () => undefined,
       (err: unknown) =>
         this.logger.error(`recording usage failed: ${(err as Error)?.message ?? String(err)}`),
@@ -144,6 +176,7 @@ export class UsageService {
   async totals(user: string | null, period: 'day' | 'month' = 'day', at = new Date()): Promise<UsageReport> {
     const keys = periodKeys(at);
     const periodKey = period === 'day' ? keys.day : keys.month;
+    await this.flush();
     const raw = await this.store.getFields(this.key(user, periodKey)).catch(storageUnavailable);
     const report: UsageReport = {
       user,
@@ -172,6 +205,7 @@ export class UsageService {
 
   /** Waits until every recorded call is written. */
   async flush(): Promise<void> {
+    if (this.scheduled) this.drain();
     while (this.pending.size) await Promise.all([...this.pending]);
   }
 
