@@ -61,14 +61,14 @@ export function classify(args: string[]): Classified {
     if (key.includes('{rl:tok:')) {
       return consume
         ? { what: 'token window, reserve', onPath: true, order: 2 }
-        : { what: 'token window, settle (adjust)', onPath: true, order: 5 };
+        : { what: 'token window, settle (adjust; issued, not awaited)', onPath: false, order: 5 };
     }
     if (key.includes('{budget:')) {
       const who = key.includes('{budget:project}') ? 'project' : 'user';
       if (consume && cost > 0)
         return { what: `budget ${who}, reserve`, onPath: true, order: who === 'user' ? 3 : 4 };
       if (consume) return { what: `budget ${who}, alert check (peek, cost 0)`, onPath: false, order: 8 };
-      return { what: `budget ${who}, settle (adjust)`, onPath: true, order: 6 };
+      return { what: `budget ${who}, settle (adjust; issued, not awaited)`, onPath: false, order: 6 };
     }
     if (key.includes('{usage:')) {
       const who = key.includes('{usage:project:') ? 'project' : 'user';
