@@ -1,0 +1,2 @@
+export * from './create-openai-client.js';
+export * from './sse-completion.js';

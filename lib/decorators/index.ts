@@ -1,0 +1,2 @@
+export * from './inject-openai-store.decorator.js';
+export * from './inject-openai.decorator.js';

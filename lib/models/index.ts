@@ -1,0 +1,2 @@
+export * from './model-names.js';
+export * from './model-policy.js';

@@ -1,0 +1,2 @@
+export * from './deep-merge.js';
+export * from './http.js';
