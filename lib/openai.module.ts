@@ -71,6 +71,23 @@ class OpenAIStoreLifecycle implements OnModuleInit, OnApplicationShutdown {
   }
 }
 
+/** The services users inject (and the guard and pipes they use by class). */
+const exported = [
+  OpenAIService,
+  RateLimitService,
+  OpenAIThrottlerStorage,
+  OpenAIThrottlerGuard,
+  OpenAIHealthService,
+  PricingService,
+  OpenAIMetricsService,
+  UsageService,
+  BudgetService,
+  ModerationService,
+  ModerationPipe,
+  ChatRequestPipe,
+  ResponseCacheService,
+];
+
 const providers: Provider[] = [
   {
     provide: OPENAI_RESOLVED_OPTIONS,
@@ -88,20 +105,9 @@ const providers: Provider[] = [
   { provide: OPENAI_CLIENT, inject: [OPENAI_RESOLVED_OPTIONS], useFactory: createOpenAIClient },
   { provide: OPENAI_STORE, inject: [OPENAI_RESOLVED_OPTIONS], useFactory: createStore },
   OpenAIStoreLifecycle,
-  RateLimitService,
   TokenLimitHook,
-  OpenAIThrottlerStorage,
-  OpenAIThrottlerGuard,
-  OpenAIHealthService,
-  PricingService,
-  OpenAIMetricsService,
-  UsageService,
   UsageHook,
-  BudgetService,
-  ModerationService,
-  ModerationPipe,
-  ChatRequestPipe,
-  ResponseCacheService,
+  ...exported,
   // Order matters: token limits, then budgets, then the usage ledger (which only settles).
   {
     provide: OPENAI_CALL_HOOKS,
@@ -112,7 +118,6 @@ const providers: Provider[] = [
       usage,
     ],
   },
-  OpenAIService,
   { provide: APP_INTERCEPTOR, useClass: RequestContextInterceptor },
 ];
 
@@ -129,23 +134,7 @@ const providers: Provider[] = [
  */
 @Module({
   providers,
-  exports: [
-    OpenAIService,
-    OPENAI_CLIENT,
-    OPENAI_RESOLVED_OPTIONS,
-    OPENAI_STORE,
-    RateLimitService,
-    OpenAIThrottlerStorage,
-    OpenAIThrottlerGuard,
-    OpenAIHealthService,
-    PricingService,
-    OpenAIMetricsService,
-    UsageService,
-    BudgetService,
-    ModerationService,
-    ModerationPipe,
-    ChatRequestPipe,
-  ],
+  exports: [OPENAI_CLIENT, OPENAI_RESOLVED_OPTIONS, OPENAI_STORE, ...exported],
 })
 export class OpenAIModule extends OpenAIConfigurableModule implements NestModule {
   configure(consumer: MiddlewareConsumer): void {
