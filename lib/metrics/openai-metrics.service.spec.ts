@@ -4,6 +4,7 @@ import type { NormalizedUsage, UpstreamCall } from '../call/upstream-call.js';
 import { resolveOpenAIOptions } from '../config/resolve-options.js';
 import type { OpenAIModuleOptions } from '../interfaces/openai-module-options.interface.js';
 import { OpenAIMetricsService } from './openai-metrics.service.js';
+import { metricValue } from '../../test/support/prometheus.js';
 
 const service = (extra: OpenAIModuleOptions = {}) =>
   new OpenAIMetricsService(resolveOpenAIOptions({ apiKey: 'sk-unit', environment: 'test', ...extra }));
@@ -28,20 +29,6 @@ const usage: NormalizedUsage = {
   total_tokens: 130,
   estimated: false,
 };
-
-/** Value of the sample `name{labels}` (labels given must all match; others ignored), summed over matches. */
-function value(text: string, name: string, labels: Record<string, string> = {}): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const got = Object.fromEntries(
-      [...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
-    );
-    if (Object.entries(labels).every(([k, v]) => got[k] === v)) sum += Number(m[3]);
-  }
-  return sum;
-}
 
 describe('OpenAIMetricsService.modelLabel', () => {
   const m = service({
@@ -98,49 +85,67 @@ describe('OpenAIMetricsService', () => {
     m.succeeded(call('made-up-model'), 'made-up-model', 10, { ...usage, estimated: true }, null);
     const t = await m.metrics();
     expect(
-      value(t, 'openai_upstream_requests_total', { model: 'gpt-4o-mini-2024-07-18', status_class: '5xx' }),
+      metricValue(t, 'openai_upstream_requests_total', {
+        model: 'gpt-4o-mini-2024-07-18',
+        status_class: '5xx',
+      }),
     ).toBe(1);
     expect(
-      value(t, 'openai_upstream_requests_total', {
+      metricValue(t, 'openai_upstream_requests_total', {
         model: 'gpt-4o-mini-2024-07-18',
         status_class: 'timeout',
       }),
     ).toBe(1);
     expect(
-      value(t, 'openai_upstream_requests_total', {
+      metricValue(t, 'openai_upstream_requests_total', {
         model: 'gpt-4o-2024-08-06',
         status_class: '2xx',
         endpoint: 'chat.completions',
       }),
     ).toBe(1);
-    expect(value(t, 'openai_retries_total')).toBe(1);
+    expect(metricValue(t, 'openai_retries_total')).toBe(1);
     expect(
-      value(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', route: 'POST /chat', type: 'prompt' }),
+      metricValue(t, 'openai_tokens_total', {
+        model: 'gpt-4o-2024-08-06',
+        route: 'POST /chat',
+        type: 'prompt',
+      }),
     ).toBe(100);
-    expect(value(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', type: 'cached' })).toBe(40);
-    expect(value(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', type: 'completion' })).toBe(30);
-    expect(value(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', type: 'reasoning' })).toBe(10);
-    expect(value(t, 'openai_tokens_total', { model: 'other', route: 'none', type: 'prompt' })).toBe(100);
-    expect(value(t, 'openai_cost_usd_total', { model: 'gpt-4o-2024-08-06', route: 'POST /chat' })).toBe(0.25);
-    expect(value(t, 'openai_cost_usd_total', { model: 'other' })).toBe(0);
-    expect(value(t, 'openai_upstream_latency_seconds_count', { model: 'gpt-4o-2024-08-06' })).toBe(1);
-    expect(value(t, 'openai_upstream_latency_seconds_sum', { model: 'gpt-4o-2024-08-06' })).toBe(1.5);
-    expect(value(t, 'openai_upstream_latency_seconds_bucket', { model: 'gpt-4o-2024-08-06', le: '1' })).toBe(
-      0,
+    expect(metricValue(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', type: 'cached' })).toBe(40);
+    expect(metricValue(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', type: 'completion' })).toBe(
+      30,
     );
+    expect(metricValue(t, 'openai_tokens_total', { model: 'gpt-4o-2024-08-06', type: 'reasoning' })).toBe(10);
+    expect(metricValue(t, 'openai_tokens_total', { model: 'other', route: 'none', type: 'prompt' })).toBe(
+      100,
+    );
+    expect(metricValue(t, 'openai_cost_usd_total', { model: 'gpt-4o-2024-08-06', route: 'POST /chat' })).toBe(
+      0.25,
+    );
+    expect(metricValue(t, 'openai_cost_usd_total', { model: 'other' })).toBe(0);
+    expect(metricValue(t, 'openai_upstream_latency_seconds_count', { model: 'gpt-4o-2024-08-06' })).toBe(1);
+    expect(metricValue(t, 'openai_upstream_latency_seconds_sum', { model: 'gpt-4o-2024-08-06' })).toBe(1.5);
     expect(
-      value(t, 'openai_upstream_latency_seconds_bucket', { model: 'gpt-4o-2024-08-06', le: '2.5' }),
+      metricValue(t, 'openai_upstream_latency_seconds_bucket', { model: 'gpt-4o-2024-08-06', le: '1' }),
+    ).toBe(0);
+    expect(
+      metricValue(t, 'openai_upstream_latency_seconds_bucket', { model: 'gpt-4o-2024-08-06', le: '2.5' }),
     ).toBe(1);
     expect(
-      value(t, 'openai_fallbacks_total', { from: 'gpt-4o-mini-2024-07-18', to: 'gpt-4o-2024-08-06' }),
+      metricValue(t, 'openai_fallbacks_total', { from: 'gpt-4o-mini-2024-07-18', to: 'gpt-4o-2024-08-06' }),
     ).toBe(1);
     expect(
-      value(t, 'openai_upstream_errors_total', { model: 'gpt-4o-mini-2024-07-18', error: 'upstream_error' }),
+      metricValue(t, 'openai_upstream_errors_total', {
+        model: 'gpt-4o-mini-2024-07-18',
+        error: 'upstream_error',
+      }),
     ).toBe(1);
-    expect(value(t, 'openai_rate_limit_rejections_total', { kind: 'requests', limit: 'minute' })).toBe(1);
-    expect(value(t, 'openai_budget_rejections_total', { scope: 'project', period: 'month' })).toBe(1);
-    expect(value(t, 'openai_unpriced_calls_total', { model: 'other' })).toBe(1);
-    expect(value(t, 'openai_estimated_usage_total', { model: 'other' })).toBe(1);
+    expect(metricValue(t, 'openai_rate_limit_rejections_total', { kind: 'requests', limit: 'minute' })).toBe(
+      1,
+    );
+    expect(metricValue(t, 'openai_budget_rejections_total', { scope: 'project', period: 'month' })).toBe(1);
+    expect(metricValue(t, 'openai_unpriced_calls_total', { model: 'other' })).toBe(1);
+    expect(metricValue(t, 'openai_estimated_usage_total', { model: 'other' })).toBe(1);
     expect(t).not.toContain('alice');
     expect(t).not.toContain('rid-123');
     expect(t).not.toContain('made-up-model');

@@ -5,6 +5,7 @@ import { BudgetService, DEFAULT_PRICES, UsageService } from '../../lib/index.js'
 import { FakeOpenAIServer, countChatPromptTokens } from '../../lib/testing/index.js';
 import { sharedRedisUrl } from '../support/redis.js';
 import { PLATFORMS, startSampleApp, type SampleAppHandle } from '../support/sample-app.js';
+import { metricValue } from '../support/prometheus.js';
 
 const redisUrl = sharedRedisUrl();
 
@@ -20,19 +21,6 @@ const EXACT_MICRO = PROMPT * MINI.input + MAX_TOKENS * MINI.output; // micro-USD
 const CHARGED_MICRO = Math.ceil(EXACT_MICRO - 1e-9); // each call rounded up to the next micro-USD
 const LIMIT_MICRO = BUDGET_USD * 1e6;
 const FITS = Math.floor(LIMIT_MICRO / CHARGED_MICRO);
-
-function metricValue(text: string, name: string, labels: Record<string, string> = {}): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const got = Object.fromEntries(
-      [...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
-    );
-    if (Object.entries(labels).every(([k, v]) => got[k] === v)) sum += Number(m[3]);
-  }
-  return sum;
-}
 
 const nextUtcMidnight = () => {
   const now = new Date();

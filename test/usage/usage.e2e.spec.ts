@@ -4,6 +4,7 @@ import { DEFAULT_PRICES, UsageService } from '../../lib/index.js';
 import { FakeOpenAIServer, countChatPromptTokens, countTextTokens } from '../../lib/testing/index.js';
 import { sseEvents, sseText } from '../support/fixture-app.js';
 import { PLATFORMS, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
+import { metricValue } from '../support/prometheus.js';
 
 const MINI = DEFAULT_PRICES['gpt-4o-mini'];
 const REASONING = 3;
@@ -14,19 +15,6 @@ const bearer = (user: string) => ({ authorization: `Bearer ${user}-token` });
 const miniCost = (prompt: number, cached: number, completion: number) =>
   ((prompt - cached) * MINI.input + cached * (MINI.cachedInput ?? MINI.input) + completion * MINI.output) /
   1e6;
-
-function metricValue(text: string, name: string, labels: Record<string, string> = {}): number {
-  let sum = 0;
-  for (const line of text.split('\n')) {
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const got = Object.fromEntries(
-      [...(m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)].map((x) => [x[1], x[2]]),
-    );
-    if (Object.entries(labels).every(([k, v]) => got[k] === v)) sum += Number(m[3]);
-  }
-  return sum;
-}
 
 describe.each(PLATFORMS)('usage and cost in the sample app on %s (memory store)', (platform) => {
   let fake: FakeOpenAIServer;
