@@ -1,3 +1,4 @@
+import { spawn, type ChildProcess } from 'node:child_process';
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { freePort, sharedRedisUrl, uniquePrefix } from '../../test/support/redis.js';
@@ -68,4 +69,36 @@ describe('createStore', () => {
     expect(await client.ping()).toBe('PONG');
     client.disconnect();
   });
+
+  it.skipIf(!url)(
+    'redis with a given client still connecting: waits up to connectTimeoutMs, not commandTimeoutMs',
+    async () => {
+      const port = await freePort();
+      // The app's client is created before its Redis is up; Redis comes up after 3 x commandTimeoutMs.
+      const client = new Redis({ port, host: '127.0.0.1', retryStrategy: () => 100 });
+      client.on('error', () => undefined);
+      let server: ChildProcess | undefined;
+      const late = setTimeout(() => {
+        server = spawn(
+          'redis-server',
+          ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+          {
+            stdio: 'ignore',
+          },
+        );
+      }, 600);
+      try {
+        const s = await createStore(
+          options({ type: 'redis', redis: { client, commandTimeoutMs: 200 }, connectTimeoutMs: 8_000 }),
+        );
+        expect(s).toBeInstanceOf(ResilientStore);
+        await s.close();
+      } finally {
+        clearTimeout(late);
+        client.disconnect();
+        server?.kill('SIGKILL');
+      }
+    },
+    15_000,
+  );
 });

@@ -26,7 +26,9 @@ export async function createStore(options: ResolvedOpenAIOptions): Promise<OpenA
   }
   const redis = new RedisStore(s.redis ?? {}, RedisCtor);
   try {
-    if (s.redis?.client) await withTimeout(redis.ping(), s.connectTimeoutMs);
+    // The client's own PING, bounded by connectTimeoutMs: the store's ping() is bounded by the much shorter
+    // commandTimeoutMs, which would fail the boot of a client that is still connecting.
+    if (s.redis?.client) await withTimeout(redis.client.ping(), s.connectTimeoutMs);
     else await redis.waitReady(s.connectTimeoutMs);
   } catch (err) {
     await redis.close();
