@@ -9,15 +9,12 @@ import {
   messageText,
   type CountableChatMessage,
 } from '../tokens/token-counter.js';
+import { isRecord } from '../utils/is-record.js';
 
 export { countChatPromptTokens, countTextTokens, type CountableChatMessage };
 
 /** Special-token text in replies is encoded as plain text instead of throwing. */
 const ENCODE_OPTIONS = { disallowedSpecial: new Set<string>() };
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Public types

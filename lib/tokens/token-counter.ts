@@ -1,4 +1,5 @@
 import { encode, encodeChat } from 'gpt-tokenizer/encoding/o200k_base';
+import { isRecord } from '../utils/is-record.js';
 
 // Token counting with o200k_base (GPT-4o, GPT-4.1, o-series); the encoder is built once, at import.
 
@@ -17,10 +18,6 @@ export interface CountableChatMessage {
 const ENCODE_OPTIONS = { disallowedSpecial: new Set<string>() };
 /** The chat template gpt-tokenizer uses for o200k_base chat models. */
 const CHAT_TEMPLATE_MODEL = 'gpt-4o';
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 /** Text of a message `content`: a string as is, text parts joined with `\n`, anything else empty. */
 export function messageText(content: unknown): string {
