@@ -416,24 +416,21 @@ export class OpenAIService {
     }
     const maxOutputTokens = asked == null ? dflt : Math.min(asked, cap);
     const fallbacks = this.policy.fallbacksFor(model, options.fallbacks);
-    const ctx = RequestContextStore.get();
-    const user = options.user ?? ctx?.user;
+    const promptTokens = enforceInputLimits(request as never, this.options.input);
+    const call = this.newCall(
+      'chat.completions',
+      model,
+      stream,
+      options,
+      promptTokens,
+      maxOutputTokens,
+      fallbacks,
+    );
     const body: Record<string, unknown> = { ...request, model };
     delete body.max_tokens;
     delete body.max_completion_tokens;
     body[field] = maxOutputTokens;
-    this.applyIdentity(body, user);
-    const call: UpstreamCall = {
-      endpoint: 'chat.completions',
-      model,
-      stream,
-      user,
-      route: options.route ?? ctx?.route,
-      requestId: ctx?.requestId,
-      promptTokens: enforceInputLimits(request as never, this.options.input),
-      maxOutputTokens,
-      candidates: [model, ...fallbacks],
-    };
+    this.applyIdentity(body, call.user);
     return { call, body, fallbacks, options };
   }
 
@@ -444,19 +441,36 @@ export class OpenAIService {
     options: CallOptions,
     promptTokens = 0,
   ): Prepared {
+    return {
+      call: this.newCall(endpoint, model, false, options, promptTokens, 0, []),
+      body,
+      fallbacks: [],
+      options,
+    };
+  }
+
+  /** The normalized view of a call; the user and route default to the current request's. */
+  private newCall(
+    endpoint: UpstreamEndpoint,
+    model: string,
+    stream: boolean,
+    options: CallOptions,
+    promptTokens: number,
+    maxOutputTokens: number,
+    fallbacks: string[],
+  ): UpstreamCall {
     const ctx = RequestContextStore.get();
-    const call: UpstreamCall = {
+    return {
       endpoint,
       model,
-      stream: false,
+      stream,
       user: options.user ?? ctx?.user,
       route: options.route ?? ctx?.route,
       requestId: ctx?.requestId,
       promptTokens,
-      maxOutputTokens: 0,
-      candidates: [model],
+      maxOutputTokens,
+      candidates: [model, ...fallbacks],
     };
-    return { call, body, fallbacks: [], options };
   }
 
   private applyIdentity(body: Record<string, unknown>, user: string | undefined): void {
