@@ -185,6 +185,16 @@ export interface FaultRule {
   streamStallAfterChunks?: number;
   /** Streaming only: send every chunk (incl. the usage chunk if requested) but end the response without `data: [DONE]`. */
   omitDone?: boolean;
+  /**
+   * Serve the request normally but without `usage`: JSON replies drop the field, streams send no usage chunk (as some
+   * OpenAI-compatible servers and proxies do).
+   */
+  omitUsage?: boolean;
+  /**
+   * Answer `200` with this JSON body instead of serving the request (e.g. a moderation reply of an unexpected shape).
+   * Sent as is, with the usual headers.
+   */
+  replyBody?: unknown;
 }
 
 /** A request the server received. Recorded as soon as its body has been read, before any fault is applied. */
@@ -598,6 +608,10 @@ export class FakeOpenAIServer {
         });
         return;
       }
+      if (fault.replyBody !== undefined) {
+        this.sendJson(res, requestId, startedAt, 200, fault.replyBody);
+        return;
+      }
       if (fault.malformed) {
         this.setCommonHeaders(res, requestId, startedAt);
         if (record.stream) {
@@ -709,6 +723,10 @@ export class FakeOpenAIServer {
   }
 
   private ok(ctx: RequestContext, payload: unknown, model?: string): void {
+    if (ctx.fault?.omitUsage && isRecord(payload) && 'usage' in payload) {
+      const { usage: _omitted, ...rest } = payload;
+      payload = rest;
+    }
     this.sendJson(ctx.res, ctx.record.requestId, ctx.record.at, 200, payload, model);
     ctx.finished = true;
   }
@@ -806,7 +824,7 @@ export class FakeOpenAIServer {
         common,
         content,
         finishReason,
-        streamOptions.include_usage === true ? usage : undefined,
+        streamOptions.include_usage === true && !ctx.fault?.omitUsage ? usage : undefined,
       );
       return;
     }
