@@ -1,0 +1,202 @@
+// Public options, fault rules and recorded requests of the fake OpenAI server, with their defaults.
+
+/**
+ * The moderation categories reported by `POST /v1/moderations`, in the order OpenAI documents them for
+ * `omni-moderation-latest`. Every result carries all of them in `categories`, `category_scores` and
+ * `category_applied_input_types`.
+ */
+export const MODERATION_CATEGORIES = [
+  'harassment',
+  'harassment/threatening',
+  'hate',
+  'hate/threatening',
+  'illicit',
+  'illicit/violent',
+  'self-harm',
+  'self-harm/intent',
+  'self-harm/instructions',
+  'sexual',
+  'sexual/minors',
+  'violence',
+  'violence/graphic',
+] as const;
+
+/** One of {@link MODERATION_CATEGORIES}. */
+export type ModerationCategory = (typeof MODERATION_CATEGORIES)[number];
+
+/**
+ * Default moderation triggers: an input containing the key (case-insensitive substring) is flagged with the listed
+ * categories (score 0.95, `true`); everything else scores 0.0001 and `false`.
+ *
+ * - `FLAG_ME` → `harassment`
+ * - `KILL_ME_NOW` → `self-harm`, `self-harm/intent`
+ */
+export const DEFAULT_MODERATION_TRIGGERS: Readonly<Record<string, readonly string[]>> = Object.freeze({
+  FLAG_ME: Object.freeze(['harassment']),
+  KILL_ME_NOW: Object.freeze(['self-harm', 'self-harm/intent']),
+});
+
+/** Model ids served by `GET /v1/models` and `GET /v1/models/:id` unless {@link FakeOpenAIServerOptions.models} is set. */
+export const DEFAULT_FAKE_MODELS: readonly string[] = Object.freeze([
+  'gpt-4o',
+  'gpt-4o-2024-08-06',
+  'gpt-4o-mini',
+  'gpt-4o-mini-2024-07-18',
+  'omni-moderation-latest',
+  'text-embedding-3-small',
+]);
+
+/** The chat request as handed to {@link FakeOpenAIServerOptions.reply} and {@link FakeOpenAIServerOptions.cachedTokens}. */
+export interface FakeChatRequest {
+  /** `body.model`, as sent. */
+  model: string;
+  /** `body.messages`, as sent (not validated beyond "is an array"). */
+  messages: unknown[];
+  /** The effective completion limit in tokens: `max_completion_tokens ?? max_tokens`, when either was sent. */
+  max_tokens?: number;
+  /** The whole parsed request body, for anything else (tools, response_format, temperature, ...). */
+  body: Record<string, unknown>;
+}
+
+/** {@link FakeChatRequest} plus the prompt token count the server computed, for {@link FakeOpenAIServerOptions.cachedTokens}. */
+export interface FakeUsageRequest extends FakeChatRequest {
+  /** `usage.prompt_tokens` that will be reported (see {@link countChatPromptTokens}). */
+  promptTokens: number;
+}
+
+/** Produces the assistant's completion text for a chat request. Must be synchronous and should be deterministic. */
+export type FakeReplyFn = (req: FakeChatRequest) => string;
+
+/** Options for {@link FakeOpenAIServer.start}. All optional. */
+export interface FakeOpenAIServerOptions {
+  /** TCP port to listen on. Default `0` (an ephemeral free port; read it back from {@link FakeOpenAIServer.baseURL}). */
+  port?: number;
+  /** Interface to bind. Default `'127.0.0.1'`. */
+  host?: string;
+  /**
+   * Accepted API keys. When set, a request whose `Authorization: Bearer <key>` is missing or not in the list gets
+   * `401` with code `invalid_api_key`. Default: any key (or none) is accepted. Can be changed later with
+   * {@link FakeOpenAIServer.setApiKeys}.
+   */
+  apiKeys?: string[];
+  /**
+   * Moderation triggers: trigger text (matched as a case-insensitive substring of each input) → categories flagged.
+   * Replaces (does not merge with) {@link DEFAULT_MODERATION_TRIGGERS}. A flagged category scores 0.95 and is `true`;
+   * all others score 0.0001 and are `false`.
+   */
+  moderationTriggers?: Record<string, string[]>;
+  /**
+   * The completion text for `POST /v1/chat/completions`. Default: `` `Echo: ${text of the last user message}` ``
+   * (content-part arrays are joined with `\n`, non-text parts ignored). Truncated to the request's
+   * `max_completion_tokens` / `max_tokens` if longer. If it throws, the server answers `500 server_error`.
+   */
+  reply?: FakeReplyFn;
+  /**
+   * `usage.prompt_tokens_details.cached_tokens` to report, in tokens, or a function computing it per request.
+   * Clamped to `[0, prompt_tokens]`. Default `0`.
+   */
+  cachedTokens?: number | ((req: FakeUsageRequest) => number);
+  /**
+   * `usage.completion_tokens_details.reasoning_tokens` to report, in tokens. Default `0`. As on the real API,
+   * reasoning tokens are part of `completion_tokens` and count against `max_completion_tokens`.
+   */
+  reasoningTokens?: number;
+  /** Delay between consecutive SSE events of a streamed chat completion, in ms. Default `0`. */
+  streamChunkDelayMs?: number;
+  /** Length of each embedding vector when the request has no `dimensions`. Default `8`. */
+  embeddingDimensions?: number;
+  /** Model ids listed by `GET /v1/models`. Default {@link DEFAULT_FAKE_MODELS}. Chat/embeddings accept any model. */
+  models?: string[];
+}
+
+/**
+ * A programmed fault. Rules are checked in the order they were added; the first rule that matches the request (and
+ * has uses left) is applied and its remaining use count decremented. Requests that match no rule are served normally.
+ *
+ * Effects are applied in this order: `delayMs` (wait), then the first of `hang`, `drop`, `status`, `malformed`, then
+ * the streaming effects. `retryAfterMs` / `retryAfter` / `headers` are added to whatever response is sent.
+ * Faults are applied before the API-key check and request validation (they model the transport/gateway).
+ */
+export interface FaultRule {
+  /** Only requests to this path, e.g. `'/v1/chat/completions'` (query string ignored). Default: any path. */
+  path?: string;
+  /** Only requests whose `body.model` equals this. Default: any model (or none). */
+  model?: string;
+  /** How many matching requests this rule applies to. Default `Infinity`. */
+  times?: number;
+  /**
+   * Respond with this HTTP status and an OpenAI-style error body `{ error: { message, type, param, code } }`, with a
+   * type/code fitting the status (e.g. 429 → `rate_limit_exceeded`, 500 → `server_error`).
+   */
+  status?: number;
+  /** Override `error.code` of the `status` error body (e.g. `'insufficient_quota'`). */
+  errorCode?: string | null;
+  /** Override `error.type` of the `status` error body. */
+  errorType?: string;
+  /** Override `error.message` of the `status` error body. */
+  errorMessage?: string;
+  /** Sets response header `retry-after-ms` (milliseconds). */
+  retryAfterMs?: number;
+  /** Sets response header `retry-after` (seconds). */
+  retryAfter?: number;
+  /** Extra response headers (e.g. `{ 'x-should-retry': 'false' }`). */
+  headers?: Record<string, string>;
+  /** Wait this long before responding, in ms. Works with or without the other effects. */
+  delayMs?: number;
+  /** Never respond; the request stays open until the client gives up or {@link FakeOpenAIServer.close} is called. */
+  hang?: boolean;
+  /** Destroy the socket without sending any response (the SDK sees a connection error). */
+  drop?: boolean;
+  /**
+   * `200` with `content-type: application/json` and a body that is not valid JSON. For a streaming request the
+   * response is instead `text/event-stream` whose first event's data is not valid JSON.
+   */
+  malformed?: boolean;
+  /**
+   * Streaming only: after the initial role chunk, send this many content chunks (or all of them, if the reply has
+   * fewer), then destroy the socket: no finish chunk, no usage chunk, no `data: [DONE]`. A rule with a streaming-only
+   * effect (this, `streamStallAfterChunks`, `omitDone`) matches streaming requests only.
+   */
+  streamCutAfterChunks?: number;
+  /**
+   * Streaming only: after the initial role chunk, send this many content chunks (or all of them, if fewer), then
+   * stall forever with the socket open (until the client aborts or {@link FakeOpenAIServer.close}).
+   */
+  streamStallAfterChunks?: number;
+  /** Streaming only: send every chunk (incl. the usage chunk if requested) but end the response without `data: [DONE]`. */
+  omitDone?: boolean;
+  /**
+   * Serve the request normally but without `usage`: JSON replies drop the field, streams send no usage chunk (as some
+   * OpenAI-compatible servers and proxies do).
+   */
+  omitUsage?: boolean;
+  /**
+   * Answer `200` with this JSON body instead of serving the request (e.g. a moderation reply of an unexpected shape).
+   * Sent as is, with the usual headers.
+   */
+  replyBody?: unknown;
+}
+
+/** A request the server received. Recorded as soon as its body has been read, before any fault is applied. */
+export interface RecordedRequest {
+  /** HTTP method, e.g. `'POST'`. */
+  method: string;
+  /** Path without query string, e.g. `'/v1/chat/completions'`. */
+  path: string;
+  /** Raw request target including any query string. */
+  url: string;
+  /** Request headers (lower-cased names). */
+  headers: Record<string, string | string[] | undefined>;
+  /** Parsed JSON body; the raw text if it was not valid JSON; `undefined` when empty. */
+  body: any;
+  /** `body.model`, when it is a string. */
+  model?: string;
+  /** Arrival time, `performance.now()` in ms. */
+  at: number;
+  /** The `x-request-id` the server answered (or, for `drop`/`hang`, would have answered) with: `req_` + 32 hex. */
+  requestId: string;
+  /** `body.stream === true`. */
+  stream: boolean;
+  /** The fault rule applied to this request, if any (the same object passed to {@link FakeOpenAIServer.fault}). */
+  fault?: FaultRule;
+}
