@@ -2,11 +2,35 @@ import { Inject, Injectable } from '@nestjs/common';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { NormalizedUsage, UpstreamCall } from '../call/upstream-call.js';
 import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import { OpenAIConfigError, type ConfigProblem } from '../errors/openai-config.error.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
 import { DEFAULT_PRICES } from '../pricing/default-prices.js';
 
 /** HTTP status class of an upstream outcome, or `timeout` / `connection` when there was no status. */
 export type StatusClass = '2xx' | '4xx' | '5xx' | 'timeout' | 'connection' | 'aborted';
+
+/** What is read of a collector already in the registry (it may come from another copy of prom-client). */
+interface CollectorShape {
+  type: 'counter' | 'gauge' | 'histogram' | 'summary';
+  labelNames?: readonly string[];
+  upperBounds?: readonly number[];
+}
+
+/** Why `existing` cannot serve as the collector wanted, or `null` when it can. */
+function collectorMismatch(
+  existing: CollectorShape,
+  type: CollectorShape['type'],
+  labelNames: readonly string[],
+  buckets?: readonly number[],
+): string | null {
+  const labels = [...(existing.labelNames ?? [])].sort();
+  const wanted = [...labelNames].sort();
+  if (existing.type !== type || labels.join() !== wanted.join())
+    return `a ${existing.type} with labels [${labels.join(', ')}], where the library needs a ${type} with labels [${wanted.join(', ')}]`;
+  if (buckets && (existing.upperBounds ?? []).join() !== buckets.join())
+    return `a histogram with buckets [${(existing.upperBounds ?? []).join(', ')}], where this module's \`metrics.latencyBuckets\` are [${buckets.join(', ')}]`;
+  return null;
+}
 
 /**
  * The library's Prometheus metrics (prom-client). Labels are low-cardinality by construction: model
@@ -55,9 +79,32 @@ export class OpenAIMetricsService {
       models.embedding,
     ]);
     const p = m.prefix;
-    const registers = [this.registry];
+    const problems: ConfigProblem[] = [];
+    const collector = <C>(
+      name: string,
+      type: CollectorShape['type'],
+      labelNames: readonly string[],
+      create: (registers: Registry[]) => C,
+      buckets?: readonly number[],
+    ): C => {
+      const existing = this.registry.getSingleMetric(name) as unknown as CollectorShape | undefined;
+      if (!existing) return create([this.registry]);
+      const problem = collectorMismatch(existing, type, labelNames, buckets);
+      if (!problem) return existing as unknown as C;
+      problems.push({
+        path: 'metrics.registry',
+        message: `"${name}" is already registered there as ${problem}`,
+        fix: `give this module another \`metrics.prefix\`, or remove the other "${name}" from the registry`,
+      });
+      return create([]);
+    };
     const counter = <L extends string>(name: string, help: string, labelNames: L[]) =>
-      new Counter<L>({ name: p + name, help, labelNames, registers });
+      collector(
+        p + name,
+        'counter',
+        labelNames,
+        (registers) => new Counter<L>({ name: p + name, help, labelNames, registers }),
+      );
     this.upstreamRequests = counter('upstream_requests_total', 'Upstream (OpenAI) attempts by outcome', [
       'endpoint',
       'model',
@@ -68,13 +115,20 @@ export class OpenAIMetricsService {
       'Calls that failed after retries and fallbacks, by error code',
       ['endpoint', 'model', 'error'],
     );
-    this.upstreamLatency = new Histogram({
-      name: `${p}upstream_latency_seconds`,
-      help: 'Latency of answered upstream calls, retries included; streams until their last chunk (s)',
-      labelNames: ['endpoint', 'model'],
-      buckets: m.latencyBuckets,
-      registers,
-    });
+    this.upstreamLatency = collector(
+      `${p}upstream_latency_seconds`,
+      'histogram',
+      ['endpoint', 'model'],
+      (registers) =>
+        new Histogram({
+          name: `${p}upstream_latency_seconds`,
+          help: 'Latency of answered upstream calls, retries included; streams until their last chunk (s)',
+          labelNames: ['endpoint', 'model'],
+          buckets: m.latencyBuckets,
+          registers,
+        }),
+      m.latencyBuckets,
+    );
     this.tokens = counter(
       'tokens_total',
       'Tokens by type: prompt, cached (part of prompt), completion, reasoning (part of completion)',
@@ -104,12 +158,18 @@ export class OpenAIMetricsService {
     this.storageErrors = counter('storage_errors_total', 'Shared store outages (transitions to degraded)', [
       'store',
     ]);
-    this.storageDegraded = new Gauge({
-      name: `${p}storage_degraded`,
-      help: '1 while the shared store is down and its failure policy is in force',
-      labelNames: ['store'],
-      registers,
-    });
+    this.storageDegraded = collector(
+      `${p}storage_degraded`,
+      'gauge',
+      ['store'],
+      (registers) =>
+        new Gauge({
+          name: `${p}storage_degraded`,
+          help: '1 while the shared store is down and its failure policy is in force',
+          labelNames: ['store'],
+          registers,
+        }),
+    );
     this.unpriced = counter('unpriced_calls_total', 'Calls to models without a price (cost unknown)', [
       'model',
     ]);
@@ -121,6 +181,7 @@ export class OpenAIMetricsService {
       'Calls whose usage was estimated (stream cut before its usage chunk)',
       ['model'],
     );
+    if (problems.length) throw new OpenAIConfigError(options.environment, problems);
   }
 
   /** Content type of `metrics()`. */
