@@ -3,6 +3,23 @@ import type {
   OpenAIModuleExtras,
   OpenAIModuleOptions,
 } from './interfaces/openai-module-options.interface.js';
+import {
+  OPENAI_REQUEST_CONTEXT_ROUTES,
+  type RequestContextRoutes,
+} from './middleware/request-context-routes.js';
+
+/**
+ * Module-level settings next to the options (`forRoot({ ..., requestContext })`, also beside
+ * `useFactory` in `forRootAsync`). They shape the module itself, so they are neither per environment
+ * nor part of the validated options.
+ */
+export interface OpenAIModuleDefinitionExtras extends OpenAIModuleExtras {
+  /**
+   * Where the request context middleware and interceptor run (`forRoutes`, `exclude`, as in `nestjs-pino`).
+   * @default every route
+   */
+  requestContext?: RequestContextRoutes;
+}
 
 export const {
   ConfigurableModuleClass: OpenAIConfigurableModule,
@@ -12,10 +29,17 @@ export const {
 } = new ConfigurableModuleBuilder<OpenAIModuleOptions>({ moduleName: 'OpenAI' })
   .setClassMethodName('forRoot')
   .setFactoryMethodName('createOpenAIOptions')
-  .setExtras<OpenAIModuleExtras>({ isGlobal: false }, (definition, extras) => ({
-    ...definition,
-    global: extras.isGlobal,
-  }))
+  .setExtras<OpenAIModuleDefinitionExtras>(
+    { isGlobal: false, requestContext: undefined },
+    (definition, extras) => ({
+      ...definition,
+      global: extras.isGlobal,
+      providers: [
+        ...(definition.providers ?? []),
+        { provide: OPENAI_REQUEST_CONTEXT_ROUTES, useValue: extras.requestContext ?? {} },
+      ],
+    }),
+  )
   .build();
 
 /** Argument of `OpenAIModule.forRoot()`. */

@@ -3,6 +3,7 @@ import {
   Injectable,
   Logger,
   Module,
+  Optional,
   RequestMethod,
   type MiddlewareConsumer,
   type NestModule,
@@ -20,6 +21,10 @@ import type {
 } from './interfaces/openai-module-options.interface.js';
 import { RequestContextInterceptor } from './interceptors/request-context.interceptor.js';
 import { RequestContextMiddleware } from './middleware/request-context.middleware.js';
+import {
+  OPENAI_REQUEST_CONTEXT_ROUTES,
+  type RequestContextRoutes,
+} from './middleware/request-context-routes.js';
 import {
   OPENAI_CALL_HOOKS,
   OPENAI_CLIENT,
@@ -137,7 +142,15 @@ const providers: Provider[] = [
   exports: [OPENAI_CLIENT, OPENAI_RESOLVED_OPTIONS, OPENAI_STORE, ...exported],
 })
 export class OpenAIModule extends OpenAIConfigurableModule implements NestModule {
+  constructor(
+    @Optional() @Inject(OPENAI_REQUEST_CONTEXT_ROUTES) private readonly routes: RequestContextRoutes = {},
+  ) {
+    super();
+  }
+
   configure(consumer: MiddlewareConsumer): void {
-    consumer.apply(RequestContextMiddleware).forRoutes({ path: '*', method: RequestMethod.ALL });
+    const { forRoutes = [{ path: '*', method: RequestMethod.ALL }], exclude = [] } = this.routes ?? {};
+    const middleware = consumer.apply(RequestContextMiddleware);
+    (exclude.length ? middleware.exclude(...exclude) : middleware).forRoutes(...forRoutes);
   }
 }

@@ -1,6 +1,18 @@
-import { Injectable, type CallHandler, type ExecutionContext, type NestInterceptor } from '@nestjs/common';
+import {
+  Inject,
+  Injectable,
+  Optional,
+  type CallHandler,
+  type ExecutionContext,
+  type NestInterceptor,
+} from '@nestjs/common';
 import { Observable } from 'rxjs';
 import { RequestContextStore } from '../context/request-context.js';
+import {
+  OPENAI_REQUEST_CONTEXT_ROUTES,
+  restrictsRoutes,
+  type RequestContextRoutes,
+} from '../middleware/request-context-routes.js';
 import { REQUEST_ID_HEADER } from '../openai.constants.js';
 import { rawResponse } from '../utils/http.js';
 
@@ -8,9 +20,19 @@ import { rawResponse } from '../utils/http.js';
  * Re-enters the request context around the handler. Needed because some adapters (Fastify parses the
  * body after middleware) lose AsyncLocalStorage between the middleware and the handler. Also fills
  * `route` from the matched route. Registered globally by `OpenAIModule`.
+ *
+ * When the module's `requestContext` narrows the routes, the middleware's choice stands: a request it
+ * did not open a context for (an excluded route) passes through untouched, so Nest's own route matching
+ * is the single judge of which routes are in.
  */
 @Injectable()
 export class RequestContextInterceptor implements NestInterceptor {
+  private readonly followMiddleware: boolean;
+
+  constructor(@Optional() @Inject(OPENAI_REQUEST_CONTEXT_ROUTES) routes?: RequestContextRoutes) {
+    this.followMiddleware = restrictsRoutes(routes);
+  }
+
   intercept(context: ExecutionContext, next: CallHandler): Observable<unknown> {
     if (context.getType() !== 'http') return next.handle();
     const http = context.switchToHttp();
@@ -20,8 +42,10 @@ export class RequestContextInterceptor implements NestInterceptor {
       routeOptions?: { url?: string };
       headers: Record<string, unknown>;
     }>();
+    const opened = RequestContextStore.fromRequest(req);
+    if (!opened && this.followMiddleware) return next.handle();
     const ctx =
-      RequestContextStore.fromRequest(req) ??
+      opened ??
       RequestContextStore.attach(req, req.headers[REQUEST_ID_HEADER], rawResponse(http.getResponse()));
     if (!ctx.user) {
       const u = (req as { user?: { id?: unknown; sub?: unknown } }).user;

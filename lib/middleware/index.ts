@@ -1,1 +1,2 @@
 export * from './request-context.middleware.js';
+export * from './request-context-routes.js';

@@ -5,7 +5,8 @@ import { REQUEST_ID_HEADER } from '../openai.constants.js';
 
 /**
  * First step of every request: accepts or replaces the inbound `x-request-id`, echoes it on the
- * response, and opens the request context. Applied to all routes by `OpenAIModule` (Express and Fastify).
+ * response, and opens the request context. Applied by `OpenAIModule` to every route, or to those its
+ * `requestContext` option names (Express and Fastify).
  */
 @Injectable()
 export class RequestContextMiddleware implements NestMiddleware {
