@@ -54,25 +54,25 @@ export function classify(args: string[]): Classified {
     const key = keys[0] ?? '';
     const consume = argv.length === 1 + 3 * numkeys;
     const cost = Number(argv[0]);
-    if (key.includes('{rl:req:'))
+    if (key.includes('{rl:req:') || key.includes(':rl:req:'))
       return consume
         ? { what: 'request window, consume (guard)', onPath: true, order: 1 }
         : { what: 'request window, adjust', onPath: true, order: 1.5 };
-    if (key.includes('{rl:tok:')) {
+    if (key.includes(':rl:tok:')) {
       return consume
         ? { what: 'token window, reserve', onPath: true, order: 2 }
         : { what: 'token window, settle (adjust; issued, not awaited)', onPath: false, order: 5 };
     }
-    if (key.includes('{budget:')) {
+    if (key.includes('{budget:') || key.includes('}:budget:')) {
       const who = key.includes('{budget:project}') ? 'project' : 'user';
       if (consume && cost > 0)
         return { what: `budget ${who}, reserve`, onPath: true, order: who === 'user' ? 3 : 4 };
       if (consume) return { what: `budget ${who}, alert check (peek, cost 0)`, onPath: false, order: 8 };
       return { what: `budget ${who}, settle (adjust; issued, not awaited)`, onPath: false, order: 6 };
     }
-    if (key.includes('{usage:')) {
+    if (key.includes('{usage:') || key.includes('}:usage:')) {
       const who = key.includes('{usage:project:') ? 'project' : 'user';
-      const period = /:\d{4}-\d{2}-\d{2}\}/.test(key) ? 'day' : 'month';
+      const period = /:\d{4}-\d{2}-\d{2}\}?$/.test(key) ? 'day' : 'month';
       return { what: `usage ledger ${who}/${period} (HINCRBYFLOAT script)`, onPath: false, order: 9 };
     }
     return { what: `${cmd} ${key}`, onPath: true, order: 10 };

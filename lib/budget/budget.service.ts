@@ -8,6 +8,7 @@ import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import { PricingService } from '../pricing/pricing.service.js';
 import {
   keyPart,
+  subjectKey,
   type ConsumeResult,
   type OpenAIStore,
   type WindowLimit,
@@ -100,7 +101,7 @@ export class BudgetService implements OpenAICallHook {
     const out: Subject_[] = [];
     if (user !== undefined) {
       const windows = budgetWindows(await this.userLimit(user), now);
-      if (windows.length) out.push({ scope: 'user', user, key: `budget:user:${keyPart(user)}`, windows });
+      if (windows.length) out.push({ scope: 'user', user, key: subjectKey(user, 'budget'), windows });
     }
     const project = budgetWindows(this.options.budgets.project, now);
     if (project.length) out.push({ scope: 'project', key: 'budget:project', windows: project });

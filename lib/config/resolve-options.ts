@@ -5,6 +5,7 @@ import type {
   ResolvedOpenAIOptions,
 } from '../interfaces/openai-module-options.interface.js';
 import { isPinnedModel } from '../models/model-names.js';
+import { redisStoreProblems } from '../storage/redis-options.validate.js';
 import { deepMerge } from '../utils/deep-merge.js';
 import {
   BASE_DEFAULTS,
@@ -284,23 +285,7 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   const st = o.storage;
   if (st.type !== 'memory' && st.type !== 'redis')
     add('storage.type', `must be 'memory' or 'redis', got ${String(st.type)}`, "set 'memory' or 'redis'");
-  if (st.type === 'redis' && !st.redis?.url && !st.redis?.client)
-    add(
-      'storage.redis',
-      'a Redis store needs a connection',
-      'set storage.redis.url (e.g. redis://127.0.0.1:6379) or storage.redis.client',
-    );
-  if (st.redis?.url !== undefined) {
-    try {
-      if (!/^rediss?:$/.test(new URL(st.redis.url).protocol)) throw new Error('protocol');
-    } catch {
-      add(
-        'storage.redis.url',
-        'is not a redis:// or rediss:// URL',
-        'use a URL such as redis://127.0.0.1:6379',
-      );
-    }
-  }
+  for (const p of redisStoreProblems(st.type, st.redis)) add(p.path, p.message, p.fix);
   if (!['fail-closed', 'fail-open', 'memory'].includes(st.onFailure))
     add('storage.onFailure', `must be 'fail-closed', 'fail-open' or 'memory'`, "set 'memory'");
   if (!isPositiveInt(st.instances))
@@ -382,4 +367,12 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     add('cache.maxEntryBytes', 'must be a positive integer (bytes)', 'set a value such as 262144');
   if (!['safety_identifier', 'user', 'none'].includes(o.identity.field))
     add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
+  if (o.identity.resolve !== undefined && typeof o.identity.resolve !== 'function')
+    add('identity.resolve', 'must be a function (req) => user ID', 'e.g. (req) => req.user?.accountId');
+  if (o.identity.resolve !== undefined && o.limits.getTracker !== undefined)
+    add(
+      'limits.getTracker',
+      'is replaced by identity.resolve, which is also set',
+      'remove limits.getTracker (identity.resolve serves the guard too)',
+    );
 }

@@ -46,8 +46,8 @@ export interface WindowRef {
 /**
  * The one storage interface for state shared between app instances: limits, budgets, usage, caches.
  * Every operation is atomic and costs O(1) (one round trip on Redis). Keys are given without the
- * store's prefix; the store adds its prefix and a `{hash tag}` so Redis Cluster keeps one key's windows
- * in one slot.
+ * store's prefix. A key that holds a `{hash tag}` (see `subjectKey`) keeps it; any other key is wrapped
+ * whole in one, so Redis Cluster keeps one key's windows in one slot.
  */
 export interface OpenAIStore {
   /** `memory`, `redis`, or the name of a custom store. */
@@ -89,4 +89,22 @@ export type StorageFailurePolicy = 'fail-closed' | 'fail-open' | 'memory';
 /** Escapes characters that would break a `{hash tag}` or a key's separators. */
 export function keyPart(part: string): string {
   return /^[A-Za-z0-9._@-]*$/.test(part) ? part : encodeURIComponent(part).replace(/\./g, '%2E');
+}
+
+/**
+ * A key in the Redis Cluster slot of one user: every per-user key (request and token windows, budget,
+ * usage ledger) carries the hash tag `{u:<user>}`, so the checks of one request touch one master.
+ *
+ * @example subjectKey('alice', 'rl:tok') // '{u:alice}:rl:tok', stored as 'openai:{u:alice}:rl:tok:minute'
+ */
+export function subjectKey(user: string, name: string): string {
+  return `{u:${keyPart(user)}}:${name}`;
+}
+
+/**
+ * The key of a request-limit tracker: a `user:<id>` tracker shares that user's tag (`subjectKey`), any
+ * other tracker (`ip:<address>`, a custom one) gets a tag of its own.
+ */
+export function trackerKey(tracker: string, name: string): string {
+  return tracker.startsWith('user:') ? subjectKey(tracker.slice(5), name) : `{${keyPart(tracker)}}:${name}`;
 }

@@ -1,4 +1,4 @@
-import type { Cluster, Redis, RedisOptions } from 'ioredis';
+import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
 import { OpenAIProductionError } from '../errors/openai-production.error.js';
 import type {
   ConsumeResult,
@@ -7,26 +7,59 @@ import type {
   WindowRef,
   WindowState,
 } from './openai-store.interface.js';
+import {
+  ClusterMonitor,
+  clusterOptions,
+  isClusterUrl,
+  parseClusterUrl,
+  parseNode,
+  withTimeout,
+  type ClusterHealth,
+  type RedisClusterConfig,
+} from './redis-cluster.js';
 
-/** Options of the Redis store. */
+/** Options of the Redis store: exactly one of `client`, `url`, `cluster`. */
 export interface RedisStoreOptions {
-  /** An ioredis client (or Cluster) the app owns; the store never closes it. */
+  /**
+   * An ioredis client (`Redis`) or `Cluster` the app owns; the store never closes it. A `Cluster` gets
+   * the same per-master health tracking as one the store opens.
+   */
   client?: Redis | Cluster;
-  /** A Redis URL (`redis://host:6379/0`, `rediss://...`) to open a client with; the store closes it on shutdown. */
+  /**
+   * A URL to open a client with; the store closes it on shutdown.
+   * - `redis://[user:password@]host:6379[/db]` (`rediss://` for TLS): one Redis. When it points at a
+   *   Redis Cluster node (`INFO cluster` says `cluster_enabled:1`), the store connects to the cluster
+   *   through that node instead, and logs a warning suggesting the cluster form.
+   * - `redis+cluster://[user:password@]host1:port1,host2:port2` (`rediss+cluster://` for TLS): a Redis
+   *   Cluster reached through these seed nodes, with `CLUSTER_DEFAULTS`.
+   */
   url?: string;
-  /** Extra ioredis options for a client opened from `url`. */
+  /** A Redis Cluster for the store to open (and close on shutdown): seed nodes and `Cluster` options. */
+  cluster?: RedisClusterConfig;
+  /** Extra ioredis options for a client opened from `url` (each node's options, for a cluster). */
   redisOptions?: RedisOptions;
   /**
-   * Prefix of every key. Each key also carries a `{hash tag}` so that one subject's keys share a Redis Cluster slot.
+   * Prefix of every key. Must not contain `{` or `}`: each key carries its own `{hash tag}` (one user's
+   * keys share a Redis Cluster slot), and a tag in the prefix would put every key in one slot.
    * @default 'openai:'
    */
   keyPrefix?: string;
   /**
    * Longest wait for one operation (ms); past it the operation fails and the failure policy applies.
+   * On a cluster, a timed-out operation also marks its master down until the health check reaches it.
    * @default 500
    */
   commandTimeoutMs?: number;
+  /**
+   * Redis Cluster only: interval of the background health check (ms) that PINGs every master, reads
+   * `cluster_state`, and marks a master that answers again as up.
+   * @default 1000
+   */
+  healthCheckIntervalMs?: number;
 }
+
+type RedisCtor = new (url: string, opts: RedisOptions) => Redis;
+type ClusterCtor = new (nodes: Array<{ host: string; port: number }>, opts: ClusterOptions) => Cluster;
 
 // Window state per key: a hash { s: start (epoch ms), c: count }. Time comes from Redis (TIME), so
 // instances with skewed clocks agree. ARGV: cost, then (limit, windowMs, startAt or -1) per key.
@@ -100,21 +133,46 @@ interface ScriptedClient {
 export class StoreUnavailableError extends OpenAIProductionError {}
 
 /**
- * Shared state on Redis: each operation is one round trip (Lua scripts registered once with
- * `defineCommand`, so ioredis calls them by SHA and reloads them only after a `NOSCRIPT`).
- * Keys: `<prefix>{<key>}:<window>`.
+ * Shared state on Redis or a Redis Cluster: each operation is one round trip (Lua scripts registered
+ * once with `defineCommand`, so ioredis calls them by SHA and reloads them only after a `NOSCRIPT`), on
+ * keys of one slot. Keys: `<prefix><key>`, the key's own `{hash tag}` kept, else `<prefix>{<key>}`;
+ * window keys add `:<window>`.
+ *
+ * On a cluster, the health of each master is tracked (`ClusterMonitor`): an operation whose slot lives
+ * on a master known to be down fails at once, so the failure policy answers without waiting for
+ * `commandTimeoutMs`, while keys on the other masters are served as usual.
  */
 export class RedisStore implements OpenAIStore {
   readonly kind = 'redis';
   readonly client: Redis | Cluster;
+  /** Per-master health, when the client is a cluster. */
+  readonly monitor?: ClusterMonitor;
   private readonly owned: boolean;
   private readonly prefix: string;
   private readonly timeoutMs: number;
 
-  constructor(options: RedisStoreOptions, RedisCtor?: new (url: string, opts: RedisOptions) => Redis) {
+  /**
+   * @param RedisCtor ioredis' `Redis`, to open a client from a plain `url` (and to probe cluster nodes).
+   * @param ClusterCtor ioredis' `Cluster`, to open a cluster from `cluster` or a `redis+cluster://` URL.
+   */
+  constructor(
+    options: RedisStoreOptions,
+    private readonly RedisCtor?: RedisCtor,
+    ClusterCtor?: ClusterCtor,
+  ) {
     if (options.client) {
       this.client = options.client;
       this.owned = false;
+    } else if ((options.cluster || (options.url && isClusterUrl(options.url))) && ClusterCtor) {
+      const fromUrl = options.url && isClusterUrl(options.url) ? parseClusterUrl(options.url) : undefined;
+      const nodes = fromUrl?.nodes ?? options.cluster!.nodes.map(parseNode);
+      this.client = new ClusterCtor(
+        nodes,
+        clusterOptions(options.cluster?.options, { ...fromUrl?.redisOptions, ...options.redisOptions }),
+      );
+      this.owned = true;
+      this.client.on('error', () => undefined);
+      this.client.on('node error', () => undefined);
     } else if (options.url && RedisCtor) {
       this.client = new RedisCtor(options.url, {
         // Fail fast instead of queueing while disconnected: the failure policy decides, not a growing queue.
@@ -130,10 +188,20 @@ export class RedisStore implements OpenAIStore {
       // once per transition; without a listener ioredis would print each reconnect attempt.
       this.client.on('error', () => undefined);
     } else {
-      throw new OpenAIProductionError('RedisStore needs `client` (an ioredis instance) or `url`');
+      throw new OpenAIProductionError(
+        'RedisStore needs `client` (an ioredis instance), `url` or `cluster` (with ioredis installed)',
+      );
     }
     this.prefix = options.keyPrefix ?? 'openai:';
     this.timeoutMs = options.commandTimeoutMs ?? 500;
+    if ((this.client as Cluster).isCluster) {
+      const Probe = RedisCtor;
+      this.monitor = new ClusterMonitor(this.client as Cluster, {
+        intervalMs: options.healthCheckIntervalMs ?? 1_000,
+        timeoutMs: this.timeoutMs,
+        probe: (host, port, timeoutMs) => probeNode(Probe, this.client as Cluster, host, port, timeoutMs),
+      });
+    }
     const c = this.client as unknown as { defineCommand(name: string, def: { lua: string }): void };
     c.defineCommand('openaiConsume', { lua: CONSUME });
     c.defineCommand('openaiAdjust', { lua: ADJUST });
@@ -145,20 +213,45 @@ export class RedisStore implements OpenAIStore {
     return this.client.status === 'ready';
   }
 
-  private k(key: string, suffix?: string): string {
-    return `${this.prefix}{${key}}${suffix ? `:${suffix}` : ''}`;
+  /**
+   * False while a cluster master is down or `cluster_state` is not `ok` (always true on one Redis:
+   * there, an operation's success is the health). The failure policy's state follows it.
+   */
+  get healthy(): boolean {
+    return this.monitor ? this.monitor.health.healthy : true;
   }
 
-  private run<T>(op: () => Promise<T>): Promise<T> {
+  /** Called when `healthy` changes (cluster only). */
+  set onHealthChange(fn: ((healthy: boolean, reason: string) => void) | undefined) {
+    if (this.monitor) this.monitor.onChange = fn;
+  }
+
+  /** The cluster's health as last seen (undefined on one Redis). */
+  clusterHealth(): ClusterHealth | undefined {
+    return this.monitor?.health;
+  }
+
+  private k(key: string, suffix?: string): string {
+    return `${this.prefix}${key.includes('{') ? key : `{${key}}`}${suffix ? `:${suffix}` : ''}`;
+  }
+
+  /** Runs `op` on the keys of one slot (`slotKey` is one of them), bounded by `commandTimeoutMs`. */
+  private run<T>(slotKey: string | undefined, op: () => Promise<T>): Promise<T> {
+    if (this.monitor && slotKey !== undefined) {
+      const down = this.monitor.downReason(slotKey);
+      if (down !== undefined) return Promise.reject(new StoreUnavailableError(down));
+    }
     return new Promise<T>((resolve, reject) => {
       // Timers run before pending I/O is read: after a busy stretch of the event loop (GC, a burst of
       // requests) the reply may be waiting in the socket. Decide after the poll phase (setImmediate), so
       // only a Redis that really did not answer counts as a timeout (and trips the failure policy).
       const timer = setTimeout(
         () =>
-          setImmediate(() =>
-            reject(new StoreUnavailableError(`Redis did not answer within ${this.timeoutMs} ms`)),
-          ),
+          setImmediate(() => {
+            const err = new StoreUnavailableError(`Redis did not answer within ${this.timeoutMs} ms`);
+            if (slotKey !== undefined) this.monitor?.reportFailure(slotKey, err);
+            reject(err);
+          }),
         this.timeoutMs,
       );
       op().then(
@@ -168,6 +261,7 @@ export class RedisStore implements OpenAIStore {
         },
         (err: unknown) => {
           clearTimeout(timer);
+          if (slotKey !== undefined) this.monitor?.reportFailure(slotKey, err);
           reject(
             new StoreUnavailableError(`Redis operation failed: ${(err as Error)?.message ?? String(err)}`, {
               cause: err,
@@ -189,7 +283,7 @@ export class RedisStore implements OpenAIStore {
       Math.ceil(cost),
     ];
     for (const w of windows) args.push(w.limit, w.windowMs, w.startAt ?? -1);
-    const out = await this.run(() => this.scripted.openaiConsume(...args));
+    const out = await this.run(args[1] as string, () => this.scripted.openaiConsume(...args));
     const blocked = Number(out[0]);
     const now = Number(out[1]);
     const states: WindowState[] = windows.map((w, i) => {
@@ -212,7 +306,7 @@ export class RedisStore implements OpenAIStore {
   async adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void> {
     if (windows.length === 0 || delta === 0) return;
     const d = delta > 0 ? Math.ceil(delta) : -Math.ceil(-delta);
-    await this.run(() =>
+    await this.run(this.k(key, windows[0].name), () =>
       this.scripted.openaiAdjust(
         windows.length,
         ...windows.map((w) => this.k(key, w.name)),
@@ -225,34 +319,95 @@ export class RedisStore implements OpenAIStore {
   async incrementFields(key: string, fields: Readonly<Record<string, number>>, ttlMs: number): Promise<void> {
     const pairs = Object.entries(fields).flatMap(([f, v]) => [f, v]);
     if (pairs.length === 0) return;
-    await this.run(() => this.scripted.openaiIncrementFields(1, this.k(key), Math.ceil(ttlMs), ...pairs));
+    await this.run(this.k(key), () =>
+      this.scripted.openaiIncrementFields(1, this.k(key), Math.ceil(ttlMs), ...pairs),
+    );
   }
 
   async getFields(key: string): Promise<Record<string, number>> {
-    const raw = await this.run(() => this.client.hgetall(this.k(key)));
+    const raw = await this.run(this.k(key), () => this.client.hgetall(this.k(key)));
     const out: Record<string, number> = {};
     for (const [f, v] of Object.entries(raw)) out[f] = Number(v);
     return out;
   }
 
   async get(key: string): Promise<string | undefined> {
-    return (await this.run(() => this.client.get(this.k(key)))) ?? undefined;
+    return (await this.run(this.k(key), () => this.client.get(this.k(key)))) ?? undefined;
   }
 
   async set(key: string, value: string, ttlMs: number): Promise<void> {
-    await this.run(() => this.client.set(this.k(key), value, 'PX', Math.max(1, Math.ceil(ttlMs))));
+    await this.run(this.k(key), () =>
+      this.client.set(this.k(key), value, 'PX', Math.max(1, Math.ceil(ttlMs))),
+    );
   }
 
   async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
     return (
-      (await this.run(() =>
+      (await this.run(this.k(key), () =>
         this.client.set(this.k(key), value, 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX'),
       )) === 'OK'
     );
   }
 
+  /**
+   * Throws when the store cannot serve. On a cluster: PINGs every master and reads `cluster_state`
+   * (a cluster answers PING while it refuses keys), each bounded by `commandTimeoutMs`.
+   */
   async ping(): Promise<void> {
-    await this.run(() => this.client.ping());
+    if (!this.monitor) {
+      await this.run(undefined, () => this.client.ping());
+      return;
+    }
+    const h = await this.monitor.check();
+    if (!h.healthy)
+      throw new StoreUnavailableError(
+        h.mastersDown.length
+          ? `Redis Cluster masters down: ${h.mastersDown.join(', ')} (cluster_state: ${h.state})`
+          : `Redis Cluster cluster_state is ${h.state}`,
+      );
+  }
+
+  /**
+   * The boot check: waits until the client is ready and, on a cluster, until every master answers a
+   * PING (each connected now, not lazily by the first burst of traffic) and `cluster_state` is `ok`;
+   * then starts the cluster's background health check. All within `timeoutMs`.
+   * @throws StoreUnavailableError naming what did not answer.
+   */
+  async connect(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    // A client created with lazyConnect (given by the app) connects on its first command; start it now.
+    if (this.client.status === 'wait') this.client.connect().catch(() => undefined);
+    await this.waitReady(timeoutMs);
+    if (!this.monitor) {
+      await withTimeout(this.client.ping(), Math.max(1, deadline - Date.now()));
+      return;
+    }
+    let last: ClusterHealth | undefined;
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      last = await this.monitor.check(Math.max(1, left));
+      if (last.healthy && last.state === 'ok' && last.masters.length > 0) {
+        this.monitor.start();
+        return;
+      }
+      await new Promise((r) => setTimeout(r, Math.min(100, Math.max(1, deadline - Date.now()))));
+    }
+    throw new StoreUnavailableError(
+      last && last.masters.length
+        ? `Redis Cluster not healthy within ${timeoutMs} ms (cluster_state: ${last.state}${last.mastersDown.length ? `, masters not answering: ${last.mastersDown.join(', ')}` : ''})`
+        : `Redis Cluster has no master holding slots after ${timeoutMs} ms`,
+    );
+  }
+
+  /**
+   * True when this plain client is connected to a Redis Cluster node (`INFO cluster` says
+   * `cluster_enabled:1`), where keys of other masters' slots would fail with `MOVED`.
+   */
+  async pointsAtCluster(timeoutMs: number): Promise<boolean> {
+    if (this.monitor) return true;
+    const info = await withTimeout(this.client.info('cluster'), timeoutMs);
+    return /cluster_enabled:1/.test(info);
   }
 
   /** Waits until the client is ready, up to `timeoutMs`. */
@@ -276,6 +431,7 @@ export class RedisStore implements OpenAIStore {
   }
 
   async close(): Promise<void> {
+    this.monitor?.stop();
     if (this.owned) {
       try {
         await this.client.quit();
@@ -283,5 +439,42 @@ export class RedisStore implements OpenAIStore {
         this.client.disconnect();
       }
     }
+  }
+}
+
+/** PINGs one node over a short-lived plain connection (a master the cluster client lost). */
+async function probeNode(
+  RedisCtor: RedisCtor | undefined,
+  cluster: Cluster,
+  host: string,
+  port: number,
+  timeoutMs: number,
+): Promise<void> {
+  if (!RedisCtor) {
+    // A given Cluster without the constructor at hand: its own duplicate-free way is a fresh Redis of
+    // the same class as its node connections.
+    const sample = cluster.nodes('all')[0];
+    if (!sample) throw new Error('no node connection to probe with');
+    RedisCtor = sample.constructor as RedisCtor;
+  }
+  const shared = cluster.options.redisOptions ?? {};
+  const probe = new RedisCtor(`redis://${host}:${port}`, {
+    ...shared,
+    host,
+    port,
+    lazyConnect: true,
+    enableOfflineQueue: true,
+    maxRetriesPerRequest: 0,
+    retryStrategy: () => null,
+    connectTimeout: timeoutMs,
+  });
+  probe.on('error', () => undefined);
+  try {
+    await withTimeout(
+      probe.connect().then(() => probe.ping()),
+      timeoutMs,
+    );
+  } finally {
+    probe.disconnect();
   }
 }

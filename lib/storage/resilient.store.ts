@@ -1,5 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { MemoryStore } from './memory.store.js';
+import type { ClusterHealth } from './redis-cluster.js';
 import type {
   ConsumeResult,
   OpenAIStore,
@@ -17,6 +18,21 @@ export interface StoreHealth {
   policy: StorageFailurePolicy;
   /** Number of transitions to the degraded state since start. */
   outages: number;
+  /** On a Redis Cluster: `cluster_state` and the masters known to be down. */
+  cluster?: ClusterHealth;
+}
+
+/**
+ * A primary store that knows its own health (a Redis Cluster: per-master state, `cluster_state`), so
+ * the degraded state follows it instead of each operation's outcome: with one master down, operations
+ * on the others succeed and must not flip the state back and forth.
+ */
+export interface HealthReportingStore {
+  /** False while part of the store cannot serve. */
+  readonly healthy: boolean;
+  /** Set by `ResilientStore`: called on each change of `healthy`. */
+  onHealthChange?: (healthy: boolean, reason: string) => void;
+  clusterHealth?(): ClusterHealth | undefined;
 }
 
 /** Thrown (as a 503 by the guards and hooks) when the store is down and the policy is `fail-closed`. */
@@ -31,6 +47,11 @@ export class StoreDegradedError extends Error {
  * Applies the failure policy around a primary (Redis) store. While it fails, operations follow the
  * policy; the first failure and the recovery are each logged once. Recovery needs no restart: while
  * degraded, each operation tries the primary again as soon as its client reports ready.
+ *
+ * A primary that reports its own health (`HealthReportingStore`, a Redis Cluster) drives the degraded
+ * state: it turns degraded when a master goes down and back when every master answers, one log line
+ * and one metric change each, while each operation still gets the policy's answer only when its own
+ * keys cannot be served.
  */
 export class ResilientStore implements OpenAIStore {
   readonly kind: string;
@@ -42,16 +63,25 @@ export class ResilientStore implements OpenAIStore {
   onTransition?: (degraded: boolean) => void;
 
   constructor(
-    private readonly primary: OpenAIStore & { ready?: boolean },
+    private readonly primary: OpenAIStore & { ready?: boolean } & Partial<HealthReportingStore>,
     readonly policy: StorageFailurePolicy,
     private readonly instances = 1,
   ) {
     this.kind = primary.kind;
     if (policy === 'memory') this.fallback = new MemoryStore();
+    if (typeof primary.healthy === 'boolean')
+      primary.onHealthChange = (healthy, reason) => (healthy ? this.markUp() : this.markDown(new Error(reason)));
   }
 
   health(): StoreHealth {
-    return { kind: this.kind, up: !this.down, policy: this.policy, outages: this.outages };
+    const cluster = this.primary.clusterHealth?.();
+    return {
+      kind: this.kind,
+      up: !this.down,
+      policy: this.policy,
+      outages: this.outages,
+      ...(cluster ? { cluster } : {}),
+    };
   }
 
   private markDown(err: unknown): void {
@@ -76,7 +106,7 @@ export class ResilientStore implements OpenAIStore {
     if (this.down && this.primary.ready === false) return degraded();
     try {
       const v = await op(this.primary);
-      this.markUp();
+      if (this.primary.healthy !== false) this.markUp();
       return v;
     } catch (err) {
       this.markDown(err);
@@ -169,7 +199,7 @@ export class ResilientStore implements OpenAIStore {
   async ping(): Promise<void> {
     try {
       await this.primary.ping();
-      this.markUp();
+      if (this.primary.healthy !== false) this.markUp();
     } catch (err) {
       this.markDown(err);
       throw err;

@@ -76,7 +76,7 @@ describe('RateLimitService', () => {
     // a tracker cannot reach into another one's key through separators
     expect((await s.hitRequest('user:alice:minute', w)).allowed).toBe(true);
     expect(
-      (await store.consume('rl:req:user%3Aalice', [{ name: 'minute', limit: 3, windowMs: 60_000 }], 0))
+      (await store.consume('{u:alice}:rl:req', [{ name: 'minute', limit: 3, windowMs: 60_000 }], 0))
         .windows[0].used,
     ).toBe(3);
   });

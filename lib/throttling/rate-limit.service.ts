@@ -6,7 +6,8 @@ import type {
 } from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import {
-  keyPart,
+  subjectKey,
+  trackerKey,
   type ConsumeResult,
   type OpenAIStore,
   type WindowLimit,
@@ -51,7 +52,7 @@ export class RateLimitService {
    * @throws StorageUnavailableException (503) when the store is down and the policy is `fail-closed`.
    */
   hitRequest(tracker: string, windows: readonly ThrottleWindow[]): Promise<ConsumeResult> {
-    return this.consume(`rl:req:${keyPart(tracker)}`, toLimits(windows), 1);
+    return this.consume(trackerKey(tracker, 'rl:req'), toLimits(windows), 1);
   }
 
   /**
@@ -59,14 +60,14 @@ export class RateLimitService {
    * @throws StorageUnavailableException (503), as `hitRequest`.
    */
   reserveTokens(user: string, tokens: number, windows: readonly ThrottleWindow[]): Promise<ConsumeResult> {
-    return this.consume(`rl:tok:${keyPart(user)}`, toLimits(windows), tokens);
+    return this.consume(subjectKey(user, 'rl:tok'), toLimits(windows), tokens);
   }
 
   /** Corrects a token reservation by `delta` tokens (negative: give back) in the windows it was taken from. */
   async adjustTokens(user: string, result: ConsumeResult, delta: number): Promise<void> {
     if (delta === 0) return;
     await this.store.adjust(
-      `rl:tok:${keyPart(user)}`,
+      subjectKey(user, 'rl:tok'),
       result.windows.map((w) => ({ name: w.name, start: w.start })),
       delta,
     );

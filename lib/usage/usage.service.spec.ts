@@ -204,7 +204,7 @@ describe('UsageService', () => {
     const store = new MemoryStore();
     const usage = new UsageService(store, options());
     await store.incrementFields(
-      'usage:user:u:2024-07-04',
+      '{u:u}:usage:2024-07-04',
       { requests: 2, 'm|x': 5, 'q|m|requests': 3, 'm|a|b|requests': 1, 'm|good|requests': 2 },
       60_000,
     );
@@ -247,7 +247,7 @@ describe('UsageService', () => {
     const slow: OpenAIStore = Object.assign(Object.create(memory) as OpenAIStore, {
       async incrementFields(key: string, fields: Record<string, number>, ttl: number) {
         await gate;
-        if (key.startsWith('usage:user') && failNext) {
+        if (key.startsWith('{u:') && failNext) {
           failNext = false;
           throw new Error('store down');
         }

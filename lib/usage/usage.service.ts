@@ -2,7 +2,7 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import type { NormalizedUsage } from '../call/upstream-call.js';
 import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
-import { keyPart, type OpenAIStore } from '../storage/openai-store.interface.js';
+import { subjectKey, type OpenAIStore } from '../storage/openai-store.interface.js';
 import { storageUnavailable } from '../throttling/rate-limit.exceptions.js';
 
 /** Totals of a period (tokens; USD). */
@@ -210,6 +210,6 @@ export class UsageService {
   }
 
   private key(user: string | null, period: string): string {
-    return user === null ? `usage:project:${period}` : `usage:user:${keyPart(user)}:${period}`;
+    return user === null ? `usage:project:${period}` : subjectKey(user, `usage:${period}`);
   }
 }

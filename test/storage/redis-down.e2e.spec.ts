@@ -117,7 +117,7 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
       statuses.push((await request(h.server).post('/chat').set(auth()).send(userMessage('after'))).status);
     expect(statuses).toEqual([200, 200, 429]);
     const admin = new Redis(redis.url);
-    expect((await keysUnder(admin, 'openai:')).some((k) => k.includes(`rl:req:user%3A${users.alice}`))).toBe(
+    expect((await keysUnder(admin, 'openai:')).some((k) => k.includes(`{u:${users.alice}}:rl:req`))).toBe(
       true,
     );
     admin.disconnect();

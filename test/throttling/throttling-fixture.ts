@@ -25,7 +25,7 @@ import {
   RateLimitService,
   RequestContextStore,
   clientAbortSignal,
-  keyPart,
+  trackerKey,
   type ChatRequest,
   type OpenAIModuleOptions,
   type OpenAIStore,
@@ -161,7 +161,7 @@ export async function requestsUsed(
 ): Promise<number[]> {
   const store = app.get<OpenAIStore>(OPENAI_STORE);
   const r = await store.consume(
-    `rl:req:${keyPart(tracker)}`,
+    trackerKey(tracker, 'rl:req'),
     windows.map((w) => ({ name: w.name, limit: w.limit, windowMs: w.ttl })),
     0,
   );

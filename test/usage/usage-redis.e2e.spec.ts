@@ -75,7 +75,7 @@ describe.skipIf(!redisUrl).each(PLATFORMS)(
       // and it really is Redis that holds it
       const client = redisClient(redisUrl);
       try {
-        expect(await keysUnder(client, `openai:{usage:user:${user}:`)).toHaveLength(2);
+        expect(await keysUnder(client, `openai:{u:${user}}:usage:`)).toHaveLength(2);
       } finally {
         client.disconnect();
       }
