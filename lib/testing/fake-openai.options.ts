@@ -46,14 +46,55 @@ export const DEFAULT_FAKE_MODELS: readonly string[] = Object.freeze([
   'text-embedding-3-small',
 ]);
 
-/** The chat request as handed to {@link FakeOpenAIServerOptions.reply} and {@link FakeOpenAIServerOptions.cachedTokens}. */
+/**
+ * Dated snapshots the chat completions and responses routes report as the reply's `model` when the request names the
+ * alias (as OpenAI does), unless {@link FakeOpenAIServerOptions.aliases} is set.
+ */
+export const DEFAULT_MODEL_ALIASES: Readonly<Record<string, string>> = Object.freeze({
+  'gpt-4o': 'gpt-4o-2024-08-06',
+  'gpt-4o-mini': 'gpt-4o-mini-2024-07-18',
+});
+
+/** Default {@link FakeRateLimits}: large enough that ordinary tests never run low. */
+export const DEFAULT_FAKE_RATE_LIMITS: Readonly<Required<FakeRateLimits>> = Object.freeze({
+  requestsPerMinute: 10_000,
+  tokensPerMinute: 10_000_000,
+});
+
+/**
+ * The limits reported in the `x-ratelimit-*` headers of every reply. Each request (faulted ones included) uses one
+ * request and its estimated tokens (its prompt text in tokens plus its requested output cap) from a one-minute window
+ * that starts with the first request after the previous window ended. The headers only report: the server never
+ * answers 429 on its own (program that with a {@link FaultRule}).
+ */
+export interface FakeRateLimits {
+  /** `x-ratelimit-limit-requests`: requests per minute. Default `10000`. */
+  requestsPerMinute?: number;
+  /** `x-ratelimit-limit-tokens`: tokens per minute. Default `10000000`. */
+  tokensPerMinute?: number;
+}
+
+/**
+ * The request as handed to {@link FakeOpenAIServerOptions.reply} and {@link FakeOpenAIServerOptions.cachedTokens}, for
+ * both `POST /v1/chat/completions` and `POST /v1/responses` (whose `instructions` and `input` are given as chat-style
+ * `messages`).
+ */
 export interface FakeChatRequest {
-  /** `body.model`, as sent. */
+  /** `body.model`, as sent (before {@link FakeOpenAIServerOptions.aliases} are applied). */
   model: string;
-  /** `body.messages`, as sent (not validated beyond "is an array"). */
+  /**
+   * Chat completions: `body.messages`, as sent (not validated beyond "is an array"). Responses: `instructions` as a
+   * `{ role: 'system', content }` message, then `input` (a string becomes one `user` message; `input_text` /
+   * `output_text` parts become `{ type: 'text', text }` parts).
+   */
   messages: unknown[];
-  /** The effective completion limit in tokens: `max_completion_tokens ?? max_tokens`, when either was sent. */
+  /**
+   * The effective output limit in tokens: `max_completion_tokens ?? max_tokens` (chat) or `max_output_tokens`
+   * (responses), when sent.
+   */
   max_tokens?: number;
+  /** Which endpoint asked. Absent only when a caller builds the request itself. */
+  endpoint?: 'chat.completions' | 'responses';
   /** The whole parsed request body, for anything else (tools, response_format, temperature, ...). */
   body: Record<string, unknown>;
 }
@@ -105,8 +146,33 @@ export interface FakeOpenAIServerOptions {
   streamChunkDelayMs?: number;
   /** Length of each embedding vector when the request has no `dimensions`. Default `8`. */
   embeddingDimensions?: number;
-  /** Model ids listed by `GET /v1/models`. Default {@link DEFAULT_FAKE_MODELS}. Chat/embeddings accept any model. */
+  /**
+   * Model ids listed by `GET /v1/models`. Default {@link DEFAULT_FAKE_MODELS}. Chat, responses and embeddings accept
+   * any model unless {@link strictModels} is set.
+   */
   models?: string[];
+  /**
+   * When `true`, chat completions, responses and embeddings for a model that is neither in {@link models} nor a key of
+   * {@link aliases} get OpenAI's `404` `{ error: { type: 'invalid_request_error', code: 'model_not_found', ... } }`.
+   * Default `false`.
+   */
+  strictModels?: boolean;
+  /**
+   * Alias → dated snapshot. A chat completion or response requested with an alias reports the snapshot as its
+   * `model` (and `openai-model` header), as OpenAI does. Replaces (does not merge with) {@link DEFAULT_MODEL_ALIASES};
+   * `{}` turns it off.
+   */
+  aliases?: Record<string, string>;
+  /** The limits reported in `x-ratelimit-*` headers. Default {@link DEFAULT_FAKE_RATE_LIMITS}. */
+  rateLimits?: FakeRateLimits;
+  /**
+   * Serve the HTTP control API under `/_control/` on the same port (for tests that are not written in Node): `POST
+   * /_control/faults` (body: a {@link FaultRule}), `DELETE /_control/faults`, `GET /_control/requests` (the
+   * {@link RecordedRequest}s as JSON), `POST /_control/reset`, `PUT /_control/api-keys` (body: `{ "keys": string[] |
+   * null }`). Control requests are not recorded, not faulted and need no API key. Default `false` (the command-line
+   * fake turns it on).
+   */
+  controlApi?: boolean;
 }
 
 /**
@@ -129,11 +195,16 @@ export interface FaultRule {
    * type/code fitting the status (e.g. 429 → `rate_limit_exceeded`, 500 → `server_error`).
    */
   status?: number;
-  /** Override `error.code` of the `status` error body (e.g. `'insufficient_quota'`). */
+  /**
+   * Override `error.code` of the `status` error body. `'insufficient_quota'` (with `status: 429`) also makes
+   * `error.type` `'insufficient_quota'` and the message OpenAI's quota message, as OpenAI answers an account out of
+   * credit (unless `errorType` / `errorMessage` are set). Also the `code` of the error sent by `streamFailAfterChunks`
+   * and `streamErrorEventAfterChunks` (default `'server_error'` there).
+   */
   errorCode?: string | null;
   /** Override `error.type` of the `status` error body. */
   errorType?: string;
-  /** Override `error.message` of the `status` error body. */
+  /** Override `error.message` of the `status` error body, and of the in-stream errors. */
   errorMessage?: string;
   /** Sets response header `retry-after-ms` (milliseconds). */
   retryAfterMs?: number;
@@ -149,21 +220,54 @@ export interface FaultRule {
   drop?: boolean;
   /**
    * `200` with `content-type: application/json` and a body that is not valid JSON. For a streaming request the
-   * response is instead `text/event-stream` whose first event's data is not valid JSON.
+   * response is instead `text/event-stream` whose first event's data is not valid JSON (the SDK's iterator throws a
+   * `SyntaxError`).
    */
   malformed?: boolean;
   /**
    * Streaming only: after the initial role chunk, send this many content chunks (or all of them, if the reply has
-   * fewer), then destroy the socket: no finish chunk, no usage chunk, no `data: [DONE]`. A rule with a streaming-only
-   * effect (this, `streamStallAfterChunks`, `omitDone`) matches streaming requests only.
+   * fewer), then destroy the socket: no finish chunk, no usage chunk, no `data: [DONE]`. On `/v1/responses` the
+   * count is of `response.output_text.delta` events (after `response.created`, `response.in_progress`,
+   * `response.output_item.added`, `response.content_part.added`), and no terminal event is sent. The SDK's iterator
+   * throws what fetch reports for a cut body (Node's fetch: `TypeError: terminated`).
+   *
+   * A rule with a streaming-only effect (this, `streamStallAfterChunks`, `streamFailAfterChunks`,
+   * `streamErrorEventAfterChunks`, `omitDone`) matches streaming requests only. With `n` > 1 one "chunk" is one
+   * content chunk for every choice.
    */
   streamCutAfterChunks?: number;
   /**
    * Streaming only: after the initial role chunk, send this many content chunks (or all of them, if fewer), then
-   * stall forever with the socket open (until the client aborts or {@link FakeOpenAIServer.close}).
+   * stall forever with the socket open (until the client aborts or {@link FakeOpenAIServer.close}). On
+   * `/v1/responses`, counted in `response.output_text.delta` events.
    */
   streamStallAfterChunks?: number;
-  /** Streaming only: send every chunk (incl. the usage chunk if requested) but end the response without `data: [DONE]`. */
+  /**
+   * Streaming only: after this many content chunks (or all of them, if fewer), the upstream fails mid-stream, then
+   * the response ends.
+   * - `/v1/chat/completions`: one `data: {"error":{"message","type":"server_error","param":null,"code"}}` event, as
+   *   OpenAI sends a mid-stream failure. The SDK's iterator throws an `APIError` (status `undefined`, `.error` the
+   *   object, `.code` the code) after yielding the chunks before it.
+   * - `/v1/responses`: a `response.failed` event whose `response` has `status: 'failed'`, `error: { code, message }`
+   *   and `usage: null`. The SDK does **not** throw: `responses.create({ stream: true })` yields the event like any
+   *   other, and `responses.stream(...)` emits it and its `finalResponse()` resolves with that failed response.
+   *
+   * `code` is {@link errorCode} (default `'server_error'`), `message` {@link errorMessage}.
+   */
+  streamFailAfterChunks?: number;
+  /**
+   * Streaming only: after this many content chunks (or all of them, if fewer), an error event, then the response
+   * ends.
+   * - `/v1/responses`: `event: error` with data `{ type: 'error', code, message, param: null, sequence_number }`.
+   *   The SDK's iterator (and `responses.stream(...)`) throws an `APIError` whose `.code` and `.message` are the
+   *   event's.
+   * - `/v1/chat/completions`: the same as {@link streamFailAfterChunks} (chat streams have no typed error event).
+   */
+  streamErrorEventAfterChunks?: number;
+  /**
+   * Streaming only: send every chunk (incl. the usage chunk if requested) but end the response without `data: [DONE]`.
+   * On `/v1/responses` (which never sends `[DONE]`): no terminal `response.completed` / `response.incomplete` event.
+   */
   omitDone?: boolean;
   /**
    * Serve the request normally but without `usage`: JSON replies drop the field, streams send no usage chunk (as some
@@ -175,6 +279,12 @@ export interface FaultRule {
    * Sent as is, with the usual headers.
    */
   replyBody?: unknown;
+  /**
+   * In-request moderation (a chat or responses request with `moderation: { model }`) fails: both `moderation.input`
+   * and `moderation.output` are `{ type: 'error', code, message }` instead of results. `true` gives code
+   * `'moderation_unavailable'` and a default message. The request itself is served normally.
+   */
+  moderationError?: boolean | { code?: string; message?: string };
 }
 
 /** A request the server received. Recorded as soon as its body has been read, before any fault is applied. */

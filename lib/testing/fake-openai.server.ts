@@ -8,31 +8,49 @@ import {
 } from '../tokens/token-counter.js';
 import { isRecord } from '../utils/is-record.js';
 import type { FakeOpenAIServerOptions, FaultRule, RecordedRequest } from './fake-openai.options.js';
+import { estimateRequestTokens, RateLimitWindow } from './fake-openai.rate-limits.js';
 import { chatCompletionsRoute } from './routes/chat-completions.route.js';
+import { controlRoute } from './routes/control.route.js';
 import { embeddingsRoute } from './routes/embeddings.route.js';
 import { listModelsRoute, retrieveModelRoute } from './routes/models.route.js';
 import { moderationsRoute } from './routes/moderations.route.js';
+import { responsesRoute } from './routes/responses.route.js';
 import { HttpError, newRequestId, type RouteContext, type SseWriter } from './routes/route-helpers.js';
 
 export { countChatPromptTokens, countTextTokens, type CountableChatMessage };
 export {
   DEFAULT_FAKE_MODELS,
+  DEFAULT_FAKE_RATE_LIMITS,
+  DEFAULT_MODEL_ALIASES,
   DEFAULT_MODERATION_TRIGGERS,
   MODERATION_CATEGORIES,
   type FakeChatRequest,
   type FakeOpenAIServerOptions,
+  type FakeRateLimits,
   type FakeReplyFn,
   type FakeUsageRequest,
   type FaultRule,
   type ModerationCategory,
   type RecordedRequest,
 } from './fake-openai.options.js';
-export { defaultReply } from './routes/chat-completions.route.js';
+export { defaultReply, TOOL_CALL_TRIGGER } from './routes/chat-completions.route.js';
 
 // The server itself: listening, recording, fault rules, auth and dispatch to one route module per endpoint
 // (lib/testing/routes/).
 
-function defaultErrorFor(status: number): { type: string; code: string | null; message: string } {
+function defaultErrorFor(
+  status: number,
+  code?: string | null,
+): { type: string; code: string | null; message: string } {
+  if (code === 'insufficient_quota') {
+    return {
+      type: 'insufficient_quota',
+      code,
+      message:
+        'You exceeded your current quota, please check your plan and billing details. For more information on this ' +
+        'error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.',
+    };
+  }
   switch (status) {
     case 400:
       return { type: 'invalid_request_error', code: null, message: 'Bad request (fake fault).' };
@@ -98,6 +116,8 @@ function isStreamOnly(rule: FaultRule): boolean {
   return (
     rule.streamCutAfterChunks !== undefined ||
     rule.streamStallAfterChunks !== undefined ||
+    rule.streamFailAfterChunks !== undefined ||
+    rule.streamErrorEventAfterChunks !== undefined ||
     rule.omitDone === true
   );
 }
@@ -118,9 +138,10 @@ interface RequestContext {
 
 /**
  * A real HTTP server on loopback that speaks enough of the OpenAI REST API for the official `openai` SDK to talk to
- * it: chat completions (JSON and SSE streaming, with usage), moderations, embeddings (float and base64) and models,
- * with programmable faults (status codes with Retry-After, delays, hangs, dropped connections, malformed bodies,
- * cut/stalled streams). Every request is recorded.
+ * it: chat completions (JSON and SSE streaming, with usage, tool calls, `n`, JSON-schema replies, logprobs and
+ * in-request moderation), responses (JSON and typed SSE events), moderations, embeddings (float and base64) and
+ * models, with `x-ratelimit-*` headers on every reply and programmable faults (status codes with Retry-After, delays,
+ * hangs, dropped connections, malformed bodies, cut/stalled/failed streams). Every request is recorded.
  *
  * @example
  * ```ts
@@ -145,6 +166,7 @@ export class FakeOpenAIServer {
   private readonly sockets = new Set<Socket>();
   private readonly timers = new Set<NodeJS.Timeout>();
   private faults: ActiveFault[] = [];
+  private readonly rateLimits: RateLimitWindow;
   private apiKeys: Set<string> | undefined;
   private closed = false;
   private closing: Promise<void> | undefined;
@@ -153,6 +175,7 @@ export class FakeOpenAIServer {
     this.server = server;
     this.options = options;
     this.apiKeys = options.apiKeys ? new Set(options.apiKeys) : undefined;
+    this.rateLimits = new RateLimitWindow(options.rateLimits);
     this.port = (server.address() as AddressInfo).port;
     const hostPart = host.includes(':') ? `[${host}]` : host;
     this.baseURL = `http://${hostPart}:${this.port}/v1`;
@@ -226,10 +249,11 @@ export class FakeOpenAIServer {
 
   /**
    * Clears recorded requests (in place: the {@link requests} array keeps its identity) and all faults with their use
-   * counters. API keys and start options are kept.
+   * counters, and starts a fresh `x-ratelimit-*` window. API keys and start options are kept.
    */
   reset(): this {
     this.requests.length = 0;
+    this.rateLimits.reset();
     return this.clearFaults();
   }
 
@@ -315,6 +339,10 @@ export class FakeOpenAIServer {
         jsonError = true;
       }
     }
+    if (this.options.controlApi && path.startsWith('/_control/')) {
+      controlRoute(this, req, res, path, body, jsonError);
+      return;
+    }
     const record: RecordedRequest = {
       method,
       path,
@@ -332,6 +360,8 @@ export class FakeOpenAIServer {
       return;
     }
 
+    for (const [k, v] of Object.entries(this.rateLimits.take(estimateRequestTokens(body))))
+      res.setHeader(k, v);
     const ctx: RequestContext = { req, res, record, finished: false };
     const fault = this.matchFault(record);
     if (fault) {
@@ -348,7 +378,7 @@ export class FakeOpenAIServer {
         return;
       }
       if (fault.status !== undefined) {
-        const d = defaultErrorFor(fault.status);
+        const d = defaultErrorFor(fault.status, fault.errorCode);
         this.sendJson(res, requestId, startedAt, fault.status, {
           error: {
             message: fault.errorMessage ?? d.message,
@@ -371,7 +401,9 @@ export class FakeOpenAIServer {
             'cache-control': 'no-cache',
           });
           res.end(
-            'data: {"id":"chatcmpl-broken","object":"chat.completion.chunk","choices":[{\n\ndata: [DONE]\n\n',
+            path === '/v1/responses'
+              ? 'event: response.created\ndata: {"type":"response.created","response":{"id":"resp_broken",\n\n'
+              : 'data: {"id":"chatcmpl-broken","object":"chat.completion.chunk","choices":[{\n\ndata: [DONE]\n\n',
           );
         } else {
           res.writeHead(200, { 'content-type': 'application/json' });
@@ -440,6 +472,7 @@ export class FakeOpenAIServer {
   private async route(ctx: RequestContext, method: string, path: string, body: unknown): Promise<void> {
     const route = this.routeContext(ctx);
     if (method === 'POST' && path === '/v1/chat/completions') return chatCompletionsRoute(route, body);
+    if (method === 'POST' && path === '/v1/responses') return responsesRoute(route, body);
     if (method === 'POST' && path === '/v1/moderations') return moderationsRoute(route, body);
     if (method === 'POST' && path === '/v1/embeddings') return embeddingsRoute(route, body);
     if (method === 'GET' && path === '/v1/models') return listModelsRoute(route);

@@ -7,13 +7,17 @@ export {
   countTextTokens,
   defaultReply,
   DEFAULT_FAKE_MODELS,
+  DEFAULT_FAKE_RATE_LIMITS,
+  DEFAULT_MODEL_ALIASES,
   DEFAULT_MODERATION_TRIGGERS,
   MODERATION_CATEGORIES,
+  TOOL_CALL_TRIGGER,
 } from './fake-openai.server.js';
 export type {
   CountableChatMessage,
   FakeChatRequest,
   FakeOpenAIServerOptions,
+  FakeRateLimits,
   FakeReplyFn,
   FakeUsageRequest,
   FaultRule,

@@ -104,3 +104,39 @@ export function moderationsRoute(ctx: RouteContext, body: unknown): void {
   const results = items.map(({ texts, image }) => moderate(ctx.options.moderationTriggers, texts, image));
   ctx.ok({ id: `modr-${randomAlnum(24)}`, model, results }, model);
 }
+
+/** The `moderation` a chat or responses request asks for (`moderation: { model }`), or `undefined`. */
+export function requestedModeration(body: Record<string, unknown>): { model: string } | undefined {
+  const m = body.moderation;
+  if (!isRecord(m)) return undefined;
+  return { model: typeof m.model === 'string' && m.model ? m.model : 'omni-moderation-latest' };
+}
+
+/**
+ * In-request moderation of `inputTexts` and `outputText` in the shape of each endpoint: chat completions report
+ * `{ type: 'moderation_results', model, results: [...] }` per side, responses one `{ type: 'moderation_result', ... }`.
+ * Under the `moderationError` fault both sides are `{ type: 'error', code, message }`.
+ */
+export function inRequestModeration(
+  ctx: RouteContext,
+  model: string,
+  inputTexts: string[],
+  outputText: string,
+  shape: 'chat' | 'responses',
+): { input: object; output: object } {
+  const faulted = ctx.fault?.moderationError;
+  if (faulted) {
+    const detail = faulted === true ? {} : faulted;
+    const error = {
+      type: 'error',
+      code: detail.code ?? 'moderation_unavailable',
+      message: detail.message ?? 'Moderation could not be completed (fake fault).',
+    };
+    return { input: error, output: { ...error } };
+  }
+  const side = (texts: string[]): object => {
+    const result = { ...moderate(ctx.options.moderationTriggers, texts), model, type: 'moderation_result' };
+    return shape === 'chat' ? { type: 'moderation_results', model, results: [result] } : result;
+  };
+  return { input: side(inputTexts), output: side([outputText]) };
+}

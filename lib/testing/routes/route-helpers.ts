@@ -1,6 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import type { FakeOpenAIServerOptions, FaultRule, RecordedRequest } from '../fake-openai.options.js';
+import { decode, encode } from 'gpt-tokenizer/encoding/o200k_base';
+import { isRecord } from '../../utils/is-record.js';
+import {
+  DEFAULT_FAKE_MODELS,
+  DEFAULT_MODEL_ALIASES,
+  type FakeChatRequest,
+  type FakeOpenAIServerOptions,
+  type FaultRule,
+  type RecordedRequest,
+} from '../fake-openai.options.js';
 
 // What every route module shares: the error type routes throw, the context the server hands them, SSE writing,
 // ids and small parsing helpers.
@@ -84,4 +93,151 @@ export function requireModel(body: Record<string, unknown>): string {
 export function nonNegativeInt(value: unknown): number {
   const n = Math.floor(Number(value));
   return Number.isFinite(n) && n > 0 ? n : 0;
+}
+
+/**
+ * The model a reply reports: the dated snapshot for an alias. With `strictModels`, an unknown model is OpenAI's 404
+ * `model_not_found`.
+ */
+export function replyModel(options: FakeOpenAIServerOptions, model: string): string {
+  const aliases = options.aliases ?? DEFAULT_MODEL_ALIASES;
+  if (options.strictModels) {
+    const known = options.models ?? DEFAULT_FAKE_MODELS;
+    if (!known.includes(model) && !Object.hasOwn(aliases, model)) {
+      throw new HttpError(
+        404,
+        `The model \`${model}\` does not exist or you do not have access to it.`,
+        'invalid_request_error',
+        null,
+        'model_not_found',
+      );
+    }
+  }
+  return Object.hasOwn(aliases, model) ? aliases[model]! : model;
+}
+
+/** The generated text of one reply and the token counts reported for it. */
+export interface GeneratedText {
+  /** The text sent (truncated to the output limit). */
+  content: string;
+  /** Tokens of `content`. */
+  visibleTokens: number;
+  /** Reasoning tokens reported (and counted against the limit). */
+  reasoningTokens: number;
+  /** Cached prompt tokens reported. */
+  cachedTokens: number;
+  /** The output limit cut the text (or reasoning used it all). */
+  truncated: boolean;
+}
+
+/**
+ * Truncates `fullReply` to `req.max_tokens` (reasoning tokens count against it, as on the real API) and works out the
+ * reasoning and cached token counts from the options.
+ */
+export function generateText(
+  options: FakeOpenAIServerOptions,
+  req: FakeChatRequest,
+  promptTokens: number,
+  fullReply: string,
+): GeneratedText {
+  const limit = req.max_tokens;
+  const reasoningTokens = Math.max(0, Math.floor(options.reasoningTokens ?? 0));
+  const replyTokens = encode(fullReply, ENCODE_OPTIONS);
+  let content = fullReply;
+  let visibleTokens = replyTokens.length;
+  let truncated = false;
+  if (limit !== undefined) {
+    const visibleLimit = Math.max(0, limit - reasoningTokens);
+    if (replyTokens.length > visibleLimit || reasoningTokens >= limit) {
+      content = decode(replyTokens.slice(0, visibleLimit));
+      visibleTokens = Math.min(replyTokens.length, visibleLimit);
+      truncated = true;
+    }
+  }
+  const cachedRaw =
+    typeof options.cachedTokens === 'function'
+      ? options.cachedTokens({ ...req, promptTokens })
+      : (options.cachedTokens ?? 0);
+  const cachedTokens = Math.min(promptTokens, Math.max(0, Math.floor(Number(cachedRaw) || 0)));
+  return { content, visibleTokens, reasoningTokens, cachedTokens, truncated };
+}
+
+/**
+ * The smallest value that fits a JSON schema: an object with its `required` properties filled by type, `[]` (or
+ * `minItems` items), `''`, `0` (or `minimum`), `false`, `null`; the first `enum` value, `const`, the first `anyOf` /
+ * `oneOf` branch; local `$ref`s (`#/$defs/...`, `#/definitions/...`) are followed.
+ */
+export function minimalInstance(schema: unknown, root: unknown = schema, depth = 0): unknown {
+  if (!isRecord(schema) || depth > 32) return null;
+  if (typeof schema.$ref === 'string' && schema.$ref.startsWith('#/')) {
+    let target: unknown = root;
+    for (const key of schema.$ref.slice(2).split('/')) target = isRecord(target) ? target[key] : undefined;
+    return minimalInstance(target, root, depth + 1);
+  }
+  if ('const' in schema) return schema.const;
+  if (Array.isArray(schema.enum) && schema.enum.length > 0) return schema.enum[0];
+  for (const key of ['anyOf', 'oneOf', 'allOf'] as const) {
+    const branches = schema[key];
+    if (Array.isArray(branches) && branches.length > 0) return minimalInstance(branches[0], root, depth + 1);
+  }
+  const type = Array.isArray(schema.type) ? (schema.type.find((t) => t !== 'null') ?? 'null') : schema.type;
+  switch (type) {
+    case 'object': {
+      const out: Record<string, unknown> = {};
+      const props = isRecord(schema.properties) ? schema.properties : {};
+      const required = Array.isArray(schema.required) ? schema.required : [];
+      for (const name of required) {
+        if (typeof name === 'string') out[name] = minimalInstance(props[name], root, depth + 1);
+      }
+      return out;
+    }
+    case 'array': {
+      const count = nonNegativeInt(schema.minItems);
+      return Array.from({ length: count }, () => minimalInstance(schema.items, root, depth + 1));
+    }
+    case 'string':
+      return 'x'.repeat(nonNegativeInt(schema.minLength));
+    case 'integer':
+    case 'number':
+      return typeof schema.minimum === 'number' ? schema.minimum : 0;
+    case 'boolean':
+      return false;
+    case 'null':
+      return null;
+    default:
+      return isRecord(schema.properties)
+        ? minimalInstance({ ...schema, type: 'object' }, root, depth + 1)
+        : null;
+  }
+}
+
+/** Where a stream stops early under a fault, after `count` content chunks. */
+export interface StreamStop {
+  kind: 'cut' | 'stall' | 'fail' | 'errorEvent';
+  count: number;
+}
+
+/** The early stop a fault programs for a stream of `pieces` content chunks, if any. */
+export function streamStop(fault: FaultRule | undefined, pieces: number): StreamStop | undefined {
+  if (!fault) return undefined;
+  const kinds = [
+    ['cut', fault.streamCutAfterChunks],
+    ['stall', fault.streamStallAfterChunks],
+    ['fail', fault.streamFailAfterChunks],
+    ['errorEvent', fault.streamErrorEventAfterChunks],
+  ] as const;
+  for (const [kind, after] of kinds) {
+    if (after !== undefined) return { kind, count: Math.min(Math.max(0, Math.floor(after)), pieces) };
+  }
+  return undefined;
+}
+
+/** `code` and `message` of the in-stream error a fault sends. */
+export function streamErrorOf(fault: FaultRule | undefined): { code: string; message: string } {
+  return {
+    code: fault?.errorCode ?? 'server_error',
+    message:
+      fault?.errorMessage ??
+      'The server had an error processing your request. Sorry about that! You can retry your request. (fake fault)',
+  };
 }
