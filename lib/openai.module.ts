@@ -50,6 +50,8 @@ import { RateLimitService } from './throttling/rate-limit.service.js';
 import { TokenLimitHook } from './throttling/token-limit.hook.js';
 import { OPENAI_MODULE_OPTIONS, OpenAIConfigurableModule } from './openai.module-definition.js';
 import { OpenAIService } from './openai.service.js';
+import { RequestIdentityService } from './identity/request-identity.service.js';
+import { RefusalRecorder } from './call/refusal.recorder.js';
 
 /**
  * Connects the store's outage transitions to the metrics, and on shutdown writes pending usage and
@@ -79,6 +81,8 @@ class OpenAIStoreLifecycle implements OnModuleInit, OnApplicationShutdown {
 /** The services users inject (and the guard and pipes they use by class). */
 const exported = [
   OpenAIService,
+  RequestIdentityService,
+  RefusalRecorder,
   RateLimitService,
   OpenAIThrottlerStorage,
   OpenAIThrottlerGuard,

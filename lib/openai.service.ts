@@ -1,12 +1,14 @@
 import { HttpException, Inject, Injectable, Logger, Optional } from '@nestjs/common';
-import OpenAI, { APIConnectionTimeoutError, APIUserAbortError } from 'openai';
+import OpenAI, { APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai';
 import { OpenAIMetricsService, type StatusClass } from './metrics/openai-metrics.service.js';
 import { PricingService } from './pricing/pricing.service.js';
 import { ResponseCacheService } from './cache/response-cache.service.js';
 import { MODERATION_METADATA, type ModerateOptions } from './moderation/moderate.decorator.js';
 import { ContentFlaggedException } from './moderation/moderation.exceptions.js';
+import { validateModerationReply } from './moderation/moderation-reply.schema.js';
 import { sseCompleted } from './client/sse-completion.js';
 import { RequestContextStore } from './context/request-context.js';
+import { RefusalRecorder } from './call/refusal.recorder.js';
 import type {
   CallOptions,
   CallReservation,
@@ -22,6 +24,8 @@ import { InjectOpenAI } from './decorators/inject-openai.decorator.js';
 import {
   AttemptTimeoutError,
   CallAbortedException,
+  describeError,
+  logUpstreamFailure,
   mapUpstreamError,
   upstreamRequestId,
 } from './errors/map-upstream-error.js';
@@ -29,13 +33,14 @@ import {
   OpenAIBadRequestException,
   OpenAIUpstreamException,
   OpenAIUpstreamTimeoutException,
+  UpstreamRetryLaterException,
 } from './errors/openai-http.exceptions.js';
 import { hashUserId } from './identity/safety-identifier.js';
 import type { ResolvedOpenAIOptions } from './interfaces/openai-module-options.interface.js';
 import { fingerprintKey, redactSecrets, redactText } from './logging/redact.js';
 import { ModelPolicy } from './models/model-policy.js';
 import { OPENAI_CALL_HOOKS, OPENAI_RESOLVED_OPTIONS } from './openai.constants.js';
-import { isRetryable, retryDelayMs } from './retry/retry-policy.js';
+import { isRetryable, retryDelayMs, serverRetryAfterMs } from './retry/retry-policy.js';
 import { countTextTokens } from './tokens/token-counter.js';
 import { enforceInputLimits } from './pipes/chat-request.pipe.js';
 
@@ -133,6 +138,33 @@ export function normalizeUsage(
   };
 }
 
+/** Usage counted locally (the upstream sent none): `prompt` as counted before the call, the output's tokens. */
+export function estimateUsage(promptTokens: number, output: string): NormalizedUsage {
+  const completion = countTextTokens(output);
+  return {
+    prompt_tokens: promptTokens,
+    cached_tokens: 0,
+    completion_tokens: completion,
+    reasoning_tokens: 0,
+    total_tokens: promptTokens + completion,
+    estimated: true,
+  };
+}
+
+/** Every text a chat completion returned: each choice's content, refusal and tool-call arguments. */
+function chatOutputText(c: ChatCompletion): string {
+  const parts: string[] = [];
+  for (const choice of c.choices ?? []) {
+    const m = choice?.message;
+    if (!m) continue;
+    if (m.content) parts.push(m.content);
+    if (m.refusal) parts.push(m.refusal);
+    for (const t of m.tool_calls ?? [])
+      if (t.type === 'function') parts.push(t.function.name, t.function.arguments);
+  }
+  return parts.join('\n');
+}
+
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
     if (signal?.aborted) return reject(signal.reason);
@@ -166,6 +198,8 @@ export class OpenAIService {
   private readonly hooks: OpenAICallHook[];
   private outputModerator?: OutputModerator;
   private readonly pendingSettlements = new Set<Promise<void>>();
+  /** Models whose replies came without usage, warned about once each. */
+  private readonly missingUsageWarned = new Set<string>();
 
   constructor(
     @InjectOpenAI() readonly client: OpenAI,
@@ -178,6 +212,7 @@ export class OpenAIService {
       metrics: { ...options.metrics, enabled: false },
     }),
     @Optional() private readonly cache?: ResponseCacheService,
+    @Optional() private readonly refusals?: RefusalRecorder,
   ) {
     this.policy = new ModelPolicy(options.models);
     this.hooks = hooks ?? [];
@@ -207,12 +242,9 @@ export class OpenAIService {
           )
           .withResponse(),
       );
-      const usage = normalizeUsage(ok.data.usage);
-      result = {
-        completion: ok.data,
-        content: ok.data.choices[0]?.message?.content ?? null,
-        ...this.meta(prep, ok, usage, started),
-      };
+      const content = ok.data.choices[0]?.message?.content ?? null;
+      const usage = this.usageOf(prep, ok, ok.data.usage, () => chatOutputText(ok.data));
+      result = { completion: ok.data, content, ...this.meta(prep, ok, usage, started) };
       await this.settle(reservations, result);
       this.logCall(prep, 'ok', result, prep.body, result.content);
       if (cacheKey) await this.cache!.set(cacheKey, ok.data);
@@ -334,9 +366,17 @@ export class OpenAIService {
           .create({ input, model: m }, { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 })
           .withResponse(),
       );
+      const checked = validateModerationReply(ok.data, Array.isArray(input) ? input.length : 1);
+      if (!checked.ok) {
+        throw new OpenAIUpstreamException(`The moderation reply was not usable (${prep.call.model})`, {
+          cause: new Error(checked.problem),
+          openaiRequestId: ok.openaiRequestId,
+          error: 'upstream_invalid_reply',
+        });
+      }
       const result: ModerationResult = {
         response: ok.data,
-        flagged: ok.data.results.some((r) => r.flagged),
+        flagged: checked.results.some((r) => r.flagged),
         ...this.meta(prep, ok, { ...ZERO_USAGE }, started),
       };
       this.logCall(prep, 'ok', result);
@@ -380,7 +420,7 @@ export class OpenAIService {
       );
       const result: EmbeddingResult = {
         response: ok.data,
-        ...this.meta(prep, ok, normalizeUsage(ok.data.usage), started),
+        ...this.meta(prep, ok, this.usageOf(prep, ok, ok.data.usage, () => ''), started),
       };
       await this.settle(reservations, result);
       this.logCall(prep, 'ok', result);
@@ -416,7 +456,13 @@ export class OpenAIService {
     }
     const maxOutputTokens = asked == null ? dflt : Math.min(asked, cap);
     const fallbacks = this.policy.fallbacksFor(model, options.fallbacks);
-    const promptTokens = enforceInputLimits(request as never, this.options.input);
+    let promptTokens: number;
+    try {
+      // Counted on what is sent now (a controller may have changed the messages after the pipe).
+      promptTokens = enforceInputLimits(request as never, this.options.input);
+    } catch (err) {
+      throw this.refusals ? this.refusals.record(err) : err;
+    }
     const call = this.newCall(
       'chat.completions',
       model,
@@ -460,11 +506,13 @@ export class OpenAIService {
     fallbacks: string[],
   ): UpstreamCall {
     const ctx = RequestContextStore.get();
+    const user = options.user ?? ctx?.user;
     return {
       endpoint,
       model,
       stream,
-      user: options.user ?? ctx?.user,
+      user,
+      tracker: user === undefined ? ctx?.tracker : undefined,
       route: options.route ?? ctx?.route,
       requestId: ctx?.requestId,
       promptTokens,
@@ -490,7 +538,7 @@ export class OpenAIService {
     const refused = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
     if (refused) {
       await this.release(held);
-      throw refused.reason;
+      throw this.refusals ? this.refusals.record(refused.reason) : refused.reason;
     }
     return held;
   }
@@ -558,11 +606,23 @@ export class OpenAIService {
     let attempts = 0;
     let lastErr: unknown;
     let lastModel = prep.call.model;
+    let longWait: { ms: number; err: unknown } | undefined;
 
     outer: for (const model of models) {
       for (let retry = 0; retry <= maxRetries; retry++) {
         if (retry > 0) {
-          const wait = retryDelayMs(retry, lastErr, this.options.retry);
+          const server = lastErr instanceof APIError ? serverRetryAfterMs(lastErr.headers) : undefined;
+          // A server-directed wait longer than the cap or the deadline is not slept (the client would
+          // wait for a retry sent before the provider said): the next model goes at once, or the call
+          // fails now and passes the wait on.
+          if (
+            server !== undefined &&
+            (server > this.options.retry.maxRetryAfterMs || performance.now() + server >= deadlineAt)
+          ) {
+            longWait = { ms: server, err: lastErr };
+            break;
+          }
+          const wait = server ?? retryDelayMs(retry, lastErr, this.options.retry);
           // No time left to wait for this model: the next one (a fallback) needs no wait, try it.
           if (performance.now() + wait >= deadlineAt) break;
           try {
@@ -631,6 +691,15 @@ export class OpenAIService {
         }
       }
     }
+    if (longWait && longWait.err === lastErr && lastErr instanceof APIError && lastErr.status) {
+      throw Object.assign(
+        new UpstreamRetryLaterException(lastErr.status, longWait.ms, lastModel, {
+          cause: lastErr,
+          openaiRequestId: upstreamRequestId(lastErr),
+        }),
+        { attempts },
+      );
+    }
     const mapped =
       lastErr === undefined
         ? new OpenAIUpstreamTimeoutException(
@@ -659,6 +728,34 @@ export class OpenAIService {
     return meta;
   }
 
+  /**
+   * The reply's usage, or, when the upstream sent none (some OpenAI-compatible servers and proxies
+   * don't), an estimate marked `estimated`: the prompt tokens counted before the call and the tokens
+   * of the returned text. Without it such calls would be free for token limits and budgets.
+   */
+  private usageOf(
+    prep: Prepared,
+    ok: Success<unknown>,
+    usage: OpenAI.CompletionUsage | OpenAI.CreateEmbeddingResponse.Usage | null | undefined,
+    outputText: () => string,
+  ): NormalizedUsage {
+    if (usage && typeof usage.prompt_tokens === 'number') return normalizeUsage(usage);
+    this.warnMissingUsage(prep.call, ok.model, ok.openaiRequestId);
+    return estimateUsage(prep.call.promptTokens, outputText());
+  }
+
+  /** Warns once per model that its replies come without usage. @internal */
+  warnMissingUsage(call: UpstreamCall, model: string, openaiRequestId?: string): void {
+    if (this.missingUsageWarned.has(model)) return;
+    this.missingUsageWarned.add(model);
+    this.logger.warn({
+      msg: 'the upstream sent no usage: tokens and cost of this model are estimated (usage_estimated)',
+      model,
+      endpoint: call.endpoint,
+      openai_request_id: openaiRequestId,
+    });
+  }
+
   /** Cost of `usage` on `model` (USD), reporting an unpriced model. @internal */
   priceUsage(model: string, usage: NormalizedUsage): number | null {
     const cost = this.pricing.cost(model, usage);
@@ -672,28 +769,17 @@ export class OpenAIService {
     const status = mapped.getStatus();
     const code = (mapped.getResponse() as { error?: unknown }).error;
     this.metrics.failed(prep.call, typeof code === 'string' ? code : String(status));
-    const cause = (mapped as { cause?: unknown }).cause;
-    const upstreamStatus = (cause as { status?: number } | undefined)?.status;
     const attempts = (err as { attempts?: number }).attempts ?? (mapped as { attempts?: number }).attempts;
-    const line = {
+    // Headers the exception asks for (`retry-after`) reach the client even without the exception filter.
+    const headers = (mapped as { headers?: Record<string, string> }).headers;
+    if (headers) for (const [k, v] of Object.entries(headers)) RequestContextStore.setHeader(k, v);
+    logUpstreamFailure(this.logger, mapped, {
       msg: 'openai call failed',
       ...this.baseLine(prep),
-      openai_request_id: (mapped as { openaiRequestId?: string }).openaiRequestId,
-      status,
-      upstream_status: upstreamStatus,
-      error: (mapped.getResponse() as { error?: string }).error,
       latency_ms: Math.round(performance.now() - started),
       attempts,
       retries: attempts === undefined ? undefined : attempts - 1,
-      cause: cause ? describeError(cause) : undefined,
-    };
-    if (upstreamStatus === 401 || upstreamStatus === 403) {
-      this.logger.error(compact({ ...line, key: fingerprintKey(this.client.apiKey) }));
-    } else if (status === 499) {
-      this.logger.log(compact(line));
-    } else {
-      this.logger.warn(compact(line));
-    }
+    }, fingerprintKey(this.client.apiKey));
     return mapped;
   }
 
@@ -758,13 +844,6 @@ function statusClassOf(err: unknown): StatusClass {
   return 'connection';
 }
 
-function describeError(err: unknown): string {
-  if (err instanceof Error) {
-    const status = (err as { status?: number }).status;
-    return redactSecrets(`${err.name}${status ? ` ${status}` : ''}: ${err.message}`).slice(0, 300);
-  }
-  return redactSecrets(String(err)).slice(0, 300);
-}
 
 /**
  * A streamed chat completion: iterate it once for the SDK's chunks. `finished` resolves with the
@@ -924,6 +1003,8 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
   ): Promise<void> {
     if (this.ended) return;
     this.ended = true;
+    // A stream that completed without its usage chunk: the upstream does not send one.
+    if (completed && !usage) this.service.warnMissingUsage(this.prep.call, this.model, this.openaiRequestId);
     const finalUsage = usage ?? this.estimate();
     const summary: StreamSummary = {
       model: this.model,
@@ -956,15 +1037,6 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
   }
 
   private estimate(): NormalizedUsage {
-    const prompt = this.prep.call.promptTokens;
-    const completion = countTextTokens(this.text);
-    return {
-      prompt_tokens: prompt,
-      cached_tokens: 0,
-      completion_tokens: completion,
-      reasoning_tokens: 0,
-      total_tokens: prompt + completion,
-      estimated: true,
-    };
+    return estimateUsage(this.prep.call.promptTokens, this.text);
   }
 }

@@ -24,6 +24,11 @@ export interface UpstreamCall {
   stream: boolean;
   /** End user the call is made for (the app's own ID, not the hash sent upstream). */
   user?: string;
+  /**
+   * For an anonymous call made while serving a request: the tracker its limits count against
+   * (`ip:<client IP>`). Token limits apply to it; per-user budgets and the per-user ledger do not.
+   */
+  tracker?: string;
   /** Route label, e.g. `POST /chat`, or the `route` call option outside HTTP. */
   route?: string;
   /** Inbound request ID, when the call is made while serving a request. */

@@ -12,6 +12,11 @@ export interface RequestContext {
   requestId: string;
   /** The end user the limits, budgets and usage apply to, once a guard or the app has set it. */
   user?: string;
+  /**
+   * Whom this request's limits count against: `user:<id>`, or `ip:<client IP>` when anonymous. Set
+   * with `user` by the identity resolver (`RequestIdentityService`).
+   */
+  tracker?: string;
   /** Route pattern (e.g. `POST /chat`), for usage and metrics labels. */
   route?: string;
   /** `performance.now()` when the request arrived (ms). */

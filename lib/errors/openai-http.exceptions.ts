@@ -61,7 +61,7 @@ export class OpenAIUpstreamTimeoutException extends OpenAIHttpException {
   }
 }
 
-/** 400: the upstream rejected the request as invalid (the message names the code and parameter, not the upstream text). */
+/** 400: the upstream rejected the request as invalid (the message is ours; the upstream code and parameter go to the log). */
 export class OpenAIBadRequestException extends OpenAIHttpException {
   constructor(message: string, options?: { cause?: unknown; openaiRequestId?: string; error?: string }) {
     super(HttpStatus.BAD_REQUEST, options?.error ?? 'invalid_request', message, options);
@@ -72,5 +72,33 @@ export class OpenAIBadRequestException extends OpenAIHttpException {
 export class ModelNotAllowedException extends OpenAIHttpException {
   constructor(message: string) {
     super(HttpStatus.BAD_REQUEST, 'model_not_allowed', message);
+  }
+}
+
+/**
+ * The upstream asked for a wait (`retry-after-ms` / `retry-after`) longer than `retry.maxRetryAfterMs` or
+ * than what is left of the call's deadline, and no fallback model could answer. The call fails at once
+ * (no sleep) and passes the wait on: 429 `upstream_rate_limited` when the upstream answered 429, else 502
+ * `upstream_error`; both with a `retry-after` header (s) and `retry_after` in the body.
+ */
+export class UpstreamRetryLaterException extends OpenAIHttpException {
+  readonly headers: Record<string, string>;
+  constructor(
+    upstreamStatus: number,
+    retryAfterMs: number,
+    model: string,
+    options?: { cause?: unknown; openaiRequestId?: string },
+  ) {
+    const retryAfter = Math.max(1, Math.ceil(retryAfterMs / 1000));
+    const limited = upstreamStatus === 429;
+    super(
+      limited ? HttpStatus.TOO_MANY_REQUESTS : HttpStatus.BAD_GATEWAY,
+      limited ? 'upstream_rate_limited' : 'upstream_error',
+      limited
+        ? `The model provider is rate limiting this project (${model}); retry in ${retryAfter} s`
+        : `The model provider is unavailable (HTTP ${upstreamStatus}, ${model}); retry in ${retryAfter} s`,
+      { ...options, extra: { retry_after: retryAfter } },
+    );
+    this.headers = { 'retry-after': String(retryAfter) };
   }
 }

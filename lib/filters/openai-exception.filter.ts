@@ -2,12 +2,18 @@ import {
   Catch,
   HttpException,
   HttpStatus,
+  Inject,
   Logger,
+  Optional,
   type ArgumentsHost,
   type ExceptionFilter,
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
-import { RequestContextStore, acceptRequestId } from '../context/request-context.js';
+import OpenAI, { APIError, OpenAIError } from 'openai';
+import { logUpstreamFailure, mapUpstreamError } from '../errors/map-upstream-error.js';
+import { fingerprintKey } from '../logging/redact.js';
+import { OPENAI_CLIENT } from '../openai.constants.js';
+import { RequestContextStore, acceptRequestId, type RequestContext } from '../context/request-context.js';
 import type { OpenAIErrorBody } from '../errors/openai-http.exceptions.js';
 import { redactSecrets } from '../logging/redact.js';
 import { REQUEST_ID_HEADER } from '../openai.constants.js';
@@ -50,7 +56,11 @@ const snake = (s: string) =>
 export class OpenAIExceptionFilter implements ExceptionFilter {
   private readonly logger = new Logger('OpenAIExceptionFilter');
 
-  constructor(private readonly adapterHost: HttpAdapterHost) {}
+  constructor(
+    private readonly adapterHost: HttpAdapterHost,
+    /** The module's client, for the key fingerprint logged with an upstream 401/403 (absent when built with `new`). */
+    @Optional() @Inject(OPENAI_CLIENT) private readonly client?: OpenAI,
+  ) {}
 
   catch(exception: unknown, host: ArgumentsHost): void {
     if (host.getType() !== 'http') throw exception;
@@ -59,6 +69,8 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
     const res = http.getResponse();
     const ctx = RequestContextStore.fromRequest(req) ?? RequestContextStore.get();
     const requestId = ctx?.requestId ?? acceptRequestId(req?.headers?.[REQUEST_ID_HEADER]);
+    // An SDK error thrown by a direct call (`@InjectOpenAI()`) gets the service's mapping and log line.
+    if (exception instanceof OpenAIError) exception = this.fromSdkError(exception, ctx);
     const body = this.toBody(exception, requestId);
     const adapter = this.adapterHost.httpAdapter;
     if (typeof adapter.isHeadersSent === 'function' ? adapter.isHeadersSent(res) : res.headersSent) return;
@@ -68,6 +80,25 @@ export class OpenAIExceptionFilter implements ExceptionFilter {
       for (const [k, v] of Object.entries(headers)) adapter.setHeader(res, k, String(v));
     }
     adapter.reply(res, body, body.statusCode);
+  }
+
+  private fromSdkError(err: OpenAIError, ctx: RequestContext | undefined): HttpException {
+    const mapped = mapUpstreamError(err);
+    let key: string | undefined;
+    if (err instanceof APIError && (err.status === 401 || err.status === 403)) {
+      try {
+        key = this.client ? fingerprintKey(this.client.apiKey) : undefined;
+      } catch {
+        key = undefined;
+      }
+    }
+    logUpstreamFailure(
+      this.logger,
+      mapped,
+      { msg: 'openai call failed', request_id: ctx?.requestId, user: ctx?.user, route: ctx?.route },
+      key,
+    );
+    return mapped;
   }
 
   private toBody(exception: unknown, requestId: string): OpenAIErrorBody {

@@ -6,7 +6,8 @@ import {
   type ExecutionContext,
   type NestInterceptor,
 } from '@nestjs/common';
-import { Observable } from 'rxjs';
+import { Observable, from, mergeMap } from 'rxjs';
+import { RequestIdentityService } from '../identity/request-identity.service.js';
 import { RequestContextStore } from '../context/request-context.js';
 import {
   OPENAI_REQUEST_CONTEXT_ROUTES,
@@ -29,7 +30,10 @@ import { rawResponse } from '../utils/http.js';
 export class RequestContextInterceptor implements NestInterceptor {
   private readonly followMiddleware: boolean;
 
-  constructor(@Optional() @Inject(OPENAI_REQUEST_CONTEXT_ROUTES) routes?: RequestContextRoutes) {
+  constructor(
+    @Optional() @Inject(OPENAI_REQUEST_CONTEXT_ROUTES) routes?: RequestContextRoutes,
+    @Optional() @Inject(RequestIdentityService) private readonly identity?: RequestIdentityService,
+  ) {
     this.followMiddleware = restrictsRoutes(routes);
   }
 
@@ -47,19 +51,18 @@ export class RequestContextInterceptor implements NestInterceptor {
     const ctx =
       opened ??
       RequestContextStore.attach(req, req.headers[REQUEST_ID_HEADER], rawResponse(http.getResponse()));
-    if (!ctx.user) {
-      const u = (req as { user?: { id?: unknown; sub?: unknown } }).user;
-      const id = u?.id ?? u?.sub;
-      if (typeof id === 'string' || typeof id === 'number') ctx.user = String(id);
-    }
     ctx.handler = context.getHandler();
     ctx.controller = context.getClass();
     if (!ctx.route) {
       const path = req.route?.path ?? req.routeOptions?.url;
       if (path) ctx.route = `${req.method} ${path}`;
     }
-    return new Observable((subscriber) =>
-      RequestContextStore.run(ctx, () => next.handle().subscribe(subscriber)),
-    );
+    // The user, from the one identity resolver (the guard may have resolved it already: cached).
+    const identity = this.identity?.resolve(req);
+    const run = () =>
+      new Observable<unknown>((subscriber) =>
+        RequestContextStore.run(ctx, () => next.handle().subscribe(subscriber)),
+      );
+    return identity instanceof Promise ? from(identity).pipe(mergeMap(run)) : run();
   }
 }

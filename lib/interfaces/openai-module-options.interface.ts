@@ -5,6 +5,7 @@ import type { ModelPrice } from '../pricing/default-prices.js';
 import type { MemoryStoreOptions } from '../storage/memory.store.js';
 import type { StorageFailurePolicy } from '../storage/openai-store.interface.js';
 import type { RedisStoreOptions } from '../storage/redis.store.js';
+import type { IdentityResolver } from '../identity/request-identity.service.js';
 
 /**
  * Returns the API key to use for the next upstream request. Called before every request by the SDK,
@@ -166,6 +167,14 @@ export interface IdentityOptions {
    * @default ''
    */
   salt?: string;
+  /**
+   * Reads the end user's ID from the request (Express `req` / Fastify `request`, after your auth guard).
+   * Every consumer uses it: request limits, token limits, budgets, usage, logs and `safety_identifier`.
+   * Return `undefined` for an anonymous request (limited by client IP).
+   * @default `req.user.id`, else `req.user.sub`, else `req.user.userId`
+   * @example resolve: (req) => req.user?.accountId
+   */
+  resolve?: IdentityResolver;
 }
 
 /** One window of a per-user limit, in `@nestjs/throttler`'s terms. */
@@ -195,9 +204,8 @@ export interface LimitsOptions extends TierLimits {
    */
   tiers?: (user: string) => TierLimits | undefined | Promise<TierLimits | undefined>;
   /**
-   * Whom a request counts against. Default: the request context's user (set by your auth guard, or
-   * `req.user.id` / `req.user.sub`), else `ip:<client IP>` for anonymous requests (behind a proxy, set
-   * Express's `trust proxy` / Fastify's `trustProxy` so the IP is the client's).
+   * @deprecated Use `identity.resolve`, which every consumer uses (this one used to change only the
+   * guard). Still honoured as `identity.resolve` when that is not set.
    * @default undefined
    */
   getTracker?: (req: any) => string | undefined | Promise<string | undefined>;
@@ -410,7 +418,7 @@ export interface ResolvedOpenAIOptions {
   timeouts: Required<TimeoutOptions>;
   retry: Required<RetryOptions>;
   logging: Required<LoggingOptions>;
-  identity: Required<IdentityOptions>;
+  identity: Required<Omit<IdentityOptions, 'resolve'>> & Pick<IdentityOptions, 'resolve'>;
   limits: Required<Pick<LimitsOptions, 'requests' | 'tokens'>> & Pick<LimitsOptions, 'tiers' | 'getTracker'>;
   storage: Required<Pick<StorageOptions, 'type' | 'onFailure' | 'instances' | 'connectTimeoutMs'>> &
     Pick<StorageOptions, 'memory' | 'redis'>;

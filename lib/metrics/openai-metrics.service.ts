@@ -61,6 +61,7 @@ export class OpenAIMetricsService {
   private readonly storageDegraded: Gauge<'store'>;
   private readonly unpriced: Counter<'model'>;
   private readonly estimatedUsage: Counter<'model'>;
+  private readonly refusals: Counter<'reason'>;
   private readonly cacheLookups: Counter<'outcome'>;
 
   constructor(@Inject(OPENAI_RESOLVED_OPTIONS) options: ResolvedOpenAIOptions) {
@@ -178,8 +179,13 @@ export class OpenAIMetricsService {
     ]);
     this.estimatedUsage = counter(
       'estimated_usage_total',
-      'Calls whose usage was estimated (stream cut before its usage chunk)',
+      'Calls whose usage was estimated (a stream cut before its usage chunk, or a reply without usage)',
       ['model'],
+    );
+    this.refusals = counter(
+      'refusals_total',
+      'Requests refused by the library, by reason (rate_limit_exceeded, token_limit_exceeded, budget_exceeded, input_too_large, input_flagged, storage_unavailable, ...)',
+      ['reason'],
     );
     if (problems.length) throw new OpenAIConfigError(options.environment, problems);
   }
@@ -267,6 +273,11 @@ export class OpenAIMetricsService {
 
   cache(outcome: 'hit' | 'miss'): void {
     if (this.enabled) this.cacheLookups.inc({ outcome });
+  }
+
+  /** A request refused by the library (429, 413, 422, 503), by the error code it was answered with. */
+  refused(reason: string): void {
+    if (this.enabled) this.refusals.inc({ reason });
   }
 
   unpricedCall(model: string): void {

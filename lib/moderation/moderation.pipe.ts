@@ -1,4 +1,5 @@
-import { Inject, Injectable, type ArgumentMetadata, type PipeTransform } from '@nestjs/common';
+import { Inject, Injectable, Optional, type ArgumentMetadata, type PipeTransform } from '@nestjs/common';
+import { RefusalRecorder } from '../call/refusal.recorder.js';
 import { Reflector } from '@nestjs/core';
 import { RequestContextStore } from '../context/request-context.js';
 import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
@@ -23,6 +24,7 @@ export class ModerationPipe implements PipeTransform {
     private readonly moderation: ModerationService,
     private readonly reflector: Reflector,
     @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
+    @Optional() private readonly refusals?: RefusalRecorder,
   ) {}
 
   async transform(value: unknown, metadata: ArgumentMetadata): Promise<unknown> {
@@ -37,12 +39,16 @@ export class ModerationPipe implements PipeTransform {
       roles: route?.roles ?? this.options.moderation.roles,
       fields: route?.fields ?? this.options.moderation.fields,
     });
-    const verdict = await this.moderation.check(texts, 'input', {
-      categories: route?.categories,
-      thresholds: route?.thresholds,
-      onError: route?.onError,
-    });
-    if (verdict.flagged) throw new ContentFlaggedException(verdict.categories, 'input');
+    try {
+      const verdict = await this.moderation.check(texts, 'input', {
+        categories: route?.categories,
+        thresholds: route?.thresholds,
+        onError: route?.onError,
+      });
+      if (verdict.flagged) throw new ContentFlaggedException(verdict.categories, 'input');
+    } catch (err) {
+      throw this.refusals ? this.refusals.record(err) : err;
+    }
     return value;
   }
 }

@@ -7,6 +7,7 @@ import type {
   ResolvedOpenAIOptions,
 } from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
+import { RefusalRecorder } from '../call/refusal.recorder.js';
 import { messageText, type CountableChatMessage } from '../tokens/token-counter.js';
 import { promptTokensOf } from '../tokens/prompt-token-cache.js';
 
@@ -80,11 +81,16 @@ export function enforceInputLimits(
 export class ChatRequestPipe implements PipeTransform<unknown, ChatRequestBody> {
   constructor(
     @Optional() @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options?: ResolvedOpenAIOptions,
+    @Optional() private readonly refusals?: RefusalRecorder,
   ) {}
 
   transform(value: unknown): ChatRequestBody {
     const body = parseBody(ChatRequestSchema, value);
-    if (this.options) enforceInputLimits(body, this.options.input);
+    try {
+      if (this.options) enforceInputLimits(body, this.options.input);
+    } catch (err) {
+      throw this.refusals ? this.refusals.record(err) : err;
+    }
     return body;
   }
 }

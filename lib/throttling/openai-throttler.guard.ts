@@ -1,7 +1,8 @@
 import { Inject, Injectable, type ExecutionContext } from '@nestjs/common';
 import { Reflector } from '@nestjs/core';
-import { ThrottlerGuard, normalizeIp } from '@nestjs/throttler';
-import { RequestContextStore } from '../context/request-context.js';
+import { ThrottlerGuard } from '@nestjs/throttler';
+import { RequestIdentityService } from '../identity/request-identity.service.js';
+import { RefusalRecorder } from '../call/refusal.recorder.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import type { ResolvedOpenAIOptions, ThrottleWindow } from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
@@ -18,7 +19,8 @@ const COUNTED = Symbol.for('OPENAI:THROTTLE_COUNTED');
 
 /**
  * Per-user request limits, on `@nestjs/throttler`'s guard. Differences from `ThrottlerGuard`:
- * - the tracker is the user (request context user, `req.user.id`/`sub`), the IP only for anonymous requests;
+ * - the tracker is the user from the identity resolver (`identity.resolve`; default `req.user.id`, `sub`,
+ *   `userId`), the client IP only for anonymous requests;
  * - all windows are checked and counted in one atomic store operation (one Redis round trip), and a
  *   refused request counts against none;
  * - tiers (`limits.tiers`) give each user its own windows;
@@ -40,6 +42,8 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
     @Inject(OpenAIThrottlerStorage) storage: OpenAIThrottlerStorage,
     @Inject(Reflector) reflector: Reflector,
     @Inject(OpenAIMetricsService) private readonly metrics: OpenAIMetricsService,
+    @Inject(RequestIdentityService) private readonly identity: RequestIdentityService,
+    @Inject(RefusalRecorder) private readonly refusals: RefusalRecorder,
   ) {
     super(
       {
@@ -59,6 +63,18 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
   override async canActivate(context: ExecutionContext): Promise<boolean> {
     if (context.getType() !== 'http') return true;
     const { req, res } = this.getRequestResponse(context);
+    try {
+      return await this.check(context, req, res);
+    } catch (err) {
+      throw this.refusals.record(err, req);
+    }
+  }
+
+  private async check(
+    context: ExecutionContext,
+    req: Record<string, any>,
+    res: Record<string, any>,
+  ): Promise<boolean> {
     if ((req as Record<symbol, unknown>)[COUNTED]) return true;
     if (await this.shouldSkip(context)) return true;
     const handler = context.getHandler();
@@ -117,17 +133,9 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
     if (!raw.headersSent) raw.setHeader(name, String(value));
   }
 
-  /** The user of the request, else `ip:<client IP>` (IPv6 grouped by /64 as in `@nestjs/throttler`). */
+  /** `user:<id>` from the identity resolver (`identity.resolve`), else `ip:<client IP>` (IPv6 by /64). */
   protected override async getTracker(req: Record<string, any>): Promise<string> {
-    const custom = this.openaiOptions.limits.getTracker;
-    if (custom) {
-      const t = await custom(req);
-      if (t) return `user:${t}`;
-    }
-    const ctx = RequestContextStore.fromRequest(req);
-    const id = ctx?.user ?? req.user?.id ?? req.user?.sub;
-    if (id !== undefined && id !== null && id !== '') return `user:${String(id)}`;
-    const ip: string | undefined = req.ip ?? req.socket?.remoteAddress ?? req.raw?.socket?.remoteAddress;
-    return `ip:${ip ? normalizeIp(ip, this.ipv6SubnetPrefix) : 'unknown'}`;
+    return (await this.identity.resolve(req)).tracker;
   }
+
 }

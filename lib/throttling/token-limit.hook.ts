@@ -8,7 +8,8 @@ import { RateLimitService } from './rate-limit.service.js';
 /**
  * Token limits, enforced where the call is made (so they hold outside HTTP too): reserves the prompt's
  * tokens plus `max_tokens` before the call, settles to `usage.total_tokens` after it, and releases the
- * reservation on every other ending. Calls without a user are not token-limited.
+ * reservation on every other ending. An anonymous request is limited by its tracker (`ip:<client IP>`);
+ * a call outside HTTP without a user is not token-limited.
  */
 @Injectable()
 export class TokenLimitHook implements OpenAICallHook {
@@ -18,13 +19,15 @@ export class TokenLimitHook implements OpenAICallHook {
   ) {}
 
   async reserve(call: UpstreamCall): Promise<CallReservation | void> {
-    if (call.user === undefined || call.endpoint === 'moderations') return;
+    // Anonymous callers are token-limited by their tracker (client IP), as request limits are.
+    const subject = call.user ?? call.tracker;
+    if (subject === undefined || call.endpoint === 'moderations') return;
     const { tokens } = await this.limits.limitsFor(call.user);
     if (tokens.length === 0) return;
     const reserved = call.promptTokens + call.maxOutputTokens;
     const tooBig = tokens.find((w) => reserved > w.limit);
     if (tooBig) throw new TokenReservationTooLargeException(tooBig.name, reserved, tooBig.limit);
-    const result = await this.limits.reserveTokens(call.user, reserved, tokens);
+    const result = await this.limits.reserveTokens(subject, reserved, tokens);
     if (!result.allowed) {
       const w = result.blockedBy!;
       const retryAfter = Math.max(1, Math.ceil(w.resetMs / 1000));
@@ -36,7 +39,7 @@ export class TokenLimitHook implements OpenAICallHook {
       this.metrics.rateLimited('tokens', w.name);
       throw new RateLimitExceededException('tokens', w.name, w.limit, retryAfter);
     }
-    const user = call.user;
+    const user = subject;
     let done = false;
     return {
       settle: async (settled: SettledCall) => {

@@ -85,7 +85,11 @@ const LONG_RUN_TEST = new RegExp(`\\S{${LONG_RUN_LENGTH}}`);
  * nothing); assistant `tool_calls` count their function name and arguments; `name` is ignored; a missing role counts
  * as `user`; non-object entries count as empty user messages.
  */
-export function countChatPromptTokens(messages: readonly CountableChatMessage[]): number {
+export function countChatPromptTokens(
+  messages: readonly CountableChatMessage[],
+  /** Counts one text; a cache may wrap {@link countTextTokens} (it is passed as the second argument). */
+  countText: (text: string, count: (t: string) => number) => number = (t, count) => count(t),
+): number {
   // gpt-tokenizer's encodeChat rebuilds its special-token pattern on every call (~30 µs); the chat
   // template is additive, so the same count is the reply primer, a fixed framing per message, and each
   // content's own tokens (checked against encodeChat in the spec).
@@ -98,7 +102,7 @@ export function countChatPromptTokens(messages: readonly CountableChatMessage[])
     const text = messageText(m.content);
     const tools = toolCallsText(m.tool_calls);
     const role = typeof m.role === 'string' && m.role.length > 0 ? m.role : 'user';
-    total += framingTokens(role) + countTextTokens(tools ? (text ? `${text}\n${tools}` : tools) : text);
+    total += framingTokens(role) + countText(tools ? (text ? `${text}\n${tools}` : tools) : text, countTextTokens);
   }
   return total;
 }

@@ -117,7 +117,8 @@ mkdir -p "$WORK/pack"
 KEPT=""
 [[ "${KEEP_WORK:-}" == 1 ]] && KEPT=", kept"
 echo "building and packing $ROOT (work directory $WORK$KEPT)"
-if ! (cd "$ROOT" && npm run build && npm pack --pack-destination "$WORK/pack") >"$WORK/pack.log" 2>&1; then
+# No build first: `npm pack` on a clean clone must build dist/ itself (prepack), so what is published is what was tested.
+if ! (cd "$ROOT" && rm -rf dist && npm pack --pack-destination "$WORK/pack") >"$WORK/pack.log" 2>&1; then
   fail "build/pack"
   tail -n 40 "$WORK/pack.log" | sed 's/^/  | /'
   echo "0 passed, 1 failed"
