@@ -108,7 +108,8 @@ describe('FakeOpenAIServer: POST /v1/responses', () => {
   it('echoes store, service_tier, metadata, safety_identifier, prompt_cache_key, temperature; resolves aliases', async () => {
     const plain = await client.responses.create({ model: 'gpt-4o-mini', input: 'hi' });
     expect(plain.model).toBe('gpt-4o-mini-2024-07-18');
-    expect(plain.store).toBe(true);
+    // `store` is on the wire though the SDK's Response type leaves it out
+    expect((plain as unknown as { store: boolean }).store).toBe(true);
     expect(plain.service_tier).toBe('default');
     expect(plain.metadata).toEqual({});
     expect(plain.temperature).toBe(1);
