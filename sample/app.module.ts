@@ -46,11 +46,13 @@ function fromEnvironment(config: SampleConfig): OpenAIProfileOptions {
     ...(config.cacheTtlS ? { cache: { ttlMs: config.cacheTtlS * 1000 } } : {}),
     ...(config.moderation !== undefined ? { moderation: { enabled: config.moderation } } : {}),
     ...(config.budgetDailyUsd ? { budgets: { user: { dailyUsd: config.budgetDailyUsd } } } : {}),
-    ...(config.redisUrl
+    ...(config.redisUrl || config.redisClusterNodes
       ? {
           storage: {
             type: 'redis',
-            redis: { url: config.redisUrl },
+            redis: config.redisClusterNodes
+              ? { cluster: { nodes: config.redisClusterNodes } }
+              : { url: config.redisUrl },
             onFailure: config.environment === 'production' ? 'fail-closed' : 'memory',
           },
         }

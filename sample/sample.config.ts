@@ -18,6 +18,8 @@ export interface SampleConfig {
   /** tokens per user per minute (undefined: the profile's default) */
   tpm?: number;
   redisUrl?: string;
+  /** Redis Cluster seed nodes (`host:port`), from REDIS_CLUSTER_NODES; instead of `redisUrl`. */
+  redisClusterNodes?: string[];
   /** spend budget per user per UTC day (USD) */
   budgetDailyUsd?: number;
   /** response cache TTL in seconds (0 or undefined: off) */
@@ -54,6 +56,20 @@ function positiveNumber(env: NodeJS.ProcessEnv, name: string, problems: string[]
     return undefined;
   }
   return n;
+}
+
+/** REDIS_CLUSTER_NODES: comma-separated `host:port` seeds of a Redis Cluster. */
+function clusterNodes(env: NodeJS.ProcessEnv, problems: string[]): string[] | undefined {
+  const raw = env.REDIS_CLUSTER_NODES;
+  if (raw === undefined || raw.trim() === '') return undefined;
+  if (env.REDIS_URL) problems.push('set REDIS_URL or REDIS_CLUSTER_NODES, not both');
+  const nodes = raw
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const n of nodes)
+    if (!/^[^\s:]+:\d{1,5}$/.test(n)) problems.push(`REDIS_CLUSTER_NODES: "${n}" is not host:port`);
+  return nodes;
 }
 
 /** Parses the environment; throws one error listing every invalid variable. */
@@ -93,6 +109,7 @@ export function readSampleConfig(
     rpm: int(env, 'RATE_LIMIT_RPM', problems, 1),
     tpm: int(env, 'RATE_LIMIT_TPM', problems, 1),
     redisUrl: env.REDIS_URL || undefined,
+    redisClusterNodes: clusterNodes(env, problems),
     budgetDailyUsd: positiveNumber(env, 'BUDGET_USD_DAILY', problems),
     moderation: onOff(env, 'MODERATION', problems),
     cacheTtlS: int(env, 'CACHE_TTL_S', problems, 0),

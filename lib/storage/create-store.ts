@@ -21,16 +21,16 @@ export async function createStore(options: ResolvedOpenAIOptions): Promise<OpenA
   if (s.type !== 'redis') return new MemoryStore(s.memory);
   const config: RedisStoreOptions = s.redis ?? {};
   let ioredis: Pick<typeof import('ioredis'), 'Redis' | 'Cluster'> | undefined;
-  if (!config.client) {
-    try {
-      const { Redis, Cluster } = await import('ioredis');
-      ioredis = { Redis, Cluster };
-    } catch (err) {
+  try {
+    const { Redis, Cluster } = await import('ioredis');
+    ioredis = { Redis, Cluster };
+  } catch (err) {
+    // A given client brings its own ioredis (probes of a lost cluster node then use its class).
+    if (!config.client)
       throw new OpenAIProductionError(
         'storage.type is "redis" but the package "ioredis" is not installed. Fix: npm install ioredis',
         { cause: err },
       );
-    }
   }
   const where = config.client
     ? 'the given client'

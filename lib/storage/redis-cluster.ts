@@ -66,7 +66,10 @@ export function isClusterUrl(url: string): boolean {
  * into seed nodes and the options every node connection shares (credentials, TLS).
  * @throws Error when the URL lists no `host:port`.
  */
-export function parseClusterUrl(url: string): { nodes: Array<{ host: string; port: number }>; redisOptions: RedisOptions } {
+export function parseClusterUrl(url: string): {
+  nodes: Array<{ host: string; port: number }>;
+  redisOptions: RedisOptions;
+} {
   const m = /^(rediss?)\+cluster:\/\/(?:([^@/]*)@)?([^/?#]+)(?:\/(\d*))?(?:[?#].*)?$/i.exec(url);
   if (!m) throw new Error('expected redis+cluster://host1:port1,host2:port2');
   const [, scheme, auth, hostList, db] = m;
@@ -268,7 +271,9 @@ export class ClusterMonitor {
       masters.map(async (m) => {
         const r = pool.get(m);
         try {
-          if (r && r.status === 'ready' && !this.down.has(m)) await withTimeout(r.ping(), timeoutMs);
+          // The client's own connection (connecting it now if it is still lazy), unless it is known lost.
+          if (r && !this.down.has(m) && r.status !== 'end' && r.status !== 'close')
+            await withTimeout(r.ping(), timeoutMs);
           else {
             const i = m.lastIndexOf(':');
             await this.options.probe(m.slice(0, i), Number(m.slice(i + 1)), timeoutMs);

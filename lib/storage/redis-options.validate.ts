@@ -52,13 +52,21 @@ export function redisStoreProblems(type: string, redis: RedisStoreOptions | unde
   if (redis?.cluster !== undefined) {
     const nodes = redis.cluster?.nodes;
     if (!Array.isArray(nodes) || nodes.length === 0)
-      add('storage.redis.cluster.nodes', 'must list at least one seed node', "list 'host:port' of a few masters");
+      add(
+        'storage.redis.cluster.nodes',
+        'must list at least one seed node',
+        "list 'host:port' of a few masters",
+      );
     else
       nodes.forEach((n, i) => {
         try {
           parseNode(n);
         } catch (err) {
-          add(`storage.redis.cluster.nodes[${i}]`, (err as Error).message, "write 'host:port', e.g. '10.0.0.1:6379'");
+          add(
+            `storage.redis.cluster.nodes[${i}]`,
+            (err as Error).message,
+            "write 'host:port', e.g. '10.0.0.1:6379'",
+          );
         }
       });
   }

@@ -70,7 +70,8 @@ export class ResilientStore implements OpenAIStore {
     this.kind = primary.kind;
     if (policy === 'memory') this.fallback = new MemoryStore();
     if (typeof primary.healthy === 'boolean')
-      primary.onHealthChange = (healthy, reason) => (healthy ? this.markUp() : this.markDown(new Error(reason)));
+      primary.onHealthChange = (healthy, reason) =>
+        healthy ? this.markUp() : this.markDown(new Error(reason));
   }
 
   health(): StoreHealth {
