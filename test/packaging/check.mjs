@@ -1,6 +1,9 @@
 // Usage: node check.mjs <port> <pid>
 // Waits (up to 45 s) for the app on 127.0.0.1:<port>, failing early if process <pid> exits, then sends one
-// POST /chat and checks the answer. Exit code 0 = pass; the reason for a failure goes to stderr.
+// POST /chat and checks the answer, then that the Grafana dashboard resolves from the app through the package's
+// exports map. Exit code 0 = pass; the reason for a failure goes to stderr.
+import { readFileSync, realpathSync } from 'node:fs';
+import { createRequire } from 'node:module';
 const [port, pid] = process.argv.slice(2).map(Number);
 const url = `http://127.0.0.1:${port}/chat`;
 const body = JSON.stringify({ messages: [{ role: 'user', content: 'Say hello' }] });
@@ -54,3 +57,17 @@ if (typeof json.openai_request_id !== 'string' || !json.openai_request_id.starts
   fail(`openai_request_id ${JSON.stringify(json.openai_request_id)} does not start with "req_": ${text}`);
 }
 console.log(`POST /chat -> 200 ${text}`);
+
+// The app runs in its own directory (run.sh starts it there): resolve the dashboard as a user's tooling would.
+const appDir = realpathSync(`/proc/${pid}/cwd`);
+let dashboardFile;
+try {
+  dashboardFile = createRequire(`${appDir}/package.json`).resolve(
+    'nestjs-openai-production/grafana-dashboard.json',
+  );
+} catch (err) {
+  fail(`nestjs-openai-production/grafana-dashboard.json does not resolve from ${appDir}: ${err.message}`);
+}
+const dashboard = JSON.parse(readFileSync(dashboardFile, 'utf8'));
+if (!Array.isArray(dashboard.panels) || dashboard.panels.length === 0) fail(`${dashboardFile} has no panels`);
+console.log(`grafana-dashboard.json: ${dashboard.panels.length} panels (${dashboardFile})`);
