@@ -124,7 +124,10 @@ const nodeKey = (r: Redis) => `${r.options.host ?? '127.0.0.1'}:${r.options.port
 
 /** Health of a Redis Cluster as the store sees it. */
 export interface ClusterHealth {
-  /** `cluster_state` from `CLUSTER INFO` (`ok`, `fail`), or `unknown` before the first check. */
+  /**
+   * `cluster_state` from the masters' `CLUSTER INFO`: `ok` when every master that answers says `ok`,
+   * else the first other state (`fail`); `fail` when none answers; `unknown` before the first check.
+   */
   state: string;
   /** `host:port` of the masters (nodes holding slots) the client knows. */
   masters: string[];
@@ -140,18 +143,21 @@ export interface ClusterMonitorOptions {
   intervalMs: number;
   /** Longest wait for one node's answer in a check (ms). */
   timeoutMs: number;
-  /** Opens a short-lived plain connection to a node (to probe a master the cluster client lost). */
-  probe: (host: string, port: number, timeoutMs: number) => Promise<void>;
+  /**
+   * Opens a short-lived plain connection to a node (a master the cluster client lost) and returns its
+   * `CLUSTER INFO`.
+   */
+  probe: (host: string, port: number, timeoutMs: number) => Promise<string>;
 }
 
 /**
  * Per-master health of a Redis Cluster client, so an operation whose slot lives on a dead master fails
  * at once (the failure policy answers) instead of waiting for the command timeout, while the other
  * masters keep serving. A master is marked down as soon as its connection ends, reports a connection
- * error, or times out on an operation; it is marked up again only by a successful PING from the
- * background check, which also reads `cluster_state` from `CLUSTER INFO` (a cluster can answer PING
- * while it refuses every key) and refreshes the slot table while anything is wrong (to follow a
- * failover promptly).
+ * error, or times out on an operation; it is marked up again only by the background check, which asks
+ * every master for `CLUSTER INFO` (a master can answer PING while it refuses every key with CLUSTERDOWN:
+ * only `cluster_state:ok` counts as up) and refreshes the slot table while anything is wrong (to follow
+ * a failover promptly).
  */
 export class ClusterMonitor {
   private readonly down = new Map<string, string>();
@@ -254,8 +260,8 @@ export class ClusterMonitor {
   }
 
   /**
-   * PINGs every master (through the client's connection when it is ready, else a fresh probe
-   * connection) and reads `cluster_state`; updates the health and returns it. Concurrent calls share
+   * Asks every master for `CLUSTER INFO` (through the client's connection, else a fresh probe
+   * connection when it is known lost); updates the health and returns it. Concurrent calls share
    * one check.
    * @param timeoutMs longest wait for one node (ms); default: the monitor's `timeoutMs`.
    */
@@ -267,42 +273,34 @@ export class ClusterMonitor {
   private async runCheck(timeoutMs: number): Promise<ClusterHealth> {
     const masters = this.masters();
     const pool = new Map(this.cluster.nodes('master').map((r) => [nodeKey(r), r]));
+    // Each master's own view: a master that answers but says cluster_state:fail (just restarted, or in a
+    // minority) refuses its keys with CLUSTERDOWN, so it counts as down too.
     const results = await Promise.all(
       masters.map(async (m) => {
         const r = pool.get(m);
         try {
+          let info: string;
           // The client's own connection (connecting it now if it is still lazy), unless it is known lost.
           if (r && !this.down.has(m) && r.status !== 'end' && r.status !== 'close')
-            await withTimeout(r.ping(), timeoutMs);
+            info = String(await withTimeout(r.cluster('INFO'), timeoutMs));
           else {
             const i = m.lastIndexOf(':');
-            await this.options.probe(m.slice(0, i), Number(m.slice(i + 1)), timeoutMs);
+            info = await this.options.probe(m.slice(0, i), Number(m.slice(i + 1)), timeoutMs);
           }
-          return { m, ok: true as const };
+          const state = /cluster_state:(\w+)/.exec(info)?.[1] ?? 'unknown';
+          return { m, answered: true, state, reason: `cluster_state:${state}` };
         } catch (err) {
-          return { m, ok: false as const, reason: (err as Error)?.message ?? String(err) };
+          return { m, answered: false, state: 'unknown', reason: (err as Error)?.message ?? String(err) };
         }
       }),
     );
-    let state = 'unknown';
+    const answered = results.filter((r) => r.answered);
+    this.state = answered.length === 0 ? 'fail' : (answered.find((r) => r.state !== 'ok')?.state ?? 'ok');
     for (const res of results) {
-      const r = pool.get(res.m);
-      if (!res.ok || !r || r.status !== 'ready') continue;
-      try {
-        const info = String(await withTimeout(r.cluster('INFO'), timeoutMs));
-        state = /cluster_state:(\w+)/.exec(info)?.[1] ?? 'unknown';
-        break;
-      } catch {
-        // try the next master
-      }
+      if (res.answered && res.state === 'ok') this.down.delete(res.m);
+      else this.down.set(res.m, res.reason);
     }
-    if (state === 'unknown' && results.length > 0 && results.every((r) => !r.ok)) state = 'fail';
-    this.state = state;
-    for (const res of results) {
-      if (res.ok) this.down.delete(res.m);
-      else if (!this.down.has(res.m)) this.down.set(res.m, res.reason);
-    }
-    if (this.down.size > 0 || state !== 'ok') this.cluster.refreshSlotsCache();
+    if (this.down.size > 0 || this.state !== 'ok') this.cluster.refreshSlotsCache();
     this.update();
     return this.health;
   }

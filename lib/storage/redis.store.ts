@@ -51,8 +51,8 @@ export interface RedisStoreOptions {
    */
   commandTimeoutMs?: number;
   /**
-   * Redis Cluster only: interval of the background health check (ms) that PINGs every master, reads
-   * `cluster_state`, and marks a master that answers again as up.
+   * Redis Cluster only: interval of the background health check (ms) that asks every master for
+   * `CLUSTER INFO` and marks a master that answers with `cluster_state:ok` again as up.
    * @default 1000
    */
   healthCheckIntervalMs?: number;
@@ -350,8 +350,9 @@ export class RedisStore implements OpenAIStore {
   }
 
   /**
-   * Throws when the store cannot serve. On a cluster: PINGs every master and reads `cluster_state`
-   * (a cluster answers PING while it refuses keys), each bounded by `commandTimeoutMs`.
+   * Throws when the store cannot serve. On a cluster: asks every master for `CLUSTER INFO` (a cluster
+   * answers PING while it refuses keys), each bounded by `commandTimeoutMs`, and throws unless every
+   * master answers with `cluster_state:ok`.
    */
   async ping(): Promise<void> {
     if (!this.monitor) {
@@ -369,7 +370,7 @@ export class RedisStore implements OpenAIStore {
 
   /**
    * The boot check: waits until the client is ready and, on a cluster, until every master answers a
-   * PING (each connected now, not lazily by the first burst of traffic) and `cluster_state` is `ok`;
+   * `CLUSTER INFO` with `cluster_state:ok` (each connected now, not lazily by the first burst of traffic);
    * then starts the cluster's background health check. All within `timeoutMs`.
    * @throws StoreUnavailableError naming what did not answer.
    */
@@ -442,14 +443,14 @@ export class RedisStore implements OpenAIStore {
   }
 }
 
-/** PINGs one node over a short-lived plain connection (a master the cluster client lost). */
+/** `CLUSTER INFO` of one node over a short-lived plain connection (a master the cluster client lost). */
 async function probeNode(
   RedisCtor: RedisCtor | undefined,
   cluster: Cluster,
   host: string,
   port: number,
   timeoutMs: number,
-): Promise<void> {
+): Promise<string> {
   if (!RedisCtor) {
     // A given Cluster without the constructor at hand: its own duplicate-free way is a fresh Redis of
     // the same class as its node connections.
@@ -470,9 +471,11 @@ async function probeNode(
   });
   probe.on('error', () => undefined);
   try {
-    await withTimeout(
-      probe.connect().then(() => probe.ping()),
-      timeoutMs,
+    return String(
+      await withTimeout(
+        probe.connect().then(() => probe.cluster('INFO')),
+        timeoutMs,
+      ),
     );
   } finally {
     probe.disconnect();
