@@ -81,6 +81,9 @@ export class OpenAIMetricsService {
     ]);
     const p = m.prefix;
     const problems: ConfigProblem[] = [];
+    // A registry given in `metrics.registry` may already hold these collectors: another OpenAIModule in
+    // the process (an app and a worker, a fresh app per e2e test) registered them. Counting into the same
+    // ones keeps one family per name in the scrape; a same-named metric of another shape is a clash.
     const collector = <C>(
       name: string,
       type: CollectorShape['type'],
