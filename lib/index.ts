@@ -31,6 +31,13 @@ export { ModelPolicy } from './models/model-policy.js';
 export { isRetryable, retryDelayMs, serverRetryAfterMs } from './retry/retry-policy.js';
 export { hashUserId } from './identity/safety-identifier.js';
 export {
+  RequestIdentityService,
+  defaultIdentityResolver,
+  type IdentityResolver,
+  type RequestIdentity,
+} from './identity/request-identity.service.js';
+export { RefusalRecorder, REFUSAL_CODES } from './call/refusal.recorder.js';
+export {
   redactSecrets,
   redactText,
   fingerprintKey,

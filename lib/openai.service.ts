@@ -420,7 +420,12 @@ export class OpenAIService {
       );
       const result: EmbeddingResult = {
         response: ok.data,
-        ...this.meta(prep, ok, this.usageOf(prep, ok, ok.data.usage, () => ''), started),
+        ...this.meta(
+          prep,
+          ok,
+          this.usageOf(prep, ok, ok.data.usage, () => ''),
+          started,
+        ),
       };
       await this.settle(reservations, result);
       this.logCall(prep, 'ok', result);
@@ -773,13 +778,18 @@ export class OpenAIService {
     // Headers the exception asks for (`retry-after`) reach the client even without the exception filter.
     const headers = (mapped as { headers?: Record<string, string> }).headers;
     if (headers) for (const [k, v] of Object.entries(headers)) RequestContextStore.setHeader(k, v);
-    logUpstreamFailure(this.logger, mapped, {
-      msg: 'openai call failed',
-      ...this.baseLine(prep),
-      latency_ms: Math.round(performance.now() - started),
-      attempts,
-      retries: attempts === undefined ? undefined : attempts - 1,
-    }, fingerprintKey(this.client.apiKey));
+    logUpstreamFailure(
+      this.logger,
+      mapped,
+      {
+        msg: 'openai call failed',
+        ...this.baseLine(prep),
+        latency_ms: Math.round(performance.now() - started),
+        attempts,
+        retries: attempts === undefined ? undefined : attempts - 1,
+      },
+      fingerprintKey(this.client.apiKey),
+    );
     return mapped;
   }
 
@@ -843,7 +853,6 @@ function statusClassOf(err: unknown): StatusClass {
   if (err instanceof APIUserAbortError) return 'aborted';
   return 'connection';
 }
-
 
 /**
  * A streamed chat completion: iterate it once for the SDK's chunks. `finished` resolves with the

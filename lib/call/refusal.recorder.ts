@@ -43,7 +43,8 @@ export class RefusalRecorder {
     if (!reason || !REFUSAL_CODES.has(reason)) return err;
     (err as Record<symbol, unknown>)[RECORDED] = true;
     this.metrics.refused(reason);
-    const ctx = (req !== undefined ? RequestContextStore.fromRequest(req) : undefined) ?? RequestContextStore.get();
+    const ctx =
+      (req !== undefined ? RequestContextStore.fromRequest(req) : undefined) ?? RequestContextStore.get();
     const line: Record<string, unknown> = {
       msg: 'request refused',
       request_id: ctx?.requestId ?? body.request_id,
@@ -61,7 +62,8 @@ export class RefusalRecorder {
 
 /** `METHOD /pattern` of a framework request, before the request context has it (guards run first). */
 function routeOf(req: unknown): string | undefined {
-  const r = req as { method?: string; route?: { path?: string }; routeOptions?: { url?: string } } | undefined;
+  const r = req as
+    { method?: string; route?: { path?: string }; routeOptions?: { url?: string } } | undefined;
   const path = r?.route?.path ?? r?.routeOptions?.url;
   return path && r?.method ? `${r.method} ${path}` : undefined;
 }

@@ -61,11 +61,14 @@ export function mapUpstreamError(err: unknown, model?: string): HttpException {
       });
     }
     if (s === 404 && (code === 'model_not_found' || /model/i.test(err.message))) {
-      return new OpenAIBadRequestException(model ? `Model "${model}" is not available` : 'The model is not available', {
-        cause: err,
-        openaiRequestId,
-        error: 'model_not_found',
-      });
+      return new OpenAIBadRequestException(
+        model ? `Model "${model}" is not available` : 'The model is not available',
+        {
+          cause: err,
+          openaiRequestId,
+          error: 'model_not_found',
+        },
+      );
     }
     if (s === 400 || s === 422) {
       // The upstream's code, parameter and text stay in the log: a client body carries our words only.
@@ -124,7 +127,8 @@ export function logUpstreamFailure(
     status,
     error: (mapped.getResponse() as { error?: string }).error,
     upstream_status: upstream?.status,
-    upstream_code: typeof upstream?.code === 'string' ? redactSecrets(upstream.code).slice(0, 100) : undefined,
+    upstream_code:
+      typeof upstream?.code === 'string' ? redactSecrets(upstream.code).slice(0, 100) : undefined,
     upstream_param:
       typeof upstream?.param === 'string' ? redactSecrets(upstream.param).slice(0, 100) : undefined,
     cause: cause ? describeError(cause) : undefined,

@@ -8,7 +8,9 @@ import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
  * Reads the end user of a request: returns the user's ID, or `undefined` for an anonymous request.
  * Gets the framework's request object (Express `req`, Fastify `request`), after your auth guard ran.
  */
-export type IdentityResolver = (req: any) => string | number | undefined | null | Promise<string | number | undefined | null>;
+export type IdentityResolver = (
+  req: any,
+) => string | number | undefined | null | Promise<string | number | undefined | null>;
 
 /** Fields of `req.user` read by the default resolver, in order (Passport/JWT habits: `id`, `sub`, `userId`). */
 export const DEFAULT_USER_ID_FIELDS = ['id', 'sub', 'userId'] as const;
@@ -19,7 +21,8 @@ export function defaultIdentityResolver(req: any): string | undefined {
   if (!u || typeof u !== 'object') return undefined;
   for (const field of DEFAULT_USER_ID_FIELDS) {
     const v = (u as Record<string, unknown>)[field];
-    if ((typeof v === 'string' && v !== '') || (typeof v === 'number' && Number.isFinite(v))) return String(v);
+    if ((typeof v === 'string' && v !== '') || (typeof v === 'number' && Number.isFinite(v)))
+      return String(v);
   }
   return undefined;
 }

@@ -137,5 +137,4 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
   protected override async getTracker(req: Record<string, any>): Promise<string> {
     return (await this.identity.resolve(req)).tracker;
   }
-
 }

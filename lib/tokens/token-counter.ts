@@ -102,7 +102,8 @@ export function countChatPromptTokens(
     const text = messageText(m.content);
     const tools = toolCallsText(m.tool_calls);
     const role = typeof m.role === 'string' && m.role.length > 0 ? m.role : 'user';
-    total += framingTokens(role) + countText(tools ? (text ? `${text}\n${tools}` : tools) : text, countTextTokens);
+    total +=
+      framingTokens(role) + countText(tools ? (text ? `${text}\n${tools}` : tools) : text, countTextTokens);
   }
   return total;
 }
