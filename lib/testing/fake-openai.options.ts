@@ -127,9 +127,15 @@ export interface FakeOpenAIServerOptions {
    */
   moderationTriggers?: Record<string, string[]>;
   /**
-   * The completion text for `POST /v1/chat/completions`. Default: `` `Echo: ${text of the last user message}` ``
-   * (content-part arrays are joined with `\n`, non-text parts ignored). Truncated to the request's
-   * `max_completion_tokens` / `max_tokens` if longer. If it throws, the server answers `500 server_error`.
+   * The reply text for `POST /v1/chat/completions` and `POST /v1/responses` (tell them apart by
+   * {@link FakeChatRequest.endpoint}). Default: `` `Echo: ${text of the last user message}` `` (content-part arrays
+   * are joined with `\n`, non-text parts ignored), or, for a request asking for a JSON schema
+   * (`response_format: { type: 'json_schema' }` / `text.format: { type: 'json_schema' }`), the minimal JSON instance of
+   * the schema (required properties filled by type: `''`, `0`, `false`, `[]`, `null`, first enum value). Truncated to
+   * the request's `max_completion_tokens` / `max_tokens` / `max_output_tokens` if longer. If it throws, the server
+   * answers `500 server_error`. A chat request that triggers a tool call (function `tools` given and `tool_choice`
+   * `'required'` or naming a function, or a last user message containing `CALL_TOOL`; see `TOOL_CALL_TRIGGER`) gets
+   * the call instead.
    */
   reply?: FakeReplyFn;
   /**

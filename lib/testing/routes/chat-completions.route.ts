@@ -35,7 +35,15 @@ export function defaultReply(req: FakeChatRequest): string {
   return 'Echo: ';
 }
 
-/** The text a user message must contain to get a tool call back (see {@link chatToolCall}). */
+/**
+ * The text a chat request's last user message contains to get a tool call back. In full: when the request has
+ * function `tools` and `tool_choice` is not `'none'`, the reply is a tool call (`finish_reason: 'tool_calls'`,
+ * `content: null`) if `tool_choice` names a function (that one is called), is `'required'`, or the last message is
+ * a user message containing `CALL_TOOL` (`CALL_TOOL:<name>` picks the tool, otherwise the first is called). The
+ * arguments are the minimal JSON instance of the tool's `parameters` schema. A conversation whose last message is a
+ * tool result gets text (unless `tool_choice` forces a call), so a tool loop ends. Streams send the call as
+ * `tool_calls` deltas (name first, then the arguments in pieces).
+ */
 export const TOOL_CALL_TRIGGER = 'CALL_TOOL';
 
 interface ToolCall {
