@@ -66,7 +66,8 @@ describe.skipIf(!available)('a Redis Cluster master dies and its replica takes o
       100,
     );
     await waitFor('/health to recover', async () => (await health()) === 200, 20_000, 100);
-    for (const u of users) expect(await status(u), u.name).toBe(200);
+    for (const u of users)
+      expect({ user: u.name, status: await status(u) }).toEqual({ user: u.name, status: 200 });
     expect(storeLines(app.logger, /unavailable, policy "fail-closed"/)).toHaveLength(1);
     expect(storeLines(app.logger, /available again/)).toHaveLength(1);
   }, 60_000);

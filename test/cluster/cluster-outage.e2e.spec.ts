@@ -83,10 +83,10 @@ describe.skipIf(!available)('a Redis Cluster master dies under load (no replica)
     expect(await degraded()).toBe(0);
 
     // load from 8 workers while the master dies
-    let stop = false;
+    const load = { stop: false };
     const during: Outcome[] = [];
     const workers = users.map(async (u) => {
-      while (!stop) during.push(await chat(base, u.token, u.name));
+      while (!load.stop) during.push(await chat(base, u.token, u.name));
     });
     await new Promise((r) => setTimeout(r, 150));
     await cluster.kill(victim);
@@ -96,7 +96,7 @@ describe.skipIf(!available)('a Redis Cluster master dies under load (no replica)
     // the outage, seen once it is known: only the dead master's users are refused, each at once
     const from = during.length;
     await new Promise((r) => setTimeout(r, 1_000));
-    stop = true;
+    load.stop = true;
     await Promise.all(workers);
     const outage = during.slice(from);
     const names = new Set(affected.map((u) => u.name));
@@ -130,7 +130,7 @@ describe.skipIf(!available)('a Redis Cluster master dies under load (no replica)
     await cluster.restart(victim);
     await waitFor('/health to recover', async () => (await health()) === 200, 15_000, 50);
     expect(await degraded()).toBe(0);
-    for (const u of users) expect((await chat(base, u.token, u.name)).status, u.name).toBe(200);
+    for (const u of users) expect((await chat(base, u.token, u.name)).status).toBe(200);
 
     expect(storeLines(app.logger, /unavailable, policy "fail-closed"/)).toHaveLength(1);
     expect(String(storeLines(app.logger, /unavailable/)[0].message)).toContain(`127.0.0.1:${victim}`);

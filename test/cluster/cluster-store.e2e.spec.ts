@@ -69,7 +69,8 @@ describe.skipIf(!available)('Redis Cluster store (3 masters on loopback)', () =>
         'x{',
         `p:{u:bob%20x}:budget:day`,
       ];
-      for (const k of keys) expect(clusterKeySlot(k), k).toBe(Number(await admin.cluster('KEYSLOT', k)));
+      for (const k of keys)
+        expect([k, clusterKeySlot(k)]).toEqual([k, Number(await admin.cluster('KEYSLOT', k))]);
       const userKeys = [
         trackerKey('user:alice', 'rl:req') + ':minute',
         subjectKey('alice', 'rl:tok') + ':minute',
@@ -126,7 +127,9 @@ describe.skipIf(!available)('Redis Cluster store (3 masters on loopback)', () =>
     )) as ResilientStore;
     const h = s.health().cluster!;
     expect(h).toMatchObject({ state: 'ok', mastersDown: [], healthy: true });
-    expect(h.masters.map((m) => Number(m.split(':')[1])).sort()).toEqual(await cluster.masterPorts());
+    expect(h.masters.map((m) => Number(m.split(':')[1])).sort((x, y) => x - y)).toEqual(
+      await cluster.masterPorts(),
+    );
     const windows = [{ name: 'minute', limit: 1_000, windowMs: 60_000 }];
     const results = await Promise.allSettled(
       Array.from({ length: 600 }, (_, i) => s.consume(subjectKey(`burst-${i % 60}`, 'rl:req'), windows, 1)),
@@ -179,26 +182,25 @@ describe.skipIf(!available)('Redis Cluster store (3 masters on loopback)', () =>
               .set({ authorization: `Bearer ${u}-token` })
           ).status,
         );
-      expect(statuses, u).toEqual([200, 200, 429]);
+      expect({ u, statuses }).toEqual({ u, statuses: [200, 200, 429] });
     }
   });
 
   it('a keyPrefix with braces is refused at boot, with the reason and the fix', async () => {
-    const err = (() => {
-      try {
-        options({ type: 'redis', redis: { cluster: { nodes: cluster.nodes }, keyPrefix: '{myapp}:' } });
-      } catch (e) {
-        return e;
-      }
-    })() as OpenAIConfigError;
+    let err: OpenAIConfigError | undefined;
+    try {
+      options({ type: 'redis', redis: { cluster: { nodes: cluster.nodes }, keyPrefix: '{myapp}:' } });
+    } catch (e) {
+      err = e as OpenAIConfigError;
+    }
     expect(err).toBeInstanceOf(OpenAIConfigError);
-    expect(err.problems).toEqual([
+    expect(err!.problems).toEqual([
       expect.objectContaining({
         path: 'storage.redis.keyPrefix',
         message: expect.stringMatching(/one Redis Cluster slot/),
       }),
     ]);
-    expect(err.message).toMatch(/Fix: drop the braces, e\.g\. 'myapp:'/);
+    expect(err!.message).toMatch(/Fix: drop the braces, e\.g\. 'myapp:'/);
     await expect(
       startThrottlingApp('express', fake.baseURL, {
         storage: { type: 'redis', redis: { url: cluster.clusterUrl, keyPrefix: 'a}b:' } },
@@ -238,14 +240,11 @@ describe.skipIf(!available)('Redis Cluster store (3 masters on loopback)', () =>
     expect(masters.size).toBeGreaterThanOrEqual(2);
     for (const u of users) {
       const statuses = byUser.get(u.name)!;
-      expect(
-        statuses.filter((s) => s !== 200 && s !== 429),
-        u.name,
-      ).toEqual([]);
-      expect(
-        statuses.filter((s) => s === 200),
-        u.name,
-      ).toHaveLength(40);
+      expect(statuses.filter((s) => s !== 200 && s !== 429)).toEqual([]);
+      expect({ user: u.name, ok: statuses.filter((s) => s === 200).length }).toEqual({
+        user: u.name,
+        ok: 40,
+      });
     }
     expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(40 * users.length);
   }, 60_000);
@@ -288,12 +287,9 @@ describe.skipIf(!available)('Redis Cluster store (3 masters on loopback)', () =>
     for (const h of [a, b]) await h.app.get(UsageService).flush();
     for (const u of users) {
       const mine = results.filter((r) => r.user === u).map((r) => r.res);
-      expect(
-        mine.filter((r) => r.status !== 200 && r.status !== 429),
-        u.name,
-      ).toEqual([]);
+      expect(mine.filter((r) => r.status !== 200 && r.status !== 429)).toEqual([]);
       const ok = mine.filter((r) => r.status === 200);
-      expect(ok, u.name).toHaveLength(fits);
+      expect({ user: u.name, ok: ok.length }).toEqual({ user: u.name, ok: fits });
       for (const r of mine.filter((x) => x.status === 429)) expect(r.body.error).toBe('budget_exceeded');
       const spent = ok.reduce((n, r) => n + (r.body.cost_usd as number), 0);
       expect(spent).toBeLessThanOrEqual(budgetUsd);
