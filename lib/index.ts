@@ -53,7 +53,12 @@ export {
   enforceInputLimits,
   parseBody,
 } from './pipes/chat-request.pipe.js';
-export { sendChatStreamAsSse, type ChatStreamSseOptions } from './sse/chat-stream-sse.js';
+export {
+  sendChatStreamAsSse,
+  sendResponseStreamAsSse,
+  type ChatStreamSseOptions,
+} from './sse/chat-stream-sse.js';
+export { responsesInputMessages } from './endpoints/responses/responses.adapter.js';
 export { clientAbortSignal, rawResponse, setResponseHeader } from './utils/http.js';
 export * from './storage/index.js';
 export * from './throttling/index.js';

@@ -6,7 +6,6 @@ import { ResponseCacheService } from './cache/response-cache.service.js';
 import { MODERATION_METADATA, type ModerateOptions } from './moderation/moderate.decorator.js';
 import { ContentFlaggedException } from './moderation/moderation.exceptions.js';
 import { validateModerationReply } from './moderation/moderation-reply.schema.js';
-import { sseCompleted } from './client/sse-completion.js';
 import { RequestContextStore } from './context/request-context.js';
 import { RefusalRecorder } from './call/refusal.recorder.js';
 import type {
@@ -43,6 +42,27 @@ import { OPENAI_CALL_HOOKS, OPENAI_RESOLVED_OPTIONS } from './openai.constants.j
 import { isRetryable, retryDelayMs, serverRetryAfterMs } from './retry/retry-policy.js';
 import { countTextTokens } from './tokens/token-counter.js';
 import { enforceInputLimits } from './pipes/chat-request.pipe.js';
+import type { CountableChatMessage } from './tokens/token-counter.js';
+import type {
+  Attempt,
+  EndpointAdapter,
+  SentReply,
+  StreamAdapter,
+  StreamProgress,
+} from './call/endpoint-adapter.js';
+import { UpstreamStreamError } from './call/endpoint-adapter.js';
+import {
+  chatCompletionsAdapter,
+  chatCompletionsStreamAdapter,
+  normalizeChatUsage,
+} from './endpoints/chat-completions/chat-completions.adapter.js';
+import {
+  responsesAdapter,
+  responsesInputMessages,
+  responsesStreamAdapter,
+} from './endpoints/responses/responses.adapter.js';
+import { embeddingsAdapter } from './endpoints/embeddings/embeddings.adapter.js';
+import { moderationsAdapter } from './endpoints/moderations/moderations.adapter.js';
 
 type ChatParams = OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming;
 type ChatCompletion = OpenAI.Chat.Completions.ChatCompletion;
@@ -81,17 +101,34 @@ export interface ModerationResult extends CallResultMeta {
   flagged: boolean;
 }
 
-/** Summary of a finished stream, resolved by `ChatStream.finished`. */
+type ResponseParams = OpenAI.Responses.ResponseCreateParamsNonStreaming;
+type OpenAIResponse = OpenAI.Responses.Response;
+type ResponseStreamEvent = OpenAI.Responses.ResponseStreamEvent;
+
+/**
+ * A Responses API request: the SDK's parameters (`input`, `instructions`, `max_output_tokens`, `tools`,
+ * ...), with `model` optional (the configured default) and no `stream`. `store` defaults to `false`.
+ */
+export type ResponseRequest = Omit<ResponseParams, 'model' | 'stream' | 'stream_options'> & {
+  model?: string;
+};
+
+/** Result of `OpenAIService.createResponse()`. */
+export interface ResponseResult extends CallResultMeta {
+  /** The SDK's response object, unchanged. */
+  response: OpenAIResponse;
+  /** The text of the response (`output_text`), or the safe message when output moderation flagged it. */
+  outputText: string;
+  /** Set when output moderation ran: whether the text was flagged (and replaced by the safe message). */
+  outputModeration?: { flagged: boolean; categories: string[] };
+  /** True when served from the response cache (no upstream call: `usage` is zero and `costUsd` 0). */
+  cached?: boolean;
+}
+
+/** Summary of a finished stream, resolved by `ChatStream.finished` / `ResponseStream.finished`. */
 export interface StreamSummary extends CallResultMeta {
   content: string;
   finishReason: string | null;
-}
-
-interface Attempt {
-  signal: AbortSignal;
-  controller: AbortController;
-  /** This attempt's timeout (whole ms: the SDK wants an integer), also given to the SDK so that its client-wide `timeout` does not cut a longer per-call one. */
-  timeoutMs: number;
 }
 
 interface Prepared {
@@ -99,6 +136,8 @@ interface Prepared {
   body: Record<string, unknown>;
   fallbacks: string[];
   options: CallOptions;
+  /** `performance.now()` when the call started (ms). */
+  started: number;
 }
 
 interface Success<T> {
@@ -120,22 +159,11 @@ const ZERO_USAGE: NormalizedUsage = Object.freeze({
   estimated: false,
 }) as NormalizedUsage;
 
-/** Normalizes Chat Completions usage (and embeddings usage, which has no completion part). */
+/** Normalizes Chat Completions usage (and embeddings usage, which has no completion part); zero when absent. */
 export function normalizeUsage(
   u: OpenAI.CompletionUsage | OpenAI.CreateEmbeddingResponse.Usage | null | undefined,
 ): NormalizedUsage {
-  if (!u) return { ...ZERO_USAGE };
-  const full = u as OpenAI.CompletionUsage;
-  const prompt = u.prompt_tokens ?? 0;
-  const completion = full.completion_tokens ?? 0;
-  return {
-    prompt_tokens: prompt,
-    cached_tokens: full.prompt_tokens_details?.cached_tokens ?? 0,
-    completion_tokens: completion,
-    reasoning_tokens: full.completion_tokens_details?.reasoning_tokens ?? 0,
-    total_tokens: u.total_tokens ?? prompt + completion,
-    estimated: false,
-  };
+  return u ? normalizeChatUsage(u) : { ...ZERO_USAGE };
 }
 
 /** Usage counted locally (the upstream sent none): `prompt` as counted before the call, the output's tokens. */
@@ -149,20 +177,6 @@ export function estimateUsage(promptTokens: number, output: string): NormalizedU
     total_tokens: promptTokens + completion,
     estimated: true,
   };
-}
-
-/** Every text a chat completion returned: each choice's content, refusal and tool-call arguments. */
-function chatOutputText(c: ChatCompletion): string {
-  const parts: string[] = [];
-  for (const choice of c.choices ?? []) {
-    const m = choice?.message;
-    if (!m) continue;
-    if (m.content) parts.push(m.content);
-    if (m.refusal) parts.push(m.refusal);
-    for (const t of m.tool_calls ?? [])
-      if (t.type === 'function') parts.push(t.function.name, t.function.arguments);
-  }
-  return parts.join('\n');
 }
 
 const sleep = (ms: number, signal?: AbortSignal) =>
@@ -225,51 +239,117 @@ export class OpenAIService {
    */
   async chat(request: ChatRequest, options: CallOptions = {}): Promise<ChatResult> {
     const prep = this.prepareChat(request, options, false);
-    const started = performance.now();
-    const cacheKey = this.cache?.keyFor(prep.body, prep.call.user);
-    if (cacheKey) {
-      const hit = await this.cache!.get(cacheKey);
-      if (hit) return this.moderateChatOutput(this.fromCache(prep, hit, started), options);
-    }
-    const reservations = await this.reserve(prep.call);
-    let result: ChatResult;
-    try {
-      const ok = await this.execute<ChatCompletion>(prep, started, (model, a) =>
-        this.client.chat.completions
-          .create(
-            { ...(prep.body as unknown as ChatParams), model, stream: false },
-            { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 },
-          )
-          .withResponse(),
-      );
-      const content = ok.data.choices[0]?.message?.content ?? null;
-      const usage = this.usageOf(prep, ok, ok.data.usage, () => chatOutputText(ok.data));
-      result = { completion: ok.data, content, ...this.meta(prep, ok, usage, started) };
-      await this.settle(reservations, result);
-      this.logCall(prep, 'ok', result, prep.body, result.content);
-      if (cacheKey) await this.cache!.set(cacheKey, ok.data);
-    } catch (err) {
-      await this.release(reservations);
-      throw this.fail(prep, err, started);
-    }
+    const { data, meta, cached } = await this.runCached(chatCompletionsAdapter, prep);
+    const result: ChatResult = {
+      completion: data,
+      content: data.choices[0]?.message?.content ?? null,
+      ...meta,
+      ...(cached ? { cached } : {}),
+    };
     // After settling: the completion was produced and billed whatever moderation says of it.
-    return this.moderateChatOutput(result, options);
+    const verdict = await this.checkOutput(result.content, options);
+    if (verdict) {
+      result.outputModeration = verdict;
+      if (verdict.flagged) {
+        result.content = this.options.moderation.safeMessage;
+        const message = result.completion.choices[0]?.message;
+        if (message) message.content = result.content;
+      }
+    }
+    return result;
   }
 
-  /** A result served from the response cache: no upstream call, no usage, no cost. */
-  private fromCache(prep: Prepared, completion: ChatCompletion, started: number): ChatResult {
-    const result: ChatResult = {
-      completion,
-      content: completion.choices[0]?.message?.content ?? null,
-      model: completion.model ?? prep.call.model,
-      attempts: 0,
-      latencyMs: performance.now() - started,
-      usage: { ...ZERO_USAGE },
-      costUsd: 0,
-      cached: true,
+  /**
+   * A Responses API call (`POST /v1/responses`), through the same pipeline as `chat()`: model policy,
+   * the `max_output_tokens` cap, input caps and the prompt-token estimate over `input` and
+   * `instructions`, the hashed end user in `safety_identifier`, token limits and budgets settled to the
+   * real `usage`, retries, fallbacks, usage, metrics, one log line, the response cache and output
+   * moderation of `output_text`. `store` is `false` unless the request sets it (no data kept by OpenAI
+   * beyond what its policy requires).
+   * @throws the same as `chat()`.
+   */
+  async createResponse(request: ResponseRequest, options: CallOptions = {}): Promise<ResponseResult> {
+    const prep = this.prepareResponses(request, options, false);
+    const { data, meta, text, cached } = await this.runCached(responsesAdapter, prep);
+    const result: ResponseResult = {
+      response: data,
+      outputText: text,
+      ...meta,
+      ...(cached ? { cached } : {}),
     };
-    this.logCall(prep, 'cache_hit', result, prep.body, result.content);
+    const verdict = await this.checkOutput(result.outputText, options);
+    if (verdict) {
+      result.outputModeration = verdict;
+      if (verdict.flagged) result.outputText = this.options.moderation.safeMessage;
+    }
     return result;
+  }
+
+  /**
+   * The pipeline of one non-streamed call, with the response cache in front when the request is
+   * deterministic: a hit costs no upstream call, no token limit or budget, and is not usage.
+   */
+  private async runCached<Res>(
+    adapter: EndpointAdapter<Res>,
+    prep: Prepared,
+  ): Promise<{ data: Res; meta: CallResultMeta; text: string; cached?: boolean }> {
+    const cacheKey = this.cache?.keyFor(prep.body, prep.call.user, adapter.endpoint);
+    if (cacheKey) {
+      const hit = await this.cache!.get<Res>(cacheKey);
+      if (hit !== undefined) {
+        const text = adapter.text(hit);
+        const meta: CallResultMeta = {
+          model: (hit as { model?: string }).model ?? prep.call.model,
+          attempts: 0,
+          latencyMs: performance.now() - prep.started,
+          usage: { ...ZERO_USAGE },
+          costUsd: 0,
+        };
+        this.logCall(prep, 'cache_hit', meta, prep.body, text);
+        return { data: hit, meta, text, cached: true };
+      }
+    }
+    const { ok, meta, text } = await this.run(adapter, prep);
+    if (cacheKey) await this.cache!.set(cacheKey, ok.data);
+    return { data: ok.data, meta, text };
+  }
+
+  /**
+   * The pipeline of one non-streamed call, written once for every endpoint: reserve (the hooks, when
+   * the endpoint is metered) -> execute (attempts, timeouts, backoff, fallbacks) -> `check` the reply
+   * -> usage (estimated when the upstream sent none) -> price -> settle -> one log line. Any failure
+   * releases the reservations and is mapped, logged and counted once.
+   */
+  private async run<Res>(
+    adapter: EndpointAdapter<Res>,
+    prep: Prepared,
+    check?: (data: Res, ok: Success<Res>) => void,
+  ): Promise<{ ok: Success<Res>; meta: CallResultMeta; text: string }> {
+    const reservations = adapter.metered ? await this.reserve(prep.call) : [];
+    try {
+      const ok = await this.execute(prep, (model, a) => adapter.send(this.client, prep.body, model, a));
+      check?.(ok.data, ok);
+      const text = adapter.text(ok.data);
+      const usage = adapter.usage(ok.data) ?? this.estimated(prep, ok, text);
+      const meta = this.meta(prep, ok, usage);
+      await this.settle(reservations, meta);
+      this.logCall(prep, 'ok', meta, adapter.metered ? prep.body : undefined, text || null);
+      return { ok, meta, text };
+    } catch (err) {
+      await this.release(reservations);
+      throw this.fail(prep, err);
+    }
+  }
+
+  /** Output moderation of `text` when the call or its route asks for it; `undefined` when it does not run. */
+  private async checkOutput(
+    text: string | null,
+    options: CallOptions,
+  ): Promise<{ flagged: boolean; categories: string[] } | undefined> {
+    const check = this.outputModerationFor(options);
+    if (!check || !text) return undefined;
+    const verdict = await this.outputModerator!(text, check);
+    return { flagged: verdict.flagged, categories: verdict.categories };
   }
 
   /** Registers the output moderator (done by `ModerationService`). @internal */
@@ -299,20 +379,6 @@ export class OpenAIService {
       : { ...base, ...setting, thresholds: { ...base.thresholds, ...setting.thresholds } };
   }
 
-  private async moderateChatOutput(result: ChatResult, options: CallOptions): Promise<ChatResult> {
-    const check = this.outputModerationFor(options);
-    if (!check || !result.content) return result;
-    const verdict = await this.outputModerator!(result.content, check);
-    result.outputModeration = { flagged: verdict.flagged, categories: verdict.categories };
-    if (verdict.flagged) {
-      const safe = this.options.moderation.safeMessage;
-      result.content = safe;
-      const message = result.completion.choices[0]?.message;
-      if (message) message.content = safe;
-    }
-    return result;
-  }
-
   /**
    * A streamed chat completion. Resolves once the upstream has answered with headers (retries and
    * fallbacks happen before that; never after the first chunk). `stream_options.include_usage` is always
@@ -323,30 +389,58 @@ export class OpenAIService {
    */
   async stream(request: ChatRequest, options: CallOptions = {}): Promise<ChatStream> {
     const prep = this.prepareChat(request, options, true);
-    const started = performance.now();
+    const opened = await this.openStream(chatCompletionsStreamAdapter, prep);
+    return new ChatStream(
+      this,
+      prep,
+      opened.ok,
+      opened.reservations,
+      chatCompletionsStreamAdapter,
+      opened.moderator,
+    );
+  }
+
+  /**
+   * A streamed Responses API call. Resolves once the upstream has answered with headers (retries and
+   * fallbacks happen before that); iterate it for the SDK's typed events. A clean end is
+   * `response.completed`; `response.failed`, `response.incomplete`, an `error` event, a stall past the
+   * attempt timeout or a cut connection throw from the iterator, and are accounted from what was received.
+   * @throws the same as `createResponse()`, before the stream starts; iteration throws
+   *   OpenAIUpstreamException (502) or OpenAIUpstreamTimeoutException (504).
+   */
+  async streamResponse(request: ResponseRequest, options: CallOptions = {}): Promise<ResponseStream> {
+    const prep = this.prepareResponses(request, options, true);
+    const opened = await this.openStream(responsesStreamAdapter, prep);
+    return new ResponseStream(
+      this,
+      prep,
+      opened.ok,
+      opened.reservations,
+      responsesStreamAdapter,
+      opened.moderator,
+    );
+  }
+
+  /** Reserves and opens a stream (retries and fallbacks until the headers arrive); releases on failure. */
+  private async openStream<Event>(
+    adapter: StreamAdapter<Event>,
+    prep: Prepared,
+  ): Promise<{
+    ok: Success<AsyncIterable<Event>>;
+    reservations: CallReservation[];
+    moderator?: (text: string) => Promise<{ flagged: boolean; categories: string[] }>;
+  }> {
     const reservations = await this.reserve(prep.call);
-    let ok: Success<AsyncIterable<ChatCompletionChunk>>;
+    let ok: Success<AsyncIterable<Event>>;
     try {
-      ok = await this.execute(prep, started, (model, a) =>
-        this.client.chat.completions
-          .create(
-            {
-              ...(prep.body as unknown as ChatParams),
-              model,
-              stream: true,
-              stream_options: { include_usage: true },
-            },
-            { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 },
-          )
-          .withResponse(),
-      );
+      ok = await this.execute(prep, (model, a) => adapter.open(this.client, prep.body, model, a));
     } catch (err) {
       await this.release(reservations);
-      throw this.fail(prep, err, started);
+      throw this.fail(prep, err);
     }
-    const check = this.outputModerationFor(options);
+    const check = this.outputModerationFor(prep.options);
     const moderator = check ? (text: string) => this.outputModerator!(text, check) : undefined;
-    return new ChatStream(this, prep, ok, reservations, started, moderator);
+    return { ok, reservations, moderator };
   }
 
   /**
@@ -359,31 +453,19 @@ export class OpenAIService {
   ): Promise<ModerationResult> {
     const model = options.model ?? this.options.models.moderation;
     const prep = this.prepareOther('moderations', model, { input }, options);
-    const started = performance.now();
-    try {
-      const ok = await this.execute<OpenAI.ModerationCreateResponse>(prep, started, (m, a) =>
-        this.client.moderations
-          .create({ input, model: m }, { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 })
-          .withResponse(),
-      );
-      const checked = validateModerationReply(ok.data, Array.isArray(input) ? input.length : 1);
+    let flagged = false;
+    const { ok, meta } = await this.run(moderationsAdapter, prep, (data, sent) => {
+      const checked = validateModerationReply(data, Array.isArray(input) ? input.length : 1);
       if (!checked.ok) {
         throw new OpenAIUpstreamException(`The moderation reply was not usable (${prep.call.model})`, {
           cause: new Error(checked.problem),
-          openaiRequestId: ok.openaiRequestId,
+          openaiRequestId: sent.openaiRequestId,
           error: 'upstream_invalid_reply',
         });
       }
-      const result: ModerationResult = {
-        response: ok.data,
-        flagged: checked.results.some((r) => r.flagged),
-        ...this.meta(prep, ok, { ...ZERO_USAGE }, started),
-      };
-      this.logCall(prep, 'ok', result);
-      return result;
-    } catch (err) {
-      throw this.fail(prep, err, started);
-    }
+      flagged = checked.results.some((r) => r.flagged);
+    });
+    return { response: ok.data, flagged, ...meta };
   }
 
   /**
@@ -407,33 +489,8 @@ export class OpenAIService {
     if (prep.call.user && this.options.identity.field !== 'none' && request.user == null) {
       prep.body.user = hashUserId(prep.call.user, this.options.identity.salt);
     }
-    const started = performance.now();
-    const reservations = await this.reserve(prep.call);
-    try {
-      const ok = await this.execute<OpenAI.CreateEmbeddingResponse>(prep, started, (m, a) =>
-        this.client.embeddings
-          .create(
-            { ...(prep.body as Omit<OpenAI.EmbeddingCreateParams, 'model'>), model: m },
-            { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 },
-          )
-          .withResponse(),
-      );
-      const result: EmbeddingResult = {
-        response: ok.data,
-        ...this.meta(
-          prep,
-          ok,
-          this.usageOf(prep, ok, ok.data.usage, () => ''),
-          started,
-        ),
-      };
-      await this.settle(reservations, result);
-      this.logCall(prep, 'ok', result);
-      return result;
-    } catch (err) {
-      await this.release(reservations);
-      throw this.fail(prep, err, started);
-    }
+    const { ok, meta } = await this.run(embeddingsAdapter, prep);
+    return { response: ok.data, ...meta };
   }
 
   // ---- pipeline steps -------------------------------------------------------------------------
@@ -442,13 +499,63 @@ export class OpenAIService {
     if (!request || !Array.isArray(request.messages) || request.messages.length === 0) {
       throw new OpenAIBadRequestException('messages must be a non-empty array', { error: 'invalid_request' });
     }
-    const model = this.policy.resolve(request.model);
-    const { cap, default: dflt, overCap } = this.options.maxTokens;
     const field: 'max_tokens' | 'max_completion_tokens' =
       request.max_completion_tokens != null || request.max_tokens == null
         ? 'max_completion_tokens'
         : 'max_tokens';
     const asked = request.max_completion_tokens ?? request.max_tokens ?? undefined;
+    return this.prepareGeneration(
+      'chat.completions',
+      request,
+      options,
+      stream,
+      request.messages,
+      field,
+      asked,
+    );
+  }
+
+  private prepareResponses(request: ResponseRequest, options: CallOptions, stream: boolean): Prepared {
+    const input = request?.input;
+    if (
+      !request ||
+      !((typeof input === 'string' && input !== '') || (Array.isArray(input) && input.length > 0))
+    ) {
+      throw new OpenAIBadRequestException('input must be a non-empty string or a non-empty array', {
+        error: 'invalid_request',
+      });
+    }
+    const messages = responsesInputMessages(request);
+    const prep = this.prepareGeneration(
+      'responses',
+      request,
+      options,
+      stream,
+      messages,
+      'max_output_tokens',
+      request.max_output_tokens ?? undefined,
+    );
+    // Deliberate default: OpenAI keeps stored responses (data retention); a call stores only when it asks.
+    if (prep.body.store === undefined) prep.body.store = false;
+    return prep;
+  }
+
+  /**
+   * Prepare step of the generating endpoints: model policy, the output cap on `field`, input caps and
+   * the prompt-token estimate over what is sent, fallbacks, the normalized call, the hashed end user.
+   */
+  private prepareGeneration(
+    endpoint: UpstreamEndpoint,
+    request: { model?: string },
+    options: CallOptions,
+    stream: boolean,
+    messages: readonly CountableChatMessage[],
+    field: 'max_tokens' | 'max_completion_tokens' | 'max_output_tokens',
+    asked: number | undefined,
+  ): Prepared {
+    const started = performance.now();
+    const model = this.policy.resolve(request.model);
+    const { cap, default: dflt, overCap } = this.options.maxTokens;
     if (asked != null && (!Number.isInteger(asked) || asked < 1)) {
       throw new OpenAIBadRequestException(`${field} must be a positive integer`, {
         error: 'invalid_request',
@@ -464,25 +571,17 @@ export class OpenAIService {
     let promptTokens: number;
     try {
       // Counted on what is sent now (a controller may have changed the messages after the pipe).
-      promptTokens = enforceInputLimits(request as never, this.options.input);
+      promptTokens = enforceInputLimits({ messages }, this.options.input);
     } catch (err) {
       throw this.refusals ? this.refusals.record(err) : err;
     }
-    const call = this.newCall(
-      'chat.completions',
-      model,
-      stream,
-      options,
-      promptTokens,
-      maxOutputTokens,
-      fallbacks,
-    );
+    const call = this.newCall(endpoint, model, stream, options, promptTokens, maxOutputTokens, fallbacks);
     const body: Record<string, unknown> = { ...request, model };
     delete body.max_tokens;
     delete body.max_completion_tokens;
     body[field] = maxOutputTokens;
     this.applyIdentity(body, call.user);
-    return { call, body, fallbacks, options };
+    return { call, body, fallbacks, options, started };
   }
 
   private prepareOther(
@@ -497,6 +596,7 @@ export class OpenAIService {
       body,
       fallbacks: [],
       options,
+      started: performance.now(),
     };
   }
 
@@ -597,13 +697,9 @@ export class OpenAIService {
    */
   private async execute<T>(
     prep: Prepared,
-    started: number,
-    attemptFn: (
-      model: string,
-      attempt: Attempt,
-    ) => Promise<{ data: T; response: Response; request_id?: string | null }>,
+    attemptFn: (model: string, attempt: Attempt) => Promise<SentReply<T>>,
   ): Promise<Success<T>> {
-    const { options } = prep;
+    const { options, started } = prep;
     const maxRetries = options.maxRetries ?? this.options.retry.maxRetries;
     const attemptMs = options.attemptTimeoutMs ?? this.options.timeouts.attemptMs;
     const deadlineAt = started + (options.deadlineMs ?? this.options.timeouts.deadlineMs);
@@ -714,18 +810,13 @@ export class OpenAIService {
     throw Object.assign(mapped, { attempts });
   }
 
-  private meta(
-    prep: Prepared,
-    ok: Success<unknown>,
-    usage: NormalizedUsage,
-    started: number,
-  ): CallResultMeta {
+  private meta(prep: Prepared, ok: Success<unknown>, usage: NormalizedUsage): CallResultMeta {
     const meta: CallResultMeta = {
       model: ok.model,
       fallbackFrom: ok.fallbackFrom,
       openaiRequestId: ok.openaiRequestId,
       attempts: ok.attempts,
-      latencyMs: performance.now() - started,
+      latencyMs: performance.now() - prep.started,
       usage,
       costUsd: this.priceUsage(ok.model, usage),
     };
@@ -734,19 +825,13 @@ export class OpenAIService {
   }
 
   /**
-   * The reply's usage, or, when the upstream sent none (some OpenAI-compatible servers and proxies
-   * don't), an estimate marked `estimated`: the prompt tokens counted before the call and the tokens
-   * of the returned text. Without it such calls would be free for token limits and budgets.
+   * Usage of a reply that came without any (some OpenAI-compatible servers and proxies send none): an
+   * estimate marked `estimated`, from the prompt tokens counted before the call and the tokens of the
+   * returned text. Without it such calls would be free for token limits and budgets.
    */
-  private usageOf(
-    prep: Prepared,
-    ok: Success<unknown>,
-    usage: OpenAI.CompletionUsage | OpenAI.CreateEmbeddingResponse.Usage | null | undefined,
-    outputText: () => string,
-  ): NormalizedUsage {
-    if (usage && typeof usage.prompt_tokens === 'number') return normalizeUsage(usage);
+  private estimated(prep: Prepared, ok: Success<unknown>, outputText: string): NormalizedUsage {
     this.warnMissingUsage(prep.call, ok.model, ok.openaiRequestId);
-    return estimateUsage(prep.call.promptTokens, outputText());
+    return estimateUsage(prep.call.promptTokens, outputText);
   }
 
   /** Warns once per model that its replies come without usage. @internal */
@@ -769,7 +854,7 @@ export class OpenAIService {
   }
 
   /** Logs the failure and returns the exception to throw. @internal */
-  fail(prep: Prepared, err: unknown, started: number): HttpException {
+  fail(prep: Prepared, err: unknown): HttpException {
     const mapped = mapUpstreamError(err, prep.call.model);
     const status = mapped.getStatus();
     const code = (mapped.getResponse() as { error?: unknown }).error;
@@ -784,7 +869,7 @@ export class OpenAIService {
       {
         msg: 'openai call failed',
         ...this.baseLine(prep),
-        latency_ms: Math.round(performance.now() - started),
+        latency_ms: Math.round(performance.now() - prep.started),
         attempts,
         retries: attempts === undefined ? undefined : attempts - 1,
       },
@@ -832,7 +917,8 @@ export class OpenAIService {
     };
     if (this.options.logging.prompts && body) {
       const extra = this.options.logging.redact;
-      line.prompt = redactText(JSON.stringify((body.messages as unknown[]) ?? body.input ?? ''), extra);
+      const prompt = body.messages ?? (body.instructions ? [body.instructions, body.input] : body.input);
+      line.prompt = redactText(JSON.stringify(prompt ?? ''), extra);
       if (output != null) line.completion = redactText(output, extra);
     }
     this.logger.log(compact(line));
@@ -855,11 +941,12 @@ function statusClassOf(err: unknown): StatusClass {
 }
 
 /**
- * A streamed chat completion: iterate it once for the SDK's chunks. `finished` resolves with the
- * summary (real usage, or an estimate flagged `usage.estimated` when the stream was cut) or rejects
- * with the mapped error. `abort()` cancels it; a consumer that stops iterating aborts it too.
+ * A streamed call, for any streaming endpoint (its adapter reads the events): iterate it once for the
+ * SDK's events. `finished` resolves with the summary (real usage, or an estimate flagged
+ * `usage.estimated` when the stream was cut) or rejects with the mapped error. `abort()` cancels it; a
+ * consumer that stops iterating aborts it too. Idle and deadline timers, accumulation, and one settlement.
  */
-export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
+export class ModelStream<Event> implements AsyncIterable<Event> {
   /** Model that answers (a fallback's when `fallbackFrom` is set). */
   readonly model: string;
   readonly fallbackFrom?: string;
@@ -868,18 +955,22 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
   readonly attempts: number;
   /** Resolves when the stream ends: with the summary when complete, rejects with the mapped error otherwise. */
   readonly finished: Promise<StreamSummary>;
+  /** Categories that ended the stream, when output moderation flagged it. */
+  flaggedCategories?: string[];
   private resolveFinished!: (s: StreamSummary) => void;
   private rejectFinished!: (e: unknown) => void;
-  private text = '';
+  private readonly progress: StreamProgress = { text: '', finishReason: null, completed: false };
   private consumed = false;
+  private ended = false;
+  private readonly unconsumedTimer: NodeJS.Timeout;
 
   /** @internal */
   constructor(
     private readonly service: OpenAIService,
     private readonly prep: Prepared,
-    private readonly ok: Success<AsyncIterable<ChatCompletionChunk>>,
+    private readonly ok: Success<AsyncIterable<Event>>,
     private readonly reservations: CallReservation[],
-    private readonly started: number,
+    private readonly adapter: StreamAdapter<Event>,
     private readonly moderator?: (text: string) => Promise<{ flagged: boolean; categories: string[] }>,
   ) {
     this.model = ok.model;
@@ -898,17 +989,19 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
       if (this.consumed) return;
       const reason = new AttemptTimeoutError('idle', idleMs);
       ok.controller.abort(reason);
-      void this.end(false, undefined, null, reason);
+      void this.end(false, reason);
     }, idleMs);
     this.unconsumedTimer.unref();
   }
 
-  private readonly unconsumedTimer: NodeJS.Timeout;
-  private ended = false;
-
   /** Text received so far. */
   get content(): string {
-    return this.text;
+    return this.progress.text;
+  }
+
+  /** The text an event adds to the output, if any (what an SSE relay forwards as a delta). */
+  delta(event: Event): string | undefined {
+    return this.adapter.delta(event);
   }
 
   /** Cancels the upstream request. Iteration ends; what was received is accounted. */
@@ -916,15 +1009,15 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     this.ok.controller.abort(new CallAbortedException());
   }
 
-  async *[Symbol.asyncIterator](): AsyncIterator<ChatCompletionChunk> {
-    if (this.consumed) throw new Error('A ChatStream can be iterated once');
+  async *[Symbol.asyncIterator](): AsyncIterator<Event> {
+    if (this.consumed) throw new Error('A stream can be iterated once');
     this.consumed = true;
     clearTimeout(this.unconsumedTimer);
     if (this.ended) throw this.mapStreamError(new AttemptTimeoutError('idle', 0));
     const { controller } = this.ok;
-    const idleMs = this.prep.options.attemptTimeoutMs ?? this.service.options.timeouts.attemptMs;
-    const deadlineAt =
-      this.started + (this.prep.options.deadlineMs ?? this.service.options.timeouts.deadlineMs);
+    const options = this.service.options;
+    const idleMs = this.prep.options.attemptTimeoutMs ?? options.timeouts.attemptMs;
+    const deadlineAt = this.prep.started + (this.prep.options.deadlineMs ?? options.timeouts.deadlineMs);
     let timedOut: AttemptTimeoutError | undefined;
     let timer: NodeJS.Timeout | undefined;
     const arm = () => {
@@ -938,30 +1031,29 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     const callerSignal = this.prep.options.signal;
     const onCallerAbort = () => controller.abort(new CallAbortedException(callerSignal?.reason));
     callerSignal?.addEventListener('abort', onCallerAbort, { once: true });
-    let usage: NormalizedUsage | undefined;
-    let finishReason: string | null = null;
+    const p = this.progress;
     let failure: unknown;
     let completed = false;
     arm();
     try {
       let checked = 0;
-      const interval = this.service.options.moderation.streamCheckIntervalChars;
-      for await (const chunk of this.ok.data) {
+      const interval = options.moderation.streamCheckIntervalChars;
+      for await (const event of this.ok.data) {
         arm();
-        const choice = chunk.choices[0];
-        if (choice?.delta?.content) this.text += choice.delta.content;
-        if (choice?.finish_reason) finishReason = choice.finish_reason;
-        if (chunk.usage) usage = normalizeUsage(chunk.usage);
-        if (this.moderator && this.text.length - checked >= interval) {
-          checked = this.text.length;
+        this.adapter.read(event, p);
+        if (this.moderator && p.text.length - checked >= interval) {
+          checked = p.text.length;
           await this.checkOutput();
         }
-        yield chunk;
+        yield event;
+        // A terminal failure event (`response.failed`, an `error` event) ends the stream here.
+        if (p.failure) break;
       }
-      if (this.moderator && this.text.length > checked) await this.checkOutput();
-      completed = sseCompleted(this.ok.response) !== false && !controller.signal.aborted;
+      if (!p.failure && this.moderator && p.text.length > checked) await this.checkOutput();
+      completed = !p.failure && this.adapter.isComplete(p, this.ok.response) && !controller.signal.aborted;
       if (!completed)
-        failure = timedOut ?? controller.signal.reason ?? new Error('stream ended without data: [DONE]');
+        failure =
+          p.failure ?? timedOut ?? controller.signal.reason ?? new Error('stream ended before its end event');
     } catch (err) {
       failure = timedOut ?? err;
     } finally {
@@ -971,23 +1063,22 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
         // The consumer stopped iterating (break/return): cancel the upstream request.
         failure = new CallAbortedException();
         controller.abort(failure);
+      } else if (p.failure && !controller.signal.aborted) {
+        controller.abort(p.failure);
       }
-      await this.end(completed, usage, finishReason, failure);
+      await this.end(completed, failure);
     }
     if (failure !== undefined) throw this.mapStreamError(failure);
   }
 
   /** Moderates the text so far; a flagged one ends the stream with a 422 `output_flagged`. */
   private async checkOutput(): Promise<void> {
-    const verdict = await this.moderator!(this.text);
+    const verdict = await this.moderator!(this.progress.text);
     if (verdict.flagged) {
       this.flaggedCategories = verdict.categories;
       throw new ContentFlaggedException(verdict.categories, 'output');
     }
   }
-
-  /** Categories that ended the stream, when output moderation flagged it. */
-  flaggedCategories?: string[];
 
   private mapStreamError(failure: unknown): HttpException {
     if (failure instanceof HttpException) return failure;
@@ -997,6 +1088,13 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
         openaiRequestId: this.openaiRequestId,
       });
     }
+    if (failure instanceof UpstreamStreamError) {
+      return new OpenAIUpstreamException(`The model provider stream failed (${this.model})`, {
+        cause: failure,
+        openaiRequestId: this.openaiRequestId,
+        error: failure.kind === 'incomplete' ? 'upstream_stream_incomplete' : 'upstream_error',
+      });
+    }
     return new OpenAIUpstreamException(`The model provider stream ended early (${this.model})`, {
       cause: failure,
       openaiRequestId: this.openaiRequestId,
@@ -1004,39 +1102,36 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
     });
   }
 
-  private async end(
-    completed: boolean,
-    usage: NormalizedUsage | undefined,
-    finishReason: string | null,
-    failure: unknown,
-  ): Promise<void> {
+  private async end(completed: boolean, failure: unknown): Promise<void> {
     if (this.ended) return;
     this.ended = true;
-    // A stream that completed without its usage chunk: the upstream does not send one.
-    if (completed && !usage) this.service.warnMissingUsage(this.prep.call, this.model, this.openaiRequestId);
-    const finalUsage = usage ?? this.estimate();
+    const p = this.progress;
+    // A stream that completed without its usage: the upstream does not send one.
+    if (completed && !p.usage)
+      this.service.warnMissingUsage(this.prep.call, this.model, this.openaiRequestId);
+    const usage = p.usage ?? estimateUsage(this.prep.call.promptTokens, p.text);
     const summary: StreamSummary = {
       model: this.model,
       fallbackFrom: this.fallbackFrom,
       openaiRequestId: this.openaiRequestId,
       attempts: this.attempts,
-      latencyMs: performance.now() - this.started,
-      usage: finalUsage,
-      costUsd: this.service.priceUsage(this.model, finalUsage),
-      content: this.text,
-      finishReason,
+      latencyMs: performance.now() - this.prep.started,
+      usage,
+      costUsd: this.service.priceUsage(this.model, usage),
+      content: p.text,
+      finishReason: p.finishReason,
     };
     this.service.metrics.succeeded(
       this.prep.call,
       this.model,
       summary.latencyMs,
-      finalUsage,
+      usage,
       summary.costUsd,
       this.fallbackFrom,
     );
     // What was received is accounted even when the stream failed: output was produced and billed.
     await this.service.settle(this.reservations, summary);
-    this.service.logCall(this.prep, completed ? 'ok' : 'incomplete', summary, this.prep.body, this.text);
+    this.service.logCall(this.prep, completed ? 'ok' : 'incomplete', summary, this.prep.body, p.text);
     if (completed) this.resolveFinished(summary);
     else {
       const err = this.mapStreamError(failure);
@@ -1044,8 +1139,10 @@ export class ChatStream implements AsyncIterable<ChatCompletionChunk> {
       this.rejectFinished(err);
     }
   }
-
-  private estimate(): NormalizedUsage {
-    return estimateUsage(this.prep.call.promptTokens, this.text);
-  }
 }
+
+/** A streamed chat completion (`OpenAIService.stream()`): iterate it once for the SDK's chunks. */
+export class ChatStream extends ModelStream<ChatCompletionChunk> {}
+
+/** A streamed Responses API call (`OpenAIService.streamResponse()`): iterate it once for the SDK's typed events. */
+export class ResponseStream extends ModelStream<ResponseStreamEvent> {}

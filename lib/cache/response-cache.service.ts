@@ -1,3 +1,4 @@
+import type { UpstreamEndpoint } from '../call/upstream-call.js';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { createHash } from 'node:crypto';
 import type OpenAI from 'openai';
@@ -36,8 +37,16 @@ export class ResponseCacheService {
     private readonly metrics: OpenAIMetricsService,
   ) {}
 
-  /** The cache key of an upstream chat body, or `undefined` when the request is not cacheable. */
-  keyFor(body: Record<string, unknown>, user: string | undefined): string | undefined {
+  /**
+   * The cache key of an upstream body (chat completions or responses), or `undefined` when the request
+   * is not cacheable.
+   */
+  keyFor(
+    body: Record<string, unknown>,
+    user: string | undefined,
+    endpoint: UpstreamEndpoint = 'chat.completions',
+  ): string | undefined {
+    if (endpoint !== 'chat.completions' && endpoint !== 'responses') return undefined;
     const { ttlMs, perUser } = this.options.cache;
     if (
       ttlMs <= 0 ||
@@ -49,11 +58,12 @@ export class ResponseCacheService {
       return undefined;
     const relevant = Object.fromEntries(Object.entries(body).filter(([k]) => !IDENTITY_FIELDS.has(k)));
     const hash = createHash('sha256').update(stableJson(relevant)).digest('base64url');
-    return perUser ? `cache:chat:${keyPart(user ?? '-')}:${hash}` : `cache:chat:${hash}`;
+    const ns = endpoint === 'responses' ? 'cache:responses' : 'cache:chat';
+    return perUser ? `${ns}:${keyPart(user ?? '-')}:${hash}` : `${ns}:${hash}`;
   }
 
-  /** The cached completion for `key`, if any. A store failure is a miss. */
-  async get(key: string): Promise<OpenAI.Chat.Completions.ChatCompletion | undefined> {
+  /** The cached reply (a chat completion or a response) for `key`, if any. A store failure is a miss. */
+  async get<T = OpenAI.Chat.Completions.ChatCompletion>(key: string): Promise<T | undefined> {
     let raw: string | undefined;
     try {
       raw = await this.store.get(key);
@@ -62,7 +72,7 @@ export class ResponseCacheService {
     }
     if (raw) {
       try {
-        const completion = JSON.parse(raw) as OpenAI.Chat.Completions.ChatCompletion;
+        const completion = JSON.parse(raw) as T;
         this.metrics.cache('hit');
         return completion;
       } catch {
@@ -74,7 +84,7 @@ export class ResponseCacheService {
   }
 
   /** Stores a completion (entries over `cache.maxEntryBytes` are skipped). A store failure is logged, not thrown. */
-  async set(key: string, completion: OpenAI.Chat.Completions.ChatCompletion): Promise<void> {
+  async set(key: string, completion: unknown): Promise<void> {
     const raw = JSON.stringify(completion);
     if (Buffer.byteLength(raw) > this.options.cache.maxEntryBytes) return;
     try {

@@ -12,7 +12,7 @@ export interface NormalizedUsage {
 }
 
 /** Endpoint an upstream call goes to. */
-export type UpstreamEndpoint = 'chat.completions' | 'embeddings' | 'moderations';
+export type UpstreamEndpoint = 'chat.completions' | 'responses' | 'embeddings' | 'moderations';
 
 /**
  * Endpoint-agnostic view of one call, as limits, budgets, usage and logging see it. Built by the service

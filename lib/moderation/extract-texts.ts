@@ -1,3 +1,4 @@
+import { responsesInputMessages } from '../endpoints/responses/responses.adapter.js';
 import { messageText } from '../tokens/token-counter.js';
 
 /** Where the user-provided text of a body is. */
@@ -28,8 +29,14 @@ export function extractTexts(body: unknown, sel: TextSelection): string[] {
     }
     return out;
   }
-  const messages = (body as { messages?: unknown })?.messages;
-  if (!Array.isArray(messages)) return out;
+  // A chat body's `messages`, or a Responses body's `instructions` and `input` as messages.
+  const raw = (body as { messages?: unknown })?.messages;
+  const messages = Array.isArray(raw)
+    ? raw
+    : body && typeof body === 'object' && ('input' in body || 'instructions' in body)
+      ? responsesInputMessages(body as { input?: unknown; instructions?: unknown })
+      : undefined;
+  if (!messages) return out;
   for (const m of messages) {
     if (m && typeof m === 'object' && sel.roles.includes((m as { role?: string }).role ?? '')) {
       const text = messageText((m as { content?: unknown }).content);

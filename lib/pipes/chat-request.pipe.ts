@@ -56,10 +56,10 @@ export function parseBody<T>(schema: ZodType<T>, value: unknown): T {
  * @throws InputTooLargeException (413)
  */
 export function enforceInputLimits(
-  body: { messages: ReadonlyArray<{ role: string; content?: unknown }> },
+  body: { messages: ReadonlyArray<{ role?: string; content?: unknown }> },
   limits: Required<InputLimitsOptions>,
 ): number {
-  const messages = body.messages as ReadonlyArray<{ role: string; content?: unknown }>;
+  const messages = body.messages;
   if (messages.length > limits.maxMessages)
     throw new InputTooLargeException('maxMessages', messages.length, limits.maxMessages);
   let chars = 0;

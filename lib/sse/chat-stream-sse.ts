@@ -2,7 +2,7 @@ import { HttpException } from '@nestjs/common';
 import type { ServerResponse } from 'node:http';
 import { RequestContextStore } from '../context/request-context.js';
 import { OPENAI_REQUEST_ID_HEADER } from '../openai.constants.js';
-import type { ChatStream, StreamSummary } from '../openai.service.js';
+import type { ModelStream, StreamSummary } from '../openai.service.js';
 import type { OpenAIErrorBody } from '../errors/openai-http.exceptions.js';
 
 /** Options of `sendChatStreamAsSse()`. */
@@ -12,15 +12,16 @@ export interface ChatStreamSseOptions {
 }
 
 /**
- * Writes a `ChatStream` to a raw Node response as server-sent events, flushing each delta as it arrives:
+ * Writes a `ChatStream` or a `ResponseStream` to a raw Node response as server-sent events (the same
+ * events for both endpoints), flushing each text delta as it arrives:
  * `data: {"delta":"..."}` events, then `data: {"usage":{...},...}`, then `data: [DONE]`. A failure after the
  * headers went out ends the stream with one `data: {"error":{statusCode,error,message,request_id}}` event
  * and no `[DONE]`. A client that disconnects aborts the upstream request.
  *
  * With Express pass `res`; with Fastify pass `reply.raw` (and `reply.hijack()` first).
  */
-export async function sendChatStreamAsSse(
-  stream: ChatStream,
+export async function sendChatStreamAsSse<Event>(
+  stream: ModelStream<Event>,
   res: ServerResponse,
   options: ChatStreamSseOptions = {},
 ): Promise<void> {
@@ -39,8 +40,8 @@ export async function sendChatStreamAsSse(
     if (!res.destroyed) res.write(`data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`);
   };
   try {
-    for await (const chunk of stream) {
-      const delta = chunk.choices[0]?.delta?.content;
+    for await (const event of stream) {
+      const delta = stream.delta(event);
       if (delta) send({ delta });
     }
     const summary = await stream.finished;
@@ -77,3 +78,6 @@ export async function sendChatStreamAsSse(
     res.end();
   }
 }
+
+/** `sendChatStreamAsSse` under the name that fits a Responses stream: the events are the same. */
+export const sendResponseStreamAsSse = sendChatStreamAsSse;

@@ -19,6 +19,9 @@ const ENCODE_OPTIONS = { disallowedSpecial: new Set<string>() };
 /** The chat template gpt-tokenizer uses for o200k_base chat models. */
 const CHAT_TEMPLATE_MODEL = 'gpt-4o';
 
+/** Content-part types that carry text: Chat Completions' `text`, the Responses API's `input_text` / `output_text`. */
+const TEXT_PART_TYPES = new Set(['text', 'input_text', 'output_text']);
+
 /** Text of a message `content`: a string as is, text parts joined with `\n`, anything else empty. */
 export function messageText(content: unknown): string {
   if (typeof content === 'string') return content;
@@ -26,7 +29,7 @@ export function messageText(content: unknown): string {
     return content
       .filter(
         (p): p is { type: 'text'; text: string } =>
-          isRecord(p) && p.type === 'text' && typeof p.text === 'string',
+          isRecord(p) && TEXT_PART_TYPES.has(p.type as string) && typeof p.text === 'string',
       )
       .map((p) => p.text)
       .join('\n');

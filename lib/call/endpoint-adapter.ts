@@ -1,0 +1,76 @@
+import type OpenAI from 'openai';
+import type { NormalizedUsage, UpstreamEndpoint } from './upstream-call.js';
+
+/** One upstream attempt: its abort signal and timeout (whole ms, also given to the SDK). */
+export interface Attempt {
+  signal: AbortSignal;
+  controller: AbortController;
+  timeoutMs: number;
+}
+
+/** What the SDK's `.withResponse()` gives back. */
+export interface SentReply<T> {
+  data: T;
+  response: Response;
+  request_id?: string | null;
+}
+
+/**
+ * What differs between endpoints for a non-streamed call; the pipeline (policy, cache, hooks, retries,
+ * fallbacks, pricing, settlement, logging) is the same for all. Adapters hold no state.
+ */
+export interface EndpointAdapter<Res> {
+  readonly endpoint: UpstreamEndpoint;
+  /** `false`: no hooks (token limits, budgets, usage), e.g. moderations. */
+  readonly metered: boolean;
+  /** Sends `body` with `model` for one attempt. */
+  send(
+    client: OpenAI,
+    body: Record<string, unknown>,
+    model: string,
+    attempt: Attempt,
+  ): Promise<SentReply<Res>>;
+  /** The reply's usage, or `undefined` when the upstream sent none (then it is estimated). */
+  usage(res: Res): NormalizedUsage | undefined;
+  /** Every text the reply returned (for usage estimates, output moderation and prompt logging). */
+  text(res: Res): string;
+}
+
+/** What a stream has delivered so far, filled by the stream adapter event by event. */
+export interface StreamProgress {
+  text: string;
+  usage?: NormalizedUsage;
+  finishReason: string | null;
+  /** The endpoint's clean end was seen (`response.completed`; chat: checked on the wire instead). */
+  completed: boolean;
+  /** A terminal failure event (`response.failed`, `response.incomplete`, an `error` event). */
+  failure?: Error;
+}
+
+/** What differs between streaming endpoints: how to open one, read its events, and tell a clean end. */
+export interface StreamAdapter<Event> {
+  readonly endpoint: UpstreamEndpoint;
+  open(
+    client: OpenAI,
+    body: Record<string, unknown>,
+    model: string,
+    attempt: Attempt,
+  ): Promise<SentReply<AsyncIterable<Event>>>;
+  /** Text this event adds to the output, if any. */
+  delta(event: Event): string | undefined;
+  /** Reads one event into `progress` (text, usage, finish reason, clean end, failure). */
+  read(event: Event, progress: StreamProgress): void;
+  /** Whether a stream whose events ended without error ended cleanly. */
+  isComplete(progress: StreamProgress, response: Response): boolean;
+}
+
+/** An upstream stream that ended in a failure event (`response.failed`, an `error` event, ...). */
+export class UpstreamStreamError extends Error {
+  constructor(
+    readonly kind: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'UpstreamStreamError';
+  }
+}
