@@ -59,6 +59,8 @@ export {
   type ChatStreamSseOptions,
 } from './sse/chat-stream-sse.js';
 export { responsesInputMessages } from './endpoints/responses/responses.adapter.js';
+export * from './endpoints/responses/responses-request.schema.js';
+export { ResponsesRequestPipe } from './endpoints/responses/responses-request.pipe.js';
 export { clientAbortSignal, rawResponse, setResponseHeader } from './utils/http.js';
 export * from './storage/index.js';
 export * from './throttling/index.js';

@@ -3,6 +3,7 @@ import { APP_FILTER, APP_GUARD } from '@nestjs/core';
 import { OpenAIExceptionFilter, OpenAIModule, type OpenAIProfileOptions } from '../lib/index.js';
 import { BearerAuthGuard } from './auth/bearer-auth.guard.js';
 import { ChatController } from './chat/chat.controller.js';
+import { ResponsesController } from './responses/responses.controller.js';
 import { HealthController } from './health/health.controller.js';
 import { MetricsController } from './metrics/metrics.controller.js';
 import { UsageController } from './usage/usage.controller.js';
@@ -83,7 +84,13 @@ export class AppModule {
           },
         }),
       ],
-      controllers: [ChatController, HealthController, UsageController, MetricsController],
+      controllers: [
+        ChatController,
+        ResponsesController,
+        HealthController,
+        UsageController,
+        MetricsController,
+      ],
       providers: [
         { provide: SAMPLE_CONFIG, useValue: config },
         { provide: APP_GUARD, useClass: BearerAuthGuard },
