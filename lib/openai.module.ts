@@ -50,6 +50,7 @@ import { RateLimitService } from './throttling/rate-limit.service.js';
 import { TokenLimitHook } from './throttling/token-limit.hook.js';
 import { OPENAI_MODULE_OPTIONS, OpenAIConfigurableModule } from './openai.module-definition.js';
 import { OpenAIService } from './openai.service.js';
+import { CallPipeline } from './call/call-pipeline.js';
 import { ResponsesRequestPipe } from './endpoints/responses/responses-request.pipe.js';
 import { RequestIdentityService } from './identity/request-identity.service.js';
 import { RefusalRecorder } from './call/refusal.recorder.js';
@@ -118,6 +119,7 @@ const providers: Provider[] = [
   OpenAIStoreLifecycle,
   TokenLimitHook,
   UsageHook,
+  CallPipeline,
   ...exported,
   // Order matters: token limits, then budgets, then the usage ledger (which only settles).
   {

@@ -5,7 +5,7 @@ import type {
   ResolvedOpenAIOptions,
 } from '../interfaces/openai-module-options.interface.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
-import type { OpenAIService } from '../openai.service.js';
+import type { CallPipeline } from '../call/call-pipeline.js';
 import { MemoryStore } from '../storage/memory.store.js';
 import type { OpenAIStore } from '../storage/openai-store.interface.js';
 import { ModerationUnavailableException } from './moderation.exceptions.js';
@@ -36,7 +36,6 @@ function setup(options: OpenAIModuleOptions = {}, store: OpenAIStore = new Memor
   const calls: string[][] = [];
   let failure: Error | undefined;
   const openai = {
-    useOutputModerator: vi.fn(),
     moderate: vi.fn(async (input: string[]) => {
       calls.push([...input]);
       if (failure) throw failure;
@@ -44,19 +43,23 @@ function setup(options: OpenAIModuleOptions = {}, store: OpenAIStore = new Memor
     }),
   };
   const metrics = new OpenAIMetricsService(resolved);
-  const service = new ModerationService(openai as unknown as OpenAIService, store, resolved, metrics);
+  const service = new ModerationService(openai as unknown as CallPipeline, store, resolved, metrics);
   return { service, openai, calls, metrics, fail: (e?: Error) => (failure = e) };
 }
 
 afterEach(() => vi.restoreAllMocks());
 
 describe('ModerationService.check', () => {
-  it('registers itself as the output moderator of the service', async () => {
-    const { openai, calls } = setup();
-    expect(openai.useOutputModerator).toHaveBeenCalledTimes(1);
-    const moderator = openai.useOutputModerator.mock.calls[0][0];
-    await expect(moderator('FLAG_ME', {})).resolves.toEqual({ flagged: true, categories: ['harassment'] });
+  it('checks output text the same way, counted as output in the metrics', async () => {
+    const { service, calls, metrics } = setup();
+    await expect(service.check(['FLAG_ME'], 'output')).resolves.toEqual({
+      flagged: true,
+      categories: ['harassment'],
+    });
     expect(calls).toEqual([['FLAG_ME']]);
+    expect(await metrics.metrics()).toMatch(
+      /moderation_checks_total\{direction="output",outcome="flagged"\} 1/,
+    );
   });
 
   it('ignores empty and blank texts; with nothing left, makes no call', async () => {

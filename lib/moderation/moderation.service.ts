@@ -4,7 +4,7 @@ import type { ModerationCheckOptions } from '../call/upstream-call.js';
 import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
-import { OpenAIService } from '../openai.service.js';
+import { CallPipeline } from '../call/call-pipeline.js';
 import type { OpenAIStore } from '../storage/openai-store.interface.js';
 import { ModerationUnavailableException } from './moderation.exceptions.js';
 
@@ -28,20 +28,19 @@ const hashText = (t: string) => createHash('sha256').update(t).digest('base64url
 /**
  * Moderates texts with the moderations endpoint: all uncached texts of a check in one call (array
  * input), verdicts cached per text hash in the shared store, per-category thresholds, and the failure
- * policy. Used by `ModerationPipe` (input) and `OpenAIService` (output).
+ * policy. Used by `ModerationPipe` (input) and `OpenAIService` (output). Calls the moderations
+ * endpoint through the call pipeline (retries, timeouts, log line), not through `OpenAIService`.
  */
 @Injectable()
 export class ModerationService {
   private readonly logger = new Logger('OpenAIModeration');
 
   constructor(
-    private readonly openai: OpenAIService,
+    private readonly pipeline: CallPipeline,
     @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
     @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
     private readonly metrics: OpenAIMetricsService,
-  ) {
-    openai.useOutputModerator((text, opts) => this.check([text], 'output', opts));
-  }
+  ) {}
 
   /**
    * Moderates `texts` (empty strings ignored).
@@ -71,7 +70,7 @@ export class ModerationService {
       const missing = unique.filter((_, i) => cached[i] === undefined);
       let fresh: CachedResult[] = [];
       if (missing.length) {
-        const r = await this.openai.moderate(missing, {
+        const r = await this.pipeline.moderate(missing, {
           // timeoutMs bounds the whole check; a quick failure leaves room for the one retry.
           attemptTimeoutMs: opts.timeoutMs,
           deadlineMs: opts.timeoutMs,

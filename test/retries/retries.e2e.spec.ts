@@ -161,10 +161,9 @@ describe.each(PLATFORMS)('retries on %s', (platform) => {
 
   it('a wait over the cap goes to the next fallback model at once', async () => {
     fake.fault({ path: CHAT, model: 'gpt-4o-mini-2024-07-18', status: 429, retryAfterMs: 90_000 });
-    const r = await capped.openai.chat(
-      { ...body, model: 'gpt-4o-mini-2024-07-18' } as never,
-      { fallbacks: ['gpt-4o-2024-08-06'] },
-    );
+    const r = await capped.openai.chat({ ...body, model: 'gpt-4o-mini-2024-07-18' } as never, {
+      fallbacks: ['gpt-4o-2024-08-06'],
+    });
     expect(r.model).toBe('gpt-4o-2024-08-06');
     expect(r.fallbackFrom).toBe('gpt-4o-mini-2024-07-18');
     expect(fake.requestsTo(CHAT).map((q) => q.model)).toEqual([

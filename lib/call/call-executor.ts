@@ -1,0 +1,176 @@
+import { HttpException, Logger } from '@nestjs/common';
+import { APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai';
+import {
+  AttemptTimeoutError,
+  CallAbortedException,
+  describeError,
+  mapUpstreamError,
+  upstreamRequestId,
+} from '../errors/map-upstream-error.js';
+import {
+  OpenAIUpstreamTimeoutException,
+  UpstreamRetryLaterException,
+} from '../errors/openai-http.exceptions.js';
+import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { OpenAIMetricsService, StatusClass } from '../metrics/openai-metrics.service.js';
+import { isRetryable, retryDelayMs, serverRetryAfterMs } from '../retry/retry-policy.js';
+import type { Attempt, SentReply } from './endpoint-adapter.js';
+import type { ExecutedCall, PreparedCall } from './prepared-call.js';
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      reject(signal?.reason);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+
+/** Status class of a failed attempt, for metrics. */
+function statusClassOf(err: unknown): StatusClass {
+  if (err instanceof AttemptTimeoutError || err instanceof APIConnectionTimeoutError) return 'timeout';
+  const status = (err as { status?: unknown })?.status;
+  if (typeof status === 'number') return status >= 500 ? '5xx' : '4xx';
+  if (err instanceof APIUserAbortError) return 'aborted';
+  return 'connection';
+}
+
+/**
+ * The execute step of the call pipeline, for every endpoint: attempts over the model and its
+ * fallbacks, a per-attempt timeout and the call's deadline, exponential backoff with full jitter, the
+ * server's `retry-after-ms` / `retry-after` (never slept past `retry.maxRetryAfterMs` or the deadline:
+ * the next fallback goes at once, or the call fails with the wait passed on), `x-should-retry`, and the
+ * caller's abort signal. The only retry owner (the SDK's own retries are off).
+ */
+export class CallExecutor {
+  private readonly logger = new Logger('OpenAI');
+
+  constructor(
+    private readonly options: ResolvedOpenAIOptions,
+    private readonly metrics: Pick<OpenAIMetricsService, 'attempt'>,
+  ) {}
+
+  /**
+   * Runs attempts over the model and its fallbacks until one succeeds, an error is not retryable, or
+   * the deadline leaves no room for another attempt.
+   */
+  async execute<T>(
+    prep: PreparedCall,
+    attemptFn: (model: string, attempt: Attempt) => Promise<SentReply<T>>,
+  ): Promise<ExecutedCall<T>> {
+    const { options, started } = prep;
+    const maxRetries = options.maxRetries ?? this.options.retry.maxRetries;
+    const attemptMs = options.attemptTimeoutMs ?? this.options.timeouts.attemptMs;
+    const deadlineAt = started + (options.deadlineMs ?? this.options.timeouts.deadlineMs);
+    const models = [prep.call.model, ...prep.fallbacks];
+    let attempts = 0;
+    let lastErr: unknown;
+    let lastModel = prep.call.model;
+    let longWait: { ms: number; err: unknown } | undefined;
+
+    outer: for (const model of models) {
+      for (let retry = 0; retry <= maxRetries; retry++) {
+        if (retry > 0) {
+          const server = lastErr instanceof APIError ? serverRetryAfterMs(lastErr.headers) : undefined;
+          // A server-directed wait longer than the cap or the deadline is not slept (the client would
+          // wait for a retry sent before the provider said): the next model goes at once, or the call
+          // fails now and passes the wait on.
+          if (
+            server !== undefined &&
+            (server > this.options.retry.maxRetryAfterMs || performance.now() + server >= deadlineAt)
+          ) {
+            longWait = { ms: server, err: lastErr };
+            break;
+          }
+          const wait = server ?? retryDelayMs(retry, lastErr, this.options.retry);
+          // No time left to wait for this model: the next one (a fallback) needs no wait, try it.
+          if (performance.now() + wait >= deadlineAt) break;
+          try {
+            await sleep(wait, options.signal);
+          } catch (e) {
+            throw new CallAbortedException(e);
+          }
+        }
+        const remaining = deadlineAt - performance.now();
+        if (remaining <= 0) break outer;
+        attempts++;
+        lastModel = model;
+        const controller = new AbortController();
+        const timeoutMs = Math.min(attemptMs, remaining);
+        let timedOut: AttemptTimeoutError | undefined;
+        const timer = setTimeout(() => {
+          timedOut = new AttemptTimeoutError(
+            timeoutMs < attemptMs ? 'deadline' : 'attempt',
+            Math.round(timeoutMs),
+          );
+          controller.abort(timedOut);
+        }, timeoutMs);
+        const onCallerAbort = () => controller.abort(options.signal?.reason);
+        if (options.signal?.aborted) {
+          clearTimeout(timer);
+          throw new CallAbortedException(options.signal.reason);
+        }
+        options.signal?.addEventListener('abort', onCallerAbort, { once: true });
+        try {
+          const { data, response, request_id } = await attemptFn(model, {
+            signal: controller.signal,
+            controller,
+            timeoutMs: Math.ceil(timeoutMs),
+          });
+          this.metrics.attempt(prep.call, model, '2xx', retry > 0);
+          return {
+            data,
+            response,
+            openaiRequestId: request_id ?? response.headers.get('x-request-id') ?? undefined,
+            model,
+            fallbackFrom: model === prep.call.model ? undefined : prep.call.model,
+            attempts,
+            controller,
+          };
+        } catch (err) {
+          if (options.signal?.aborted) throw new CallAbortedException(err);
+          const error = timedOut && err instanceof APIUserAbortError ? timedOut : err;
+          this.metrics.attempt(prep.call, model, statusClassOf(error), retry > 0);
+          if (error instanceof HttpException) throw error;
+          lastErr = error;
+          if (!isRetryable(error) && !(error instanceof AttemptTimeoutError)) {
+            (error as { attempts?: number }).attempts = attempts;
+            throw Object.assign(mapUpstreamError(error, model), { attempts });
+          }
+          this.logger.warn({
+            msg: 'openai attempt failed',
+            request_id: prep.call.requestId,
+            openai_request_id: upstreamRequestId(error),
+            model,
+            attempt: attempts,
+            error: describeError(error),
+          });
+        } finally {
+          clearTimeout(timer);
+          options.signal?.removeEventListener('abort', onCallerAbort);
+        }
+      }
+    }
+    if (longWait && longWait.err === lastErr && lastErr instanceof APIError && lastErr.status) {
+      throw Object.assign(
+        new UpstreamRetryLaterException(lastErr.status, longWait.ms, lastModel, {
+          cause: lastErr,
+          openaiRequestId: upstreamRequestId(lastErr),
+        }),
+        { attempts },
+      );
+    }
+    const mapped =
+      lastErr === undefined
+        ? new OpenAIUpstreamTimeoutException(
+            `The model provider did not answer before the deadline (${prep.call.model})`,
+          )
+        : mapUpstreamError(lastErr, lastModel);
+    throw Object.assign(mapped, { attempts });
+  }
+}

@@ -1,0 +1,526 @@
+import { HttpException, Inject, Injectable, Logger, Optional } from '@nestjs/common';
+import OpenAI from 'openai';
+import { ResponseCacheService } from '../cache/response-cache.service.js';
+import { RequestContextStore } from '../context/request-context.js';
+import { InjectOpenAI } from '../decorators/inject-openai.decorator.js';
+import { responsesInputMessages } from '../endpoints/responses/responses.adapter.js';
+import { moderationsAdapter } from '../endpoints/moderations/moderations.adapter.js';
+import { logUpstreamFailure, mapUpstreamError } from '../errors/map-upstream-error.js';
+import { OpenAIBadRequestException, OpenAIUpstreamException } from '../errors/openai-http.exceptions.js';
+import { hashUserId } from '../identity/safety-identifier.js';
+import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import { fingerprintKey, redactSecrets, redactText } from '../logging/redact.js';
+import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
+import { ModelPolicy } from '../models/model-policy.js';
+import { validateModerationReply } from '../moderation/moderation-reply.schema.js';
+import { OPENAI_CALL_HOOKS, OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
+import { enforceInputLimits } from '../pipes/chat-request.pipe.js';
+import { PricingService } from '../pricing/pricing.service.js';
+import type { CountableChatMessage } from '../tokens/token-counter.js';
+import { countTextTokens } from '../tokens/token-counter.js';
+import { CallExecutor } from './call-executor.js';
+import type { EndpointAdapter, StreamAdapter } from './endpoint-adapter.js';
+import type { ExecutedCall, PreparedCall } from './prepared-call.js';
+import { RefusalRecorder } from './refusal.recorder.js';
+import type {
+  CallOptions,
+  CallReservation,
+  CallResultMeta,
+  NormalizedUsage,
+  OpenAICallHook,
+  SettledCall,
+  UpstreamCall,
+  UpstreamEndpoint,
+} from './upstream-call.js';
+
+/** Zero usage (a cache hit, a non-metered endpoint). */
+export const ZERO_USAGE: NormalizedUsage = Object.freeze({
+  prompt_tokens: 0,
+  cached_tokens: 0,
+  completion_tokens: 0,
+  reasoning_tokens: 0,
+  total_tokens: 0,
+  estimated: false,
+}) as NormalizedUsage;
+
+/** Usage counted locally (the upstream sent none): `prompt` as counted before the call, the output's tokens. */
+export function estimateUsage(promptTokens: number, output: string): NormalizedUsage {
+  const completion = countTextTokens(output);
+  return {
+    prompt_tokens: promptTokens,
+    cached_tokens: 0,
+    completion_tokens: completion,
+    reasoning_tokens: 0,
+    total_tokens: promptTokens + completion,
+    estimated: true,
+  };
+}
+
+/** Drops undefined fields so log lines stay short. */
+function compact<T extends Record<string, unknown>>(line: T): T {
+  for (const k of Object.keys(line)) if (line[k] === undefined) delete line[k];
+  return line;
+}
+
+/** A chat body as the prepare step reads it. */
+interface ChatLike {
+  model?: string;
+  messages: readonly CountableChatMessage[];
+  max_tokens?: number | null;
+  max_completion_tokens?: number | null;
+}
+
+/** A Responses body as the prepare step reads it. */
+interface ResponsesLike {
+  model?: string;
+  input?: unknown;
+  instructions?: unknown;
+  max_output_tokens?: number | null;
+}
+
+/**
+ * The call pipeline, written once for every endpoint (`OpenAIService` is a facade over it):
+ * prepare (model policy, output cap, input caps and the prompt-token measure, hashed identity) ->
+ * cache -> reserve (the registered hooks) -> execute (`CallExecutor`: attempts, timeouts, deadline,
+ * backoff, `Retry-After`, fallbacks, abort) -> price -> settle -> telemetry (one log line, metrics).
+ * Endpoints differ only by their adapter. @internal
+ */
+@Injectable()
+export class CallPipeline {
+  private readonly logger = new Logger('OpenAI');
+  private readonly policy: ModelPolicy;
+  private readonly hooks: OpenAICallHook[];
+  private readonly executor: CallExecutor;
+  private readonly pendingSettlements = new Set<Promise<void>>();
+  /** Models whose replies came without usage, warned about once each. */
+  private readonly missingUsageWarned = new Set<string>();
+
+  constructor(
+    @InjectOpenAI() readonly client: OpenAI,
+    @Inject(OPENAI_RESOLVED_OPTIONS) readonly options: ResolvedOpenAIOptions,
+    @Optional() @Inject(OPENAI_CALL_HOOKS) hooks: OpenAICallHook[] | undefined,
+    @Optional() private readonly pricing: PricingService = new PricingService(options),
+    @Optional()
+    readonly metrics: OpenAIMetricsService = new OpenAIMetricsService({
+      ...options,
+      metrics: { ...options.metrics, enabled: false },
+    }),
+    @Optional() private readonly cache?: ResponseCacheService,
+    @Optional() private readonly refusals?: RefusalRecorder,
+  ) {
+    this.policy = new ModelPolicy(options.models);
+    this.hooks = hooks ?? [];
+    this.executor = new CallExecutor(options, this.metrics);
+  }
+
+  /**
+   * A moderations call (not metered), its reply validated: anything but one well-formed result per
+   * input is a 502 `upstream_invalid_reply`, never read as clean.
+   * @throws OpenAIUpstreamException (502), OpenAIUpstreamTimeoutException (504).
+   */
+  async moderate(
+    input: string | string[],
+    options: CallOptions & { model?: string } = {},
+  ): Promise<{ response: OpenAI.ModerationCreateResponse; flagged: boolean } & CallResultMeta> {
+    const model = options.model ?? this.options.models.moderation;
+    const prep = this.prepareOther('moderations', model, { input }, options);
+    let flagged = false;
+    const { ok, meta } = await this.run(moderationsAdapter, prep, (data, sent) => {
+      const checked = validateModerationReply(data, Array.isArray(input) ? input.length : 1);
+      if (!checked.ok) {
+        throw new OpenAIUpstreamException(`The moderation reply was not usable (${prep.call.model})`, {
+          cause: new Error(checked.problem),
+          openaiRequestId: sent.openaiRequestId,
+          error: 'upstream_invalid_reply',
+        });
+      }
+      flagged = checked.results.some((r) => r.flagged);
+    });
+    return { response: ok.data, flagged, ...meta };
+  }
+
+  /**
+   * The pipeline of one non-streamed call, with the response cache in front when the request is
+   * deterministic: a hit costs no upstream call, no token limit or budget, and is not usage.
+   */
+  async runCached<Res>(
+    adapter: EndpointAdapter<Res>,
+    prep: PreparedCall,
+  ): Promise<{ data: Res; meta: CallResultMeta; text: string; cached?: boolean }> {
+    const cacheKey = this.cache?.keyFor(prep.body, prep.call.user, adapter.endpoint);
+    if (cacheKey) {
+      const hit = await this.cache!.get<Res>(cacheKey);
+      if (hit !== undefined) {
+        const text = adapter.text(hit);
+        const meta: CallResultMeta = {
+          model: (hit as { model?: string }).model ?? prep.call.model,
+          attempts: 0,
+          latencyMs: performance.now() - prep.started,
+          usage: { ...ZERO_USAGE },
+          costUsd: 0,
+        };
+        this.logCall(prep, 'cache_hit', meta, prep.body, text);
+        return { data: hit, meta, text, cached: true };
+      }
+    }
+    const { ok, meta, text } = await this.run(adapter, prep);
+    if (cacheKey) await this.cache!.set(cacheKey, ok.data);
+    return { data: ok.data, meta, text };
+  }
+
+  /**
+   * The pipeline of one non-streamed call, written once for every endpoint: reserve (the hooks, when
+   * the endpoint is metered) -> execute (attempts, timeouts, backoff, fallbacks) -> `check` the reply
+   * -> usage (estimated when the upstream sent none) -> price -> settle -> one log line. Any failure
+   * releases the reservations and is mapped, logged and counted once.
+   */
+  async run<Res>(
+    adapter: EndpointAdapter<Res>,
+    prep: PreparedCall,
+    check?: (data: Res, ok: ExecutedCall<Res>) => void,
+  ): Promise<{ ok: ExecutedCall<Res>; meta: CallResultMeta; text: string }> {
+    const reservations = adapter.metered ? await this.reserve(prep.call) : [];
+    try {
+      const ok = await this.executor.execute(prep, (model, a) =>
+        adapter.send(this.client, prep.body, model, a),
+      );
+      check?.(ok.data, ok);
+      const text = adapter.text(ok.data);
+      const usage = adapter.usage(ok.data) ?? this.estimated(prep, ok, text);
+      const meta = this.meta(prep, ok, usage);
+      await this.settle(reservations, meta);
+      this.logCall(prep, 'ok', meta, adapter.metered ? prep.body : undefined, text || null);
+      return { ok, meta, text };
+    } catch (err) {
+      await this.release(reservations);
+      throw this.fail(prep, err);
+    }
+  }
+
+  /** Reserves and opens a stream (retries and fallbacks until the headers arrive); releases on failure. */
+  async openStream<Event>(
+    adapter: StreamAdapter<Event>,
+    prep: PreparedCall,
+  ): Promise<{ ok: ExecutedCall<AsyncIterable<Event>>; reservations: CallReservation[] }> {
+    const reservations = await this.reserve(prep.call);
+    try {
+      const ok = await this.executor.execute(prep, (model, a) =>
+        adapter.open(this.client, prep.body, model, a),
+      );
+      return { ok, reservations };
+    } catch (err) {
+      await this.release(reservations);
+      throw this.fail(prep, err);
+    }
+  }
+
+  prepareChat(request: ChatLike, options: CallOptions, stream: boolean): PreparedCall {
+    if (!request || !Array.isArray(request.messages) || request.messages.length === 0) {
+      throw new OpenAIBadRequestException('messages must be a non-empty array', { error: 'invalid_request' });
+    }
+    const field: 'max_tokens' | 'max_completion_tokens' =
+      request.max_completion_tokens != null || request.max_tokens == null
+        ? 'max_completion_tokens'
+        : 'max_tokens';
+    const asked = request.max_completion_tokens ?? request.max_tokens ?? undefined;
+    return this.prepareGeneration(
+      'chat.completions',
+      request,
+      options,
+      stream,
+      request.messages,
+      field,
+      asked,
+    );
+  }
+
+  prepareResponses(request: ResponsesLike, options: CallOptions, stream: boolean): PreparedCall {
+    const input = request?.input;
+    if (
+      !request ||
+      !((typeof input === 'string' && input !== '') || (Array.isArray(input) && input.length > 0))
+    ) {
+      throw new OpenAIBadRequestException('input must be a non-empty string or a non-empty array', {
+        error: 'invalid_request',
+      });
+    }
+    const messages = responsesInputMessages(request);
+    const prep = this.prepareGeneration(
+      'responses',
+      request,
+      options,
+      stream,
+      messages,
+      'max_output_tokens',
+      request.max_output_tokens ?? undefined,
+    );
+    // Deliberate default: OpenAI keeps stored responses (data retention); a call stores only when it asks.
+    if (prep.body.store === undefined) prep.body.store = false;
+    return prep;
+  }
+
+  /**
+   * Prepare step of the generating endpoints: model policy, the output cap on `field`, input caps and
+   * the prompt-token estimate over what is sent, fallbacks, the normalized call, the hashed end user.
+   */
+  private prepareGeneration(
+    endpoint: UpstreamEndpoint,
+    request: { model?: string },
+    options: CallOptions,
+    stream: boolean,
+    messages: readonly CountableChatMessage[],
+    field: 'max_tokens' | 'max_completion_tokens' | 'max_output_tokens',
+    asked: number | undefined,
+  ): PreparedCall {
+    const started = performance.now();
+    const model = this.policy.resolve(request.model);
+    const { cap, default: dflt, overCap } = this.options.maxTokens;
+    if (asked != null && (!Number.isInteger(asked) || asked < 1)) {
+      throw new OpenAIBadRequestException(`${field} must be a positive integer`, {
+        error: 'invalid_request',
+      });
+    }
+    if (asked != null && asked > cap && overCap === 'reject') {
+      throw new OpenAIBadRequestException(`${field} ${asked} is above the cap of ${cap}`, {
+        error: 'max_tokens_above_cap',
+      });
+    }
+    const maxOutputTokens = asked == null ? dflt : Math.min(asked, cap);
+    const fallbacks = this.policy.fallbacksFor(model, options.fallbacks);
+    let promptTokens: number;
+    try {
+      // Counted on what is sent now (a controller may have changed the messages after the pipe).
+      promptTokens = enforceInputLimits({ messages }, this.options.input);
+    } catch (err) {
+      throw this.refusals ? this.refusals.record(err) : err;
+    }
+    const call = this.newCall(endpoint, model, stream, options, promptTokens, maxOutputTokens, fallbacks);
+    const body: Record<string, unknown> = { ...request, model };
+    delete body.max_tokens;
+    delete body.max_completion_tokens;
+    body[field] = maxOutputTokens;
+    this.applyIdentity(body, call.user);
+    return { call, body, fallbacks, options, started };
+  }
+
+  prepareOther(
+    endpoint: UpstreamEndpoint,
+    model: string,
+    body: Record<string, unknown>,
+    options: CallOptions,
+    promptTokens = 0,
+  ): PreparedCall {
+    return {
+      call: this.newCall(endpoint, model, false, options, promptTokens, 0, []),
+      body,
+      fallbacks: [],
+      options,
+      started: performance.now(),
+    };
+  }
+
+  /** The normalized view of a call; the user and route default to the current request's. */
+  private newCall(
+    endpoint: UpstreamEndpoint,
+    model: string,
+    stream: boolean,
+    options: CallOptions,
+    promptTokens: number,
+    maxOutputTokens: number,
+    fallbacks: string[],
+  ): UpstreamCall {
+    const ctx = RequestContextStore.get();
+    const user = options.user ?? ctx?.user;
+    return {
+      endpoint,
+      model,
+      stream,
+      user,
+      tracker: user === undefined ? ctx?.tracker : undefined,
+      route: options.route ?? ctx?.route,
+      requestId: ctx?.requestId,
+      promptTokens,
+      maxOutputTokens,
+      candidates: [model, ...fallbacks],
+    };
+  }
+
+  private applyIdentity(body: Record<string, unknown>, user: string | undefined): void {
+    const field = this.options.identity.field;
+    if (!user || field === 'none' || body.safety_identifier != null || body.user != null) return;
+    body[field] = hashUserId(user, this.options.identity.salt);
+  }
+
+  /**
+   * Every hook reserves at once (on Redis: one round trip of waiting, not one per hook). If one
+   * refuses, the holds of the others are released and the first refusal, in hook order, is thrown.
+   */
+  async reserve(call: UpstreamCall): Promise<CallReservation[]> {
+    if (this.hooks.length === 0) return [];
+    const outcomes = await Promise.allSettled(this.hooks.map(async (hook) => hook.reserve(call)));
+    const held = outcomes.flatMap((o) => (o.status === 'fulfilled' && o.value ? [o.value] : []));
+    const refused = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (refused) {
+      await this.release(held);
+      throw this.refusals ? this.refusals.record(refused.reason) : refused.reason;
+    }
+    return held;
+  }
+
+  /**
+   * Settles every reservation. The store writes are issued before this returns (so a later read on
+   * the same store sees them) but not awaited on the request path; `flush()` waits for them.
+   * @internal
+   */
+  settle(reservations: CallReservation[], result: SettledCall): Promise<void> {
+    if (reservations.length === 0) return Promise.resolve();
+    const done = Promise.all(
+      reservations.map(async (r) => {
+        try {
+          await r.settle(result);
+        } catch (err) {
+          this.logger.error(
+            `settling a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
+          );
+        }
+      }),
+    ).then(() => undefined);
+    this.pendingSettlements.add(done);
+    void done.finally(() => this.pendingSettlements.delete(done));
+    return Promise.resolve();
+  }
+
+  /** @internal */
+  async release(reservations: CallReservation[]): Promise<void> {
+    await Promise.all(
+      reservations.map(async (r) => {
+        try {
+          await r.release();
+        } catch (err) {
+          this.logger.error(
+            `releasing a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
+          );
+        }
+      }),
+    );
+  }
+
+  /** Waits until the settlements of finished calls are written (the module calls it on shutdown). */
+  async flush(): Promise<void> {
+    while (this.pendingSettlements.size) await Promise.all([...this.pendingSettlements]);
+  }
+
+  private meta(prep: PreparedCall, ok: ExecutedCall<unknown>, usage: NormalizedUsage): CallResultMeta {
+    const meta: CallResultMeta = {
+      model: ok.model,
+      fallbackFrom: ok.fallbackFrom,
+      openaiRequestId: ok.openaiRequestId,
+      attempts: ok.attempts,
+      latencyMs: performance.now() - prep.started,
+      usage,
+      costUsd: this.priceUsage(ok.model, usage),
+    };
+    this.metrics.succeeded(prep.call, meta.model, meta.latencyMs, usage, meta.costUsd, meta.fallbackFrom);
+    return meta;
+  }
+
+  /**
+   * Usage of a reply that came without any (some OpenAI-compatible servers and proxies send none): an
+   * estimate marked `estimated`, from the prompt tokens counted before the call and the tokens of the
+   * returned text. Without it such calls would be free for token limits and budgets.
+   */
+  private estimated(prep: PreparedCall, ok: ExecutedCall<unknown>, outputText: string): NormalizedUsage {
+    this.warnMissingUsage(prep.call, ok.model, ok.openaiRequestId);
+    return estimateUsage(prep.call.promptTokens, outputText);
+  }
+
+  /** Warns once per model that its replies come without usage. @internal */
+  warnMissingUsage(call: UpstreamCall, model: string, openaiRequestId?: string): void {
+    if (this.missingUsageWarned.has(model)) return;
+    this.missingUsageWarned.add(model);
+    this.logger.warn({
+      msg: 'the upstream sent no usage: tokens and cost of this model are estimated (usage_estimated)',
+      model,
+      endpoint: call.endpoint,
+      openai_request_id: openaiRequestId,
+    });
+  }
+
+  /** Cost of `usage` on `model` (USD), reporting an unpriced model. @internal */
+  priceUsage(model: string, usage: NormalizedUsage): number | null {
+    const cost = this.pricing.cost(model, usage);
+    if (cost === null) this.metrics.unpricedCall(model);
+    return cost;
+  }
+
+  /** Logs the failure and returns the exception to throw. @internal */
+  fail(prep: PreparedCall, err: unknown): HttpException {
+    const mapped = mapUpstreamError(err, prep.call.model);
+    const status = mapped.getStatus();
+    const code = (mapped.getResponse() as { error?: unknown }).error;
+    this.metrics.failed(prep.call, typeof code === 'string' ? code : String(status));
+    const attempts = (err as { attempts?: number }).attempts ?? (mapped as { attempts?: number }).attempts;
+    // Headers the exception asks for (`retry-after`) reach the client even without the exception filter.
+    const headers = (mapped as { headers?: Record<string, string> }).headers;
+    if (headers) for (const [k, v] of Object.entries(headers)) RequestContextStore.setHeader(k, v);
+    logUpstreamFailure(
+      this.logger,
+      mapped,
+      {
+        msg: 'openai call failed',
+        ...this.baseLine(prep),
+        latency_ms: Math.round(performance.now() - prep.started),
+        attempts,
+        retries: attempts === undefined ? undefined : attempts - 1,
+      },
+      fingerprintKey(this.client.apiKey),
+    );
+    return mapped;
+  }
+
+  private baseLine(prep: PreparedCall) {
+    return {
+      request_id: prep.call.requestId,
+      user: prep.call.user,
+      route: prep.call.route,
+      endpoint: prep.call.endpoint,
+      model: prep.call.model,
+    };
+  }
+
+  /** @internal */
+  logCall(
+    prep: PreparedCall,
+    status: 'ok' | 'incomplete' | 'cache_hit',
+    result: CallResultMeta,
+    body?: Record<string, unknown>,
+    output?: string | null,
+  ): void {
+    if (!this.options.logging.calls) return;
+    const u = result.usage;
+    const line: Record<string, unknown> = {
+      msg: 'openai call',
+      ...this.baseLine(prep),
+      model: result.model,
+      openai_request_id: result.openaiRequestId,
+      status,
+      latency_ms: Math.round(result.latencyMs * 10) / 10,
+      attempts: result.attempts,
+      retries: result.attempts - 1,
+      fallback_from: result.fallbackFrom,
+      prompt_tokens: u.prompt_tokens,
+      cached_tokens: u.cached_tokens,
+      completion_tokens: u.completion_tokens,
+      reasoning_tokens: u.reasoning_tokens || undefined,
+      cost_usd: result.costUsd,
+      usage_estimated: u.estimated || undefined,
+    };
+    if (this.options.logging.prompts && body) {
+      const extra = this.options.logging.redact;
+      const prompt = body.messages ?? (body.instructions ? [body.instructions, body.input] : body.input);
+      line.prompt = redactText(JSON.stringify(prompt ?? ''), extra);
+      if (output != null) line.completion = redactText(output, extra);
+    }
+    this.logger.log(compact(line));
+  }
+}

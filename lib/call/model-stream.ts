@@ -1,0 +1,225 @@
+import { HttpException } from '@nestjs/common';
+import type OpenAI from 'openai';
+import { AttemptTimeoutError, CallAbortedException } from '../errors/map-upstream-error.js';
+import { OpenAIUpstreamException, OpenAIUpstreamTimeoutException } from '../errors/openai-http.exceptions.js';
+import { ContentFlaggedException } from '../moderation/moderation.exceptions.js';
+import { estimateUsage, type CallPipeline } from './call-pipeline.js';
+import { UpstreamStreamError, type StreamAdapter, type StreamProgress } from './endpoint-adapter.js';
+import type { ExecutedCall, PreparedCall } from './prepared-call.js';
+import type { CallReservation, CallResultMeta } from './upstream-call.js';
+
+type ChatCompletionChunk = OpenAI.Chat.Completions.ChatCompletionChunk;
+type ResponseStreamEvent = OpenAI.Responses.ResponseStreamEvent;
+
+/** Summary of a finished stream, resolved by `ChatStream.finished` / `ResponseStream.finished`. */
+export interface StreamSummary extends CallResultMeta {
+  content: string;
+  finishReason: string | null;
+}
+
+/**
+ * A streamed call, for any streaming endpoint (its adapter reads the events): iterate it once for the
+ * SDK's events. `finished` resolves with the summary (real usage, or an estimate flagged
+ * `usage.estimated` when the stream was cut) or rejects with the mapped error. `abort()` cancels it; a
+ * consumer that stops iterating aborts it too. Idle and deadline timers, accumulation, and one settlement.
+ */
+export class ModelStream<Event> implements AsyncIterable<Event> {
+  /** Model that answers (a fallback's when `fallbackFrom` is set). */
+  readonly model: string;
+  readonly fallbackFrom?: string;
+  /** Upstream `x-request-id`. */
+  readonly openaiRequestId?: string;
+  readonly attempts: number;
+  /** Resolves when the stream ends: with the summary when complete, rejects with the mapped error otherwise. */
+  readonly finished: Promise<StreamSummary>;
+  /** Categories that ended the stream, when output moderation flagged it. */
+  flaggedCategories?: string[];
+  private resolveFinished!: (s: StreamSummary) => void;
+  private rejectFinished!: (e: unknown) => void;
+  private readonly progress: StreamProgress = { text: '', finishReason: null, completed: false };
+  private consumed = false;
+  private ended = false;
+  private readonly unconsumedTimer: NodeJS.Timeout;
+
+  /** @internal */
+  constructor(
+    private readonly service: CallPipeline,
+    private readonly prep: PreparedCall,
+    private readonly ok: ExecutedCall<AsyncIterable<Event>>,
+    private readonly reservations: CallReservation[],
+    private readonly adapter: StreamAdapter<Event>,
+    private readonly moderator?: (text: string) => Promise<{ flagged: boolean; categories: string[] }>,
+  ) {
+    this.model = ok.model;
+    this.fallbackFrom = ok.fallbackFrom;
+    this.openaiRequestId = ok.openaiRequestId;
+    this.attempts = ok.attempts;
+    this.finished = new Promise<StreamSummary>((res, rej) => {
+      this.resolveFinished = res;
+      this.rejectFinished = rej;
+    });
+    // A consumer that only awaits the iterator must not see an unhandled rejection here.
+    this.finished.catch(() => undefined);
+    // A stream nobody iterates must not hold its connection and reservations forever.
+    const idleMs = prep.options.attemptTimeoutMs ?? service.options.timeouts.attemptMs;
+    this.unconsumedTimer = setTimeout(() => {
+      if (this.consumed) return;
+      const reason = new AttemptTimeoutError('idle', idleMs);
+      ok.controller.abort(reason);
+      void this.end(false, reason);
+    }, idleMs);
+    this.unconsumedTimer.unref();
+  }
+
+  /** Text received so far. */
+  get content(): string {
+    return this.progress.text;
+  }
+
+  /** The text an event adds to the output, if any (what an SSE relay forwards as a delta). */
+  delta(event: Event): string | undefined {
+    return this.adapter.delta(event);
+  }
+
+  /** Cancels the upstream request. Iteration ends; what was received is accounted. */
+  abort(): void {
+    this.ok.controller.abort(new CallAbortedException());
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<Event> {
+    if (this.consumed) throw new Error('A stream can be iterated once');
+    this.consumed = true;
+    clearTimeout(this.unconsumedTimer);
+    if (this.ended) throw this.mapStreamError(new AttemptTimeoutError('idle', 0));
+    const { controller } = this.ok;
+    const options = this.service.options;
+    const idleMs = this.prep.options.attemptTimeoutMs ?? options.timeouts.attemptMs;
+    const deadlineAt = this.prep.started + (this.prep.options.deadlineMs ?? options.timeouts.deadlineMs);
+    let timedOut: AttemptTimeoutError | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      const ms = Math.max(1, Math.min(idleMs, deadlineAt - performance.now()));
+      timer = setTimeout(() => {
+        timedOut = new AttemptTimeoutError(ms < idleMs ? 'deadline' : 'idle', Math.round(ms));
+        controller.abort(timedOut);
+      }, ms);
+    };
+    const callerSignal = this.prep.options.signal;
+    const onCallerAbort = () => controller.abort(new CallAbortedException(callerSignal?.reason));
+    callerSignal?.addEventListener('abort', onCallerAbort, { once: true });
+    const p = this.progress;
+    let failure: unknown;
+    let completed = false;
+    arm();
+    try {
+      let checked = 0;
+      const interval = options.moderation.streamCheckIntervalChars;
+      for await (const event of this.ok.data) {
+        arm();
+        this.adapter.read(event, p);
+        if (this.moderator && p.text.length - checked >= interval) {
+          checked = p.text.length;
+          await this.checkOutput();
+        }
+        yield event;
+        // A terminal failure event (`response.failed`, an `error` event) ends the stream here.
+        if (p.failure) break;
+      }
+      if (!p.failure && this.moderator && p.text.length > checked) await this.checkOutput();
+      completed = !p.failure && this.adapter.isComplete(p, this.ok.response) && !controller.signal.aborted;
+      if (!completed)
+        failure =
+          p.failure ?? timedOut ?? controller.signal.reason ?? new Error('stream ended before its end event');
+    } catch (err) {
+      failure = timedOut ?? err;
+    } finally {
+      clearTimeout(timer);
+      callerSignal?.removeEventListener('abort', onCallerAbort);
+      if (!completed && failure === undefined) {
+        // The consumer stopped iterating (break/return): cancel the upstream request.
+        failure = new CallAbortedException();
+        controller.abort(failure);
+      } else if (p.failure && !controller.signal.aborted) {
+        controller.abort(p.failure);
+      }
+      await this.end(completed, failure);
+    }
+    if (failure !== undefined) throw this.mapStreamError(failure);
+  }
+
+  /** Moderates the text so far; a flagged one ends the stream with a 422 `output_flagged`. */
+  private async checkOutput(): Promise<void> {
+    const verdict = await this.moderator!(this.progress.text);
+    if (verdict.flagged) {
+      this.flaggedCategories = verdict.categories;
+      throw new ContentFlaggedException(verdict.categories, 'output');
+    }
+  }
+
+  private mapStreamError(failure: unknown): HttpException {
+    if (failure instanceof HttpException) return failure;
+    if (failure instanceof AttemptTimeoutError) {
+      return new OpenAIUpstreamTimeoutException(`The model provider stream stalled (${this.model})`, {
+        cause: failure,
+        openaiRequestId: this.openaiRequestId,
+      });
+    }
+    if (failure instanceof UpstreamStreamError) {
+      return new OpenAIUpstreamException(`The model provider stream failed (${this.model})`, {
+        cause: failure,
+        openaiRequestId: this.openaiRequestId,
+        error: failure.kind === 'incomplete' ? 'upstream_stream_incomplete' : 'upstream_error',
+      });
+    }
+    return new OpenAIUpstreamException(`The model provider stream ended early (${this.model})`, {
+      cause: failure,
+      openaiRequestId: this.openaiRequestId,
+      error: 'upstream_stream_incomplete',
+    });
+  }
+
+  private async end(completed: boolean, failure: unknown): Promise<void> {
+    if (this.ended) return;
+    this.ended = true;
+    const p = this.progress;
+    // A stream that completed without its usage: the upstream does not send one.
+    if (completed && !p.usage)
+      this.service.warnMissingUsage(this.prep.call, this.model, this.openaiRequestId);
+    const usage = p.usage ?? estimateUsage(this.prep.call.promptTokens, p.text);
+    const summary: StreamSummary = {
+      model: this.model,
+      fallbackFrom: this.fallbackFrom,
+      openaiRequestId: this.openaiRequestId,
+      attempts: this.attempts,
+      latencyMs: performance.now() - this.prep.started,
+      usage,
+      costUsd: this.service.priceUsage(this.model, usage),
+      content: p.text,
+      finishReason: p.finishReason,
+    };
+    this.service.metrics.succeeded(
+      this.prep.call,
+      this.model,
+      summary.latencyMs,
+      usage,
+      summary.costUsd,
+      this.fallbackFrom,
+    );
+    // What was received is accounted even when the stream failed: output was produced and billed.
+    await this.service.settle(this.reservations, summary);
+    this.service.logCall(this.prep, completed ? 'ok' : 'incomplete', summary, this.prep.body, p.text);
+    if (completed) this.resolveFinished(summary);
+    else {
+      const err = this.mapStreamError(failure);
+      (err as { summary?: StreamSummary }).summary = summary;
+      this.rejectFinished(err);
+    }
+  }
+}
+
+/** A streamed chat completion (`OpenAIService.stream()`): iterate it once for the SDK's chunks. */
+export class ChatStream extends ModelStream<ChatCompletionChunk> {}
+
+/** A streamed Responses API call (`OpenAIService.streamResponse()`): iterate it once for the SDK's typed events. */
+export class ResponseStream extends ModelStream<ResponseStreamEvent> {}

@@ -1,0 +1,22 @@
+import type { CallOptions, UpstreamCall } from './upstream-call.js';
+
+/** A call after the prepare step: the normalized view, the body to send, its fallbacks and options. */
+export interface PreparedCall {
+  call: UpstreamCall;
+  body: Record<string, unknown>;
+  fallbacks: string[];
+  options: CallOptions;
+  /** `performance.now()` when the call started (ms). */
+  started: number;
+}
+
+/** A call after the execute step: the reply, and which model answered after how many attempts. */
+export interface ExecutedCall<T> {
+  data: T;
+  response: Response;
+  openaiRequestId?: string;
+  model: string;
+  fallbackFrom?: string;
+  attempts: number;
+  controller: AbortController;
+}
