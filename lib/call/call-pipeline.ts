@@ -495,12 +495,15 @@ export class CallPipeline {
     result: CallResultMeta,
     body?: Record<string, unknown>,
     output?: string | null,
+    /** Fields of a stream that failed: its error code and the upstream cause (redacted). */
+    failure?: Record<string, unknown>,
   ): void {
     if (!this.options.logging.calls) return;
     const u = result.usage;
     const line: Record<string, unknown> = {
       msg: 'openai call',
       ...this.baseLine(prep),
+      ...failure,
       model: result.model,
       openai_request_id: result.openaiRequestId,
       status,

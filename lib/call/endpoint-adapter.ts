@@ -69,6 +69,8 @@ export class UpstreamStreamError extends Error {
   constructor(
     readonly kind: string,
     message: string,
+    /** The upstream's error code from the event, when it gave one. */
+    readonly code?: string,
   ) {
     super(message);
     this.name = 'UpstreamStreamError';

@@ -1,6 +1,7 @@
 import { HttpException } from '@nestjs/common';
 import type OpenAI from 'openai';
-import { AttemptTimeoutError, CallAbortedException } from '../errors/map-upstream-error.js';
+import { APIError } from 'openai';
+import { AttemptTimeoutError, CallAbortedException, describeError } from '../errors/map-upstream-error.js';
 import { OpenAIUpstreamException, OpenAIUpstreamTimeoutException } from '../errors/openai-http.exceptions.js';
 import { ContentFlaggedException } from '../moderation/moderation.exceptions.js';
 import { estimateUsage, type CallPipeline } from './call-pipeline.js';
@@ -208,13 +209,29 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
     );
     // What was received is accounted even when the stream failed: output was produced and billed.
     await this.service.settle(this.reservations, summary);
-    this.service.logCall(this.prep, completed ? 'ok' : 'incomplete', summary, this.prep.body, p.text);
-    if (completed) this.resolveFinished(summary);
-    else {
-      const err = this.mapStreamError(failure);
-      (err as { summary?: StreamSummary }).summary = summary;
-      this.rejectFinished(err);
+    if (completed) {
+      this.service.logCall(this.prep, 'ok', summary, this.prep.body, p.text);
+      this.resolveFinished(summary);
+      return;
     }
+    const err = this.mapStreamError(failure);
+    (err as { summary?: StreamSummary }).summary = summary;
+    // A stream the upstream failed (not one the client left or output moderation stopped) is an upstream
+    // error for the metrics, and its log line says why.
+    let detail: Record<string, unknown> | undefined;
+    if (!(failure instanceof CallAbortedException) && !(failure instanceof ContentFlaggedException)) {
+      const code = (err.getResponse() as { error?: string }).error ?? 'upstream_error';
+      this.service.metrics.failed(this.prep.call, code);
+      const upstreamCode =
+        failure instanceof APIError && typeof failure.code === 'string'
+          ? failure.code
+          : failure instanceof UpstreamStreamError
+            ? failure.code
+            : undefined;
+      detail = { error: code, upstream_code: upstreamCode, cause: describeError(failure) };
+    }
+    this.service.logCall(this.prep, 'incomplete', summary, this.prep.body, p.text, detail);
+    this.rejectFinished(err);
   }
 }
 

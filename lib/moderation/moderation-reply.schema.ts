@@ -1,11 +1,18 @@
 import { z } from 'zod';
 
 /** One result of `POST /v1/moderations`: OpenAI's verdict, the per-category verdicts and scores (0..1). */
-const ModerationResultSchema = z.object({
-  flagged: z.boolean(),
-  categories: z.record(z.string(), z.boolean().nullable()),
-  category_scores: z.record(z.string(), z.number()),
-});
+const ModerationResultSchema = z
+  .object({
+    flagged: z.boolean(),
+    categories: z.record(z.string(), z.boolean().nullable()),
+    category_scores: z.record(z.string(), z.number()),
+  })
+  // A result that judged no category, or a verdict without its score, checked nothing: never clean.
+  .refine((r) => Object.keys(r.categories).length > 0, { message: 'no categories', path: ['categories'] })
+  .refine((r) => Object.keys(r.categories).every((c) => typeof r.category_scores[c] === 'number'), {
+    message: 'a category without its score',
+    path: ['category_scores'],
+  });
 
 /** The part of a moderations reply the library reads: `results`, one per input, each well formed. */
 const ModerationReplySchema = z.object({ results: z.array(ModerationResultSchema) });

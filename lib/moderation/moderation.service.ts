@@ -81,6 +81,11 @@ export class ModerationService {
           c: { ...x.categories } as Record<string, boolean>,
           s: { ...x.category_scores } as Record<string, number>,
         }));
+        // The categories this check filters or thresholds on must have been judged: a reply that left
+        // one out says nothing about it, so it is a moderation failure, not a pass.
+        const required = [...(opts.categories ?? []), ...Object.keys(opts.thresholds)];
+        const missed = required.find((c) => fresh.some((f) => f.c[c] === undefined || f.s[c] === undefined));
+        if (missed !== undefined) throw new Error(`moderation reply has no verdict for category "${missed}"`);
         if (ttl > 0)
           await Promise.all(
             missing.map((t, i) =>

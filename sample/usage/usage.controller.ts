@@ -24,6 +24,8 @@ export class UsageController {
       cost_usd: u.cost_usd,
       // Calls to models without a price: their cost is unknown, so it is not in cost_usd (never counted as $0).
       unpriced_requests: u.unpriced_requests,
+      // Calls whose upstream sent no usage (or a stream cut before it): their tokens were counted locally.
+      estimated_requests: u.estimated_requests,
       by_model: u.by_model,
       // No daily budget configured: the same shape, with null amounts.
       budget: daily

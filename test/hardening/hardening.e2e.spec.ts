@@ -237,6 +237,20 @@ describe.each(PLATFORMS)('hardening on %s', (platform) => {
       expect(fake.requestsTo(CHAT)).toHaveLength(0);
     });
 
+    it.each([
+      ['empty categories and scores', { results: [{ flagged: false, categories: {}, category_scores: {} }] }],
+      [
+        'a category without its score',
+        { results: [{ flagged: false, categories: { hate: false }, category_scores: {} }] },
+      ],
+    ])('a result that judged nothing (%s) is a failure, not clean: 503', async (_name, reply) => {
+      fake.fault({ path: '/v1/moderations', replyBody: reply });
+      const res = await request(h.server).post('/chat/moderated').set(user(fresh())).send(ask('hello'));
+      expect(res.status).toBe(503);
+      expect(res.body.error).toBe('moderation_unavailable');
+      expect(fake.requestsTo(CHAT)).toHaveLength(0);
+    });
+
     it('fail-open lets the text through, with a warning', async () => {
       fake.fault({ path: '/v1/moderations', replyBody: { results: [] } });
       const res = await request(h.server).post('/chat/moderated-open').set(user(fresh())).send(ask('hello'));
@@ -339,6 +353,39 @@ describe.each(PLATFORMS)('hardening on %s', (platform) => {
       expect(res.status).toBe(400);
       expect(res.text).not.toContain('zq81');
       expect(h.logger.text()).toContain('tenant-zq81-internal-ticket');
+    });
+  });
+
+  describe('a stream the upstream fails is an upstream error', () => {
+    it('counted in openai_upstream_errors_total and logged with its cause; a client abort is not', async () => {
+      const metrics = h.app.get(OpenAIMetricsService);
+      const errors = async () => metricValue(await metrics.metrics(), 'openai_upstream_errors_total');
+      const before = await errors();
+      fake.fault({ path: CHAT, streamFailAfterChunks: 1, errorCode: 'overloaded_xyz' });
+      const stream = await h.openai.stream(ask('one two three') as never, { user: fresh() });
+      await expect(
+        (async () => {
+          for await (const _ of stream) void _;
+        })(),
+      ).rejects.toMatchObject({ status: 502 });
+      expect((await errors()) - before).toBe(1);
+      const line = h.logger.records('openai call').at(-1);
+      expect(line).toMatchObject({
+        status: 'incomplete',
+        error: 'upstream_stream_incomplete',
+        upstream_code: 'overloaded_xyz',
+      });
+      expect(String(line?.cause)).toContain('The server had an error');
+
+      fake.reset();
+      const aborted = await h.openai.stream(ask('one two three four') as never, { user: fresh() });
+      await expect(
+        (async () => {
+          for await (const _ of aborted) aborted.abort();
+        })(),
+      ).rejects.toMatchObject({ status: 499 });
+      await expect(aborted.finished).rejects.toMatchObject({ status: 499 });
+      expect((await errors()) - before).toBe(1);
     });
   });
 

@@ -123,10 +123,15 @@ export const responsesStreamAdapter: StreamAdapter<ResponseStreamEvent> = {
         p.failure = new UpstreamStreamError(
           'failed',
           `response failed (${e.response.error?.code ?? 'unknown'})`,
+          e.response.error?.code ?? undefined,
         );
         break;
       case 'error':
-        p.failure = new UpstreamStreamError('error', `stream error event (${e.code ?? 'unknown'})`);
+        p.failure = new UpstreamStreamError(
+          'error',
+          `stream error event (${e.code ?? 'unknown'})`,
+          e.code ?? undefined,
+        );
         break;
       default:
         break;
