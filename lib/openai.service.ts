@@ -1,7 +1,13 @@
 import { Injectable, Optional } from '@nestjs/common';
 import OpenAI from 'openai';
 import { CallPipeline, ZERO_USAGE, estimateUsage } from './call/call-pipeline.js';
-import { ChatStream, ModelStream, ResponseStream, type StreamSummary } from './call/model-stream.js';
+import {
+  ChatStream,
+  ModelStream,
+  ResponseStream,
+  type StreamOutputCheck,
+  type StreamSummary,
+} from './call/model-stream.js';
 import type { PreparedCall } from './call/prepared-call.js';
 import type {
   CallOptions,
@@ -131,6 +137,8 @@ export class OpenAIService {
    */
   async chat(request: ChatRequest, options: CallOptions = {}): Promise<ChatResult> {
     const prep = this.pipeline.prepareChat(request, options, false);
+    const check = this.outputModerationFor(options);
+    this.askInRequest(prep, check);
     const { data, meta, cached } = await this.pipeline.runCached(chatCompletionsAdapter, prep);
     const result: ChatResult = {
       completion: data,
@@ -139,7 +147,7 @@ export class OpenAIService {
       ...(cached ? { cached } : {}),
     };
     // After settling: the completion was produced and billed whatever moderation says of it.
-    const verdict = await this.checkOutput(result.content, options);
+    const verdict = await this.checkOutput(result.content, check, data.moderation?.output);
     if (verdict) {
       result.outputModeration = verdict;
       if (verdict.flagged) {
@@ -159,6 +167,8 @@ export class OpenAIService {
    */
   async createResponse(request: ResponseRequest, options: CallOptions = {}): Promise<ResponseResult> {
     const prep = this.pipeline.prepareResponses(request, options, false);
+    const check = this.outputModerationFor(options);
+    this.askInRequest(prep, check);
     const { data, meta, text, cached } = await this.pipeline.runCached(responsesAdapter, prep);
     const result: ResponseResult = {
       response: data,
@@ -166,7 +176,7 @@ export class OpenAIService {
       ...meta,
       ...(cached ? { cached } : {}),
     };
-    const verdict = await this.checkOutput(result.outputText, options);
+    const verdict = await this.checkOutput(result.outputText, check, data.moderation?.output);
     if (verdict) {
       result.outputModeration = verdict;
       if (verdict.flagged) result.outputText = this.options.moderation.safeMessage;
@@ -184,6 +194,8 @@ export class OpenAIService {
    */
   async stream(request: ChatRequest, options: CallOptions = {}): Promise<ChatStream> {
     const prep = this.pipeline.prepareChat(request, options, true);
+    const check = this.outputModerationFor(options);
+    this.askInRequest(prep, check);
     const { ok, reservations } = await this.pipeline.openStream(chatCompletionsStreamAdapter, prep);
     return new ChatStream(
       this.pipeline,
@@ -191,7 +203,7 @@ export class OpenAIService {
       ok,
       reservations,
       chatCompletionsStreamAdapter,
-      this.streamModerator(options),
+      this.streamCheck(check),
     );
   }
 
@@ -204,6 +216,8 @@ export class OpenAIService {
    */
   async streamResponse(request: ResponseRequest, options: CallOptions = {}): Promise<ResponseStream> {
     const prep = this.pipeline.prepareResponses(request, options, true);
+    const check = this.outputModerationFor(options);
+    this.askInRequest(prep, check);
     const { ok, reservations } = await this.pipeline.openStream(responsesStreamAdapter, prep);
     return new ResponseStream(
       this.pipeline,
@@ -211,7 +225,7 @@ export class OpenAIService {
       ok,
       reservations,
       responsesStreamAdapter,
-      this.streamModerator(options),
+      this.streamCheck(check),
     );
   }
 
@@ -276,7 +290,12 @@ export class OpenAIService {
       setting = route?.output;
       // The route's categories, thresholds and failure policy hold for its output too, unless `output` overrides them.
       if (route)
-        base = { categories: route.categories, thresholds: route.thresholds, onError: route.onError };
+        base = {
+          categories: route.categories,
+          thresholds: route.thresholds,
+          onError: route.onError,
+          via: route.via,
+        };
     }
     if (!setting) return undefined;
     if (!this.moderation)
@@ -296,17 +315,42 @@ export class OpenAIService {
     return found ?? undefined;
   }
 
-  /** Output moderation of a whole text when the call or its route asks for it; `undefined` when it does not run. */
-  private async checkOutput(text: string | null, options: CallOptions): Promise<Verdict | undefined> {
-    const check = this.outputModerationFor(options);
+  /** With in-request output moderation, the request asks the upstream to moderate its own output. */
+  private askInRequest(prep: PreparedCall, check: ModerationCheckOptions | undefined): void {
+    if (this.viaOf(check) === 'in-request' && prep.body.moderation == null)
+      prep.body.moderation = { model: this.options.models.moderation };
+  }
+
+  private viaOf(check: ModerationCheckOptions | undefined): 'endpoint' | 'in-request' | undefined {
+    return check ? (check.via ?? this.options.moderation.via) : undefined;
+  }
+
+  /**
+   * Output moderation of a whole text when the call or its route asks for it (`undefined` when it does
+   * not run): the upstream's in-request verdict when asked for and usable, else the moderations endpoint.
+   */
+  private async checkOutput(
+    text: string | null,
+    check: ModerationCheckOptions | undefined,
+    inRequest: unknown,
+  ): Promise<Verdict | undefined> {
     if (!check || !text) return undefined;
-    const verdict = await this.moderation!.check([text], 'output', check);
+    const verdict =
+      (this.viaOf(check) === 'in-request'
+        ? this.moderation!.verdictOf(inRequest, 'output', check)
+        : undefined) ?? (await this.moderation!.check([text], 'output', check));
     return { flagged: verdict.flagged, categories: verdict.categories };
   }
 
-  /** The moderator a stream calls as text accumulates, when output moderation applies. */
-  private streamModerator(options: CallOptions): ((text: string) => Promise<Verdict>) | undefined {
-    const check = this.outputModerationFor(options);
-    return check ? (text) => this.moderation!.check([text], 'output', check) : undefined;
+  /** How a stream's output is moderated, when output moderation applies. */
+  private streamCheck(check: ModerationCheckOptions | undefined): StreamOutputCheck | undefined {
+    if (!check) return undefined;
+    return {
+      endpoint: (text) => this.moderation!.check([text], 'output', check),
+      inRequest:
+        this.viaOf(check) === 'in-request'
+          ? (result) => this.moderation!.verdictOf(result, 'output', check)
+          : undefined,
+    };
   }
 }

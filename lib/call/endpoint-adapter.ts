@@ -45,6 +45,8 @@ export interface StreamProgress {
   completed: boolean;
   /** A terminal failure event (`response.failed`, `response.incomplete`, an `error` event). */
   failure?: Error;
+  /** The upstream's in-request moderation of the output (`moderation.output`), when the call asked for it. */
+  moderation?: unknown;
 }
 
 /** What differs between streaming endpoints: how to open one, read its events, and tell a clean end. */

@@ -12,6 +12,17 @@ import type { CallReservation, CallResultMeta } from './upstream-call.js';
 type ChatCompletionChunk = OpenAI.Chat.Completions.ChatCompletionChunk;
 type ResponseStreamEvent = OpenAI.Responses.ResponseStreamEvent;
 
+/** A moderation verdict. */
+type Verdict = { flagged: boolean; categories: string[] };
+
+/** How a stream's output is moderated. @internal */
+export interface StreamOutputCheck {
+  /** Checks the text with the moderations endpoint (at intervals, and at the end). */
+  endpoint(text: string): Promise<Verdict>;
+  /** When the call asked for in-request moderation: the verdict of the upstream's result, if usable. */
+  inRequest?: (result: unknown) => Verdict | undefined;
+}
+
 /** Summary of a finished stream, resolved by `ChatStream.finished` / `ResponseStream.finished`. */
 export interface StreamSummary extends CallResultMeta {
   content: string;
@@ -49,7 +60,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
     private readonly ok: ExecutedCall<AsyncIterable<Event>>,
     private readonly reservations: CallReservation[],
     private readonly adapter: StreamAdapter<Event>,
-    private readonly moderator?: (text: string) => Promise<{ flagged: boolean; categories: string[] }>,
+    private readonly outputCheck?: StreamOutputCheck,
   ) {
     this.model = ok.model;
     this.fallbackFrom = ok.fallbackFrom;
@@ -119,7 +130,8 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
       for await (const event of this.ok.data) {
         arm();
         this.adapter.read(event, p);
-        if (this.moderator && p.text.length - checked >= interval) {
+        // The moderations endpoint checks the text as it grows; in-request moderation judges it at the end.
+        if (this.outputCheck && !this.outputCheck.inRequest && p.text.length - checked >= interval) {
           checked = p.text.length;
           await this.checkOutput();
         }
@@ -127,7 +139,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
         // A terminal failure event (`response.failed`, an `error` event) ends the stream here.
         if (p.failure) break;
       }
-      if (!p.failure && this.moderator && p.text.length > checked) await this.checkOutput();
+      if (!p.failure && this.outputCheck && p.text.length > checked) await this.checkOutput(true);
       completed = !p.failure && this.adapter.isComplete(p, this.ok.response) && !controller.signal.aborted;
       if (!completed)
         failure =
@@ -150,8 +162,13 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
   }
 
   /** Moderates the text so far; a flagged one ends the stream with a 422 `output_flagged`. */
-  private async checkOutput(): Promise<void> {
-    const verdict = await this.moderator!(this.progress.text);
+  private async checkOutput(atEnd = false): Promise<void> {
+    const check = this.outputCheck!;
+    // At the end, the upstream's in-request verdict when the call asked for one and it is usable;
+    // otherwise (absent, an error object) the moderations endpoint.
+    const verdict =
+      (atEnd && check.inRequest ? check.inRequest(this.progress.moderation) : undefined) ??
+      (await check.endpoint(this.progress.text));
     if (verdict.flagged) {
       this.flaggedCategories = verdict.categories;
       throw new ContentFlaggedException(verdict.categories, 'output');

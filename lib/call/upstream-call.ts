@@ -106,6 +106,15 @@ export interface ModerationCheckOptions {
   thresholds?: Record<string, number>;
   /** `fail-closed`: an unavailable moderation endpoint is a 503. `fail-open`: the text passes, logged and counted. */
   onError?: 'fail-closed' | 'fail-open';
+  /**
+   * Output only: how a completion or response is moderated. `endpoint`: the moderations endpoint, one
+   * more round trip (streams are checked as they grow). `in-request`: the chat or Responses request asks
+   * for `moderation: { model }` and the upstream returns the verdict with the reply, no extra round trip
+   * (streams are judged at their end); when that result is missing or an error, the moderations endpoint
+   * is used instead.
+   * @default 'endpoint'
+   */
+  via?: 'endpoint' | 'in-request';
 }
 
 /** Result metadata common to all endpoints. */

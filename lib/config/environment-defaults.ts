@@ -36,6 +36,7 @@ export const BASE_DEFAULTS = {
     roles: ['user'],
     safeMessage: "Sorry, I can't help with that.",
     streamCheckIntervalChars: 400,
+    via: 'endpoint',
   },
   input: { maxMessages: 50, maxChars: 32_000, maxPromptTokens: 8_000 },
   cache: { ttlMs: 0, perUser: false, maxEntryBytes: 262_144 },

@@ -94,6 +94,7 @@ function validateWindows(
   path: string,
   windows: unknown,
   add: (path: string, message: string, fix: string) => void,
+  requests = false,
 ): void {
   if (!Array.isArray(windows))
     return add(path, 'must be an array of { name, limit, ttl }', 'set [] for no limit');
@@ -116,8 +117,39 @@ function validateWindows(
         `must be a positive integer (ms), got ${String(w?.ttl)}`,
         'set a window such as 60000',
       );
+    const blockDuration = (w as { blockDuration?: unknown })?.blockDuration;
+    if (blockDuration !== undefined && (!requests || !isPositiveInt(blockDuration)))
+      add(
+        `${path}[${i}].blockDuration`,
+        requests
+          ? `must be a positive integer (ms), got ${String(blockDuration)}`
+          : 'applies to request windows only',
+        requests ? 'set a duration such as 300000, or remove it' : 'remove it',
+      );
+    // @nestjs/throttler's per-throttler options, which a window here does not take: never ignored silently
+    for (const key of ['skipIf', 'ignoreUserAgents', 'setHeaders', 'getTracker', 'generateKey'])
+      if (w && typeof w === 'object' && Object.hasOwn(w, key))
+        add(
+          `${path}[${i}].${key}`,
+          'is not supported per window',
+          key === 'getTracker' || key === 'generateKey'
+            ? 'remove it: limits count per user from identity.resolve'
+            : `set limits.${key} (it applies to every window)`,
+        );
   });
 }
+
+const LIMITS_KEYS = [
+  'requests',
+  'tokens',
+  'tiers',
+  'getTracker',
+  'overrideScope',
+  'skipIf',
+  'ignoreUserAgents',
+  'errorMessage',
+  'setHeaders',
+];
 
 function isPositiveInt(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v > 0;
@@ -276,8 +308,40 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   }
   if (!Array.isArray(o.logging.redact) || !o.logging.redact.every((r) => r instanceof RegExp))
     add('logging.redact', 'must be an array of RegExp', 'use e.g. [/ACME-\\d{6}/g]');
-  validateWindows('limits.requests', o.limits.requests, add);
+  validateWindows('limits.requests', o.limits.requests, add, true);
   validateWindows('limits.tokens', o.limits.tokens, add);
+  const lim = o.limits;
+  // ThrottlerModule habits (`throttlers`, `storage`, `generateKey`, ...) would otherwise be ignored silently
+  for (const key of Object.keys(lim ?? {}))
+    if (!LIMITS_KEYS.includes(key))
+      add(
+        `limits.${key}`,
+        key === 'throttlers' ? "is ThrottlerModule's option, not read here" : 'is not an option of limits',
+        key === 'throttlers'
+          ? 'list the windows in limits.requests: [{ name, limit, ttl }]'
+          : `use one of ${LIMITS_KEYS.join(', ')} (storage: the storage option; trackers: identity.resolve)`,
+      );
+  if (lim.overrideScope !== undefined && lim.overrideScope !== 'route' && lim.overrideScope !== 'user')
+    add('limits.overrideScope', `must be 'route' or 'user', got ${String(lim.overrideScope)}`, "set 'route'");
+  if (lim.skipIf !== undefined && typeof lim.skipIf !== 'function')
+    add('limits.skipIf', 'must be a function (context) => boolean', 'pass a function or remove it');
+  if (
+    lim.ignoreUserAgents !== undefined &&
+    !(Array.isArray(lim.ignoreUserAgents) && lim.ignoreUserAgents.every((r) => r instanceof RegExp))
+  )
+    add('limits.ignoreUserAgents', 'must be an array of RegExp', 'use e.g. [/kube-probe/i]');
+  if (
+    lim.errorMessage !== undefined &&
+    typeof lim.errorMessage !== 'string' &&
+    typeof lim.errorMessage !== 'function'
+  )
+    add(
+      'limits.errorMessage',
+      'must be a string or a function (context, detail) => string',
+      'fix or remove it',
+    );
+  if (lim.setHeaders !== undefined && typeof lim.setHeaders !== 'boolean')
+    add('limits.setHeaders', `must be true or false, got ${String(lim.setHeaders)}`, 'set true or false');
   if (o.limits.tiers !== undefined && typeof o.limits.tiers !== 'function')
     add('limits.tiers', 'must be a function (user) => limits', 'pass a function or remove it');
   if (o.limits.getTracker !== undefined && typeof o.limits.getTracker !== 'function')
@@ -353,6 +417,8 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     add('moderation.roles', 'must list at least one role', "set ['user']");
   if (!isPositiveInt(mod.streamCheckIntervalChars))
     add('moderation.streamCheckIntervalChars', 'must be a positive integer', 'set e.g. 400');
+  if (mod.via !== 'endpoint' && mod.via !== 'in-request')
+    add('moderation.via', `must be 'endpoint' or 'in-request', got ${String(mod.via)}`, "set 'endpoint'");
   for (const key of ['maxMessages', 'maxChars', 'maxPromptTokens'] as const) {
     if (!isPositiveInt(o.input[key]))
       add(`input.${key}`, `must be a positive integer, got ${String(o.input[key])}`, 'set a cap');

@@ -6,6 +6,8 @@ import type { MemoryStoreOptions } from '../storage/memory.store.js';
 import type { StorageFailurePolicy } from '../storage/openai-store.interface.js';
 import type { RedisStoreOptions } from '../storage/redis.store.js';
 import type { IdentityResolver } from '../identity/request-identity.service.js';
+import type { ExecutionContext } from '@nestjs/common';
+import type { ThrottlerLimitDetail } from '@nestjs/throttler';
 
 /**
  * Returns the API key to use for the next upstream request. Called before every request by the SDK,
@@ -185,6 +187,18 @@ export interface ThrottleWindow {
   limit: number;
   /** Length of the window (ms). */
   ttl: number;
+  /**
+   * Request windows only: once the window refuses a request, the tracker stays refused for this long
+   * (ms), as `@nestjs/throttler`'s `blockDuration`. Unset: refused until the window ends.
+   * @default undefined (the rest of the window)
+   */
+  blockDuration?: number;
+}
+
+/** What a 429 is about, for `limits.errorMessage` (`@nestjs/throttler`'s detail plus the window's name). */
+export interface RequestLimitDetail extends ThrottlerLimitDetail {
+  /** The window that refused, as configured (`minute`, or `default` for `@Throttle({ default })`). */
+  name: string;
 }
 
 /** Limits of one user (a tier). */
@@ -209,6 +223,39 @@ export interface LimitsOptions extends TierLimits {
    * @default undefined
    */
   getTracker?: (req: any) => string | undefined | Promise<string | undefined>;
+  /**
+   * Whose counter a window overridden by `@Throttle()` counts in. `route`: its own counter per route
+   * and user, as in `@nestjs/throttler`. `user`: the user's counter of that window, shared by every
+   * route that overrides it (a different `ttl` gets its own shared counter per length), so one
+   * per-user budget holds across routes.
+   * @default 'route'
+   */
+  overrideScope?: 'route' | 'user';
+  /**
+   * Requests for which the guard counts and checks nothing, as `ThrottlerModule`'s `skipIf`.
+   * @default undefined
+   * @example skipIf: (ctx) => ctx.switchToHttp().getRequest().user?.role === 'admin'
+   */
+  skipIf?: (context: ExecutionContext) => boolean | Promise<boolean>;
+  /**
+   * `User-Agent`s the guard neither counts nor checks (e.g. health checkers), as `ThrottlerModule`'s.
+   * @default []
+   * @example ignoreUserAgents: [/kube-probe/i]
+   */
+  ignoreUserAgents?: RegExp[];
+  /**
+   * The `message` of the 429 body (its `error` code stays `rate_limit_exceeded`), as `ThrottlerModule`'s
+   * `errorMessage`: a string, or a function of the context and the refusing window.
+   * @default 'Request limit "<window>" (<limit> requests per window) exceeded; retry in <s> s'
+   */
+  errorMessage?:
+    string | ((context: ExecutionContext, detail: RequestLimitDetail) => string | Promise<string>);
+  /**
+   * `false`: no `x-ratelimit-*` headers and no `retry-after` header on a 429 (the body still carries
+   * `retry_after`), as `ThrottlerModule`'s `setHeaders`.
+   * @default true
+   */
+  setHeaders?: boolean;
 }
 
 /** Where shared state (limits, budgets, usage, caches) lives. */
@@ -327,6 +374,14 @@ export interface ModerationOptions extends ModerationCheckOptions {
   safeMessage?: string;
   /** Streams with output moderation are checked each time this many characters have accumulated, and at the end. @default 400 */
   streamCheckIntervalChars?: number;
+  /**
+   * How output is moderated: `endpoint` (the moderations endpoint, one more round trip) or `in-request`
+   * (`moderation: { model }` in the chat or Responses request, the verdict comes with the reply; the
+   * endpoint is the fallback when that result is missing or an error). Per call or route: `via` in
+   * `moderateOutput` / `@Moderate({ output })`.
+   * @default 'endpoint'
+   */
+  via?: 'endpoint' | 'in-request';
 }
 
 /** Caps on what a chat request may send, checked before anything reaches OpenAI (OWASP LLM10). */
@@ -419,7 +474,11 @@ export interface ResolvedOpenAIOptions {
   retry: Required<RetryOptions>;
   logging: Required<LoggingOptions>;
   identity: Required<Omit<IdentityOptions, 'resolve'>> & Pick<IdentityOptions, 'resolve'>;
-  limits: Required<Pick<LimitsOptions, 'requests' | 'tokens'>> & Pick<LimitsOptions, 'tiers' | 'getTracker'>;
+  limits: Required<Pick<LimitsOptions, 'requests' | 'tokens'>> &
+    Pick<
+      LimitsOptions,
+      'tiers' | 'getTracker' | 'overrideScope' | 'skipIf' | 'ignoreUserAgents' | 'errorMessage' | 'setHeaders'
+    >;
   storage: Required<Pick<StorageOptions, 'type' | 'onFailure' | 'instances' | 'connectTimeoutMs'>> &
     Pick<StorageOptions, 'memory' | 'redis'>;
   pricing: Required<PricingOptions>;
@@ -428,8 +487,8 @@ export interface ResolvedOpenAIOptions {
     Pick<BudgetOptions, 'onAlert' | 'userLimits'>;
   metrics: Required<Pick<MetricsOptions, 'enabled' | 'prefix' | 'latencyBuckets'>> &
     Pick<MetricsOptions, 'registry'>;
-  moderation: Required<Omit<ModerationOptions, 'categories' | 'fields'>> &
-    Pick<ModerationOptions, 'categories' | 'fields'>;
+  moderation: Required<Omit<ModerationOptions, 'categories' | 'fields' | 'via'>> &
+    Pick<ModerationOptions, 'categories' | 'fields'> & { via: 'endpoint' | 'in-request' };
   input: Required<InputLimitsOptions>;
   cache: Required<CacheOptions>;
 }

@@ -7,6 +7,7 @@ import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import { CallPipeline } from '../call/call-pipeline.js';
 import type { OpenAIStore } from '../storage/openai-store.interface.js';
 import { ModerationUnavailableException } from './moderation.exceptions.js';
+import { validateModerationReply } from './moderation-reply.schema.js';
 
 /** Verdict of one moderation check over one or more texts. */
 export interface ModerationVerdict {
@@ -51,15 +52,7 @@ export class ModerationService {
     direction: 'input' | 'output',
     overrides: ModerationCheckOptions = {},
   ): Promise<ModerationVerdict> {
-    // Unset overrides (the pipe passes `{ onError: undefined, ... }` for a route without them) keep the module's values.
-    const set = Object.fromEntries(
-      Object.entries(overrides).filter(([, v]) => v !== undefined),
-    ) as ModerationCheckOptions;
-    const opts = {
-      ...this.options.moderation,
-      ...set,
-      thresholds: { ...this.options.moderation.thresholds, ...set.thresholds },
-    };
+    const opts = this.merged(overrides);
     const unique = [...new Set(texts.filter((t) => t.trim() !== ''))];
     if (unique.length === 0) return { flagged: false, categories: [] };
     const ttl = this.options.moderation.cacheTtlMs;
@@ -105,6 +98,58 @@ export class ModerationService {
       }
       throw new ModerationUnavailableException(err);
     }
+    return this.judge(results, opts, direction);
+  }
+
+  /**
+   * The verdict of moderation results returned inside a chat or Responses reply (`moderation.output`,
+   * asked for with `moderation: { model }` in the request): the same categories, thresholds and metrics
+   * as `check()`, with no extra round trip. `undefined` when the reply carries no usable result (absent,
+   * an `error` object, or not one well-formed result per input): then check with `check()` instead.
+   */
+  verdictOf(
+    inRequest: unknown,
+    direction: 'input' | 'output',
+    overrides: ModerationCheckOptions = {},
+  ): ModerationVerdict | undefined {
+    // Chat carries `{ type: 'moderation_results', results: [...] }`; Responses one `moderation_result`.
+    const reply =
+      (inRequest as { type?: unknown } | null)?.type === 'moderation_result'
+        ? { results: [inRequest] }
+        : inRequest;
+    const checked = validateModerationReply(
+      reply,
+      (reply as { results?: unknown[] } | null)?.results?.length ?? 1,
+    );
+    if (!checked.ok || checked.results.length === 0) return undefined;
+    const opts = this.merged(overrides);
+    const results = checked.results.map((x) => ({
+      c: { ...x.categories } as Record<string, boolean>,
+      s: { ...x.category_scores } as Record<string, number>,
+    }));
+    const required = [...(opts.categories ?? []), ...Object.keys(opts.thresholds)];
+    if (required.some((c) => results.some((f) => f.c[c] === undefined || f.s[c] === undefined)))
+      return undefined;
+    return this.judge(results, opts, direction);
+  }
+
+  private merged(overrides: ModerationCheckOptions) {
+    // Unset overrides (the pipe passes `{ onError: undefined, ... }` for a route without them) keep the module's values.
+    const set = Object.fromEntries(
+      Object.entries(overrides).filter(([, v]) => v !== undefined),
+    ) as ModerationCheckOptions;
+    return {
+      ...this.options.moderation,
+      ...set,
+      thresholds: { ...this.options.moderation.thresholds, ...set.thresholds },
+    };
+  }
+
+  private judge(
+    results: readonly CachedResult[],
+    opts: ReturnType<ModerationService['merged']>,
+    direction: 'input' | 'output',
+  ): ModerationVerdict {
     const flagged = new Set<string>();
     const only = opts.categories ? new Set(opts.categories) : undefined;
     for (const r of results) {

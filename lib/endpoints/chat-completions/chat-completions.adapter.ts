@@ -78,6 +78,7 @@ export const chatCompletionsStreamAdapter: StreamAdapter<ChatCompletionChunk> = 
     if (choice?.delta?.content) p.text += choice.delta.content;
     if (choice?.finish_reason) p.finishReason = choice.finish_reason;
     if (chunk.usage) p.usage = normalizeChatUsage(chunk.usage);
+    if (chunk.moderation?.output) p.moderation = chunk.moderation.output;
   },
   isComplete: (_p, response) => sseCompleted(response) !== false,
 };

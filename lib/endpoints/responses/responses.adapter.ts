@@ -107,6 +107,7 @@ export const responsesStreamAdapter: StreamAdapter<ResponseStreamEvent> = {
       case 'response.completed':
         p.completed = true;
         p.finishReason = 'completed';
+        if (e.response.moderation?.output) p.moderation = e.response.moderation.output;
         if (e.response.usage) p.usage = normalizeResponseUsage(e.response.usage);
         break;
       case 'response.incomplete':
