@@ -122,56 +122,7 @@ export class BudgetService implements OpenAICallHook {
       }
       maxCost = Math.max(maxCost, c);
     }
-    const reserved = toMicro(maxCost);
-    // The user's and the project's budgets are reserved at once; a refusal gives back the other hold.
-    const outcomes = await Promise.allSettled(
-      subjects.map(async (subject) => ({
-        subject,
-        result: await this.store.consume(subject.key, subject.windows, reserved),
-      })),
-    );
-    const held = outcomes.flatMap((o) =>
-      o.status === 'fulfilled' && o.value.result.allowed ? [o.value] : [],
-    );
-    const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-    const refused = outcomes.find((o) => o.status === 'fulfilled' && !o.value.result.allowed);
-    if (failed || refused) {
-      await this.adjustAll(held, -reserved);
-      if (failed) {
-        if (failed.reason instanceof StoreDegradedError) throw new StorageUnavailableException(failed.reason);
-        throw failed.reason;
-      }
-      const { subject, result } = (
-        refused as PromiseFulfilledResult<{ subject: Subject_; result: ConsumeResult }>
-      ).value;
-      const w = result.blockedBy!;
-      const period = w.name as 'day' | 'month';
-      this.metrics.budgetRejected(subject.scope, period);
-      const windowMs = subject.windows.find((x) => x.name === w.name)!.windowMs;
-      const ex = new BudgetExceededException(
-        subject.scope,
-        period,
-        w.limit / MICRO,
-        new Date(w.start + windowMs),
-      );
-      RequestContextStore.setHeader('retry-after', ex.headers['retry-after']);
-      throw ex;
-    }
-    let done = false;
-    return {
-      settle: async (s: SettledCall) => {
-        if (done) return;
-        done = true;
-        const actual = (s.costUsd !== undefined ? s.costUsd : this.pricing.cost(s.model, s.usage)) ?? maxCost;
-        await this.adjustAll(held, toMicro(actual) - reserved);
-        this.track(this.checkAlerts(held));
-      },
-      release: async () => {
-        if (done) return;
-        done = true;
-        await this.adjustAll(held, -reserved);
-      },
-    };
+    return this.hold(subjects, maxCost);
   }
 
   /** Budget state of `user` (or of the project when `user` is null), per period that has a limit. */
@@ -248,5 +199,78 @@ export class BudgetService implements OpenAICallHook {
         }
       }
     }
+  }
+
+  /**
+   * Reserves `maxCostUsd` against the budgets of `user` (when given) and of the project, as `reserve` does
+   * for one call, for work priced outside the call pipeline (a Batch API batch: the sum of its requests'
+   * highest costs at the batch price). `null`: `model` has no price, refused while a budget applies and
+   * `budgets.unpricedModels` is `reject`, else reserved at $0. Settle with the real cost (`costUsd`).
+   * @throws BudgetExceededException (429), UnpricedModelException, StorageUnavailableException (503).
+   */
+  async reserveCost(
+    user: string | undefined,
+    maxCostUsd: number | null,
+    model: string,
+  ): Promise<CallReservation | void> {
+    const subjects = await this.subjects(user, new Date());
+    if (subjects.length === 0) return;
+    if (maxCostUsd === null && this.options.budgets.unpricedModels === 'reject')
+      throw new UnpricedModelException(model);
+    return this.hold(subjects, maxCostUsd ?? 0);
+  }
+
+  /** Reserves `maxCost` (USD) on every subject at once; a refusal gives back the other holds. */
+  private async hold(subjects: Subject_[], maxCost: number): Promise<CallReservation> {
+    const reserved = toMicro(maxCost);
+    // The user's and the project's budgets are reserved at once; a refusal gives back the other hold.
+    const outcomes = await Promise.allSettled(
+      subjects.map(async (subject) => ({
+        subject,
+        result: await this.store.consume(subject.key, subject.windows, reserved),
+      })),
+    );
+    const held = outcomes.flatMap((o) =>
+      o.status === 'fulfilled' && o.value.result.allowed ? [o.value] : [],
+    );
+    const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    const refused = outcomes.find((o) => o.status === 'fulfilled' && !o.value.result.allowed);
+    if (failed || refused) {
+      await this.adjustAll(held, -reserved);
+      if (failed) {
+        if (failed.reason instanceof StoreDegradedError) throw new StorageUnavailableException(failed.reason);
+        throw failed.reason;
+      }
+      const { subject, result } = (
+        refused as PromiseFulfilledResult<{ subject: Subject_; result: ConsumeResult }>
+      ).value;
+      const w = result.blockedBy!;
+      const period = w.name as 'day' | 'month';
+      this.metrics.budgetRejected(subject.scope, period);
+      const windowMs = subject.windows.find((x) => x.name === w.name)!.windowMs;
+      const ex = new BudgetExceededException(
+        subject.scope,
+        period,
+        w.limit / MICRO,
+        new Date(w.start + windowMs),
+      );
+      RequestContextStore.setHeader('retry-after', ex.headers['retry-after']);
+      throw ex;
+    }
+    let done = false;
+    return {
+      settle: async (s: SettledCall) => {
+        if (done) return;
+        done = true;
+        const actual = (s.costUsd !== undefined ? s.costUsd : this.pricing.cost(s.model, s.usage)) ?? maxCost;
+        await this.adjustAll(held, toMicro(actual) - reserved);
+        this.track(this.checkAlerts(held));
+      },
+      release: async () => {
+        if (done) return;
+        done = true;
+        await this.adjustAll(held, -reserved);
+      },
+    };
   }
 }

@@ -6,7 +6,15 @@ export interface ModelPrice {
   cachedInput?: number;
   /** Output (completion, reasoning included) tokens, USD per 1M. */
   output: number;
+  /**
+   * Batch API prices (USD per 1M) of this model, for an entry of `pricing.models`. An override without
+   * `batch` has no batch price: batch requests to it are priced `null` (unpriced), never at a guess.
+   */
+  batch?: BatchPrice;
 }
+
+/** Batch API prices of one model in USD per 1M tokens (the fields of {@link ModelPrice}). */
+export type BatchPrice = Omit<ModelPrice, 'batch'>;
 
 /** When and where the shipped prices were taken. Override or extend them with `pricing.models`. */
 export const DEFAULT_PRICES_SOURCE = { asOf: '2025-08-07', url: 'https://openai.com/api/pricing' } as const;
@@ -37,3 +45,31 @@ export const DEFAULT_PRICES: Readonly<Record<string, ModelPrice>> = Object.freez
   'omni-moderation-latest': { input: 0, output: 0 },
   'omni-moderation-2024-09-26': { input: 0, output: 0 },
 });
+
+/**
+ * When and where the Batch API prices were taken: the Batch API bills input and output at 50% of the
+ * standard price (https://platform.openai.com/docs/guides/batch, "50% cost discount compared to
+ * synchronous APIs"; the Batch column of https://openai.com/api/pricing), checked on the same date as the
+ * standard table. Every model of {@link DEFAULT_PRICES} offers the Batch API on that date.
+ */
+export const DEFAULT_BATCH_PRICES_SOURCE = {
+  asOf: '2025-08-07',
+  url: 'https://platform.openai.com/docs/guides/batch',
+  discount: 0.5,
+} as const;
+
+const half = (p: ModelPrice): BatchPrice => ({
+  input: p.input * DEFAULT_BATCH_PRICES_SOURCE.discount,
+  ...(p.cachedInput !== undefined
+    ? { cachedInput: p.cachedInput * DEFAULT_BATCH_PRICES_SOURCE.discount }
+    : {}),
+  output: p.output * DEFAULT_BATCH_PRICES_SOURCE.discount,
+});
+
+/**
+ * Batch API prices (USD per 1M tokens): 50% of {@link DEFAULT_PRICES} for every model that offers the Batch
+ * API (see {@link DEFAULT_BATCH_PRICES_SOURCE}). Looked up like the standard table (snapshot, then base name).
+ */
+export const DEFAULT_BATCH_PRICES: Readonly<Record<string, BatchPrice>> = Object.freeze(
+  Object.fromEntries(Object.entries(DEFAULT_PRICES).map(([model, p]) => [model, Object.freeze(half(p))])),
+);

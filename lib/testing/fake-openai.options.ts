@@ -179,6 +179,23 @@ export interface FakeOpenAIServerOptions {
    * fake turns it on).
    */
   controlApi?: boolean;
+  /**
+   * Batch API: the `GET /v1/batches/:id` poll on which a batch ends (as {@link batchOutcome}); earlier polls see it
+   * `in_progress`. `Infinity`: it ends only when the test says so (`server.batches.complete(id)`, `.fail(id)`,
+   * `.expire(id)`). Default `1`.
+   */
+  batchCompletesAfterPolls?: number;
+  /**
+   * Batch API: how a batch ends on that poll. `completed` runs every line through the chat completions or responses
+   * route (output file shuffled, failed lines in the error file); `failed` has no files and its reason in `errors`;
+   * `expired` puts every line in the error file with code `batch_expired`. Default `'completed'`.
+   */
+  batchOutcome?: 'completed' | 'failed' | 'expired';
+  /**
+   * Batch API: lines (by `custom_id`, or a predicate) that fail with a `500 server_error` response in the error file
+   * when their batch completes. Default: none.
+   */
+  batchFailedLines?: string[] | ((customId: string, body: Record<string, unknown>) => boolean);
 }
 
 /**

@@ -10,7 +10,9 @@ import { isRecord } from '../utils/is-record.js';
 import type { FakeOpenAIServerOptions, FaultRule, RecordedRequest } from './fake-openai.options.js';
 import { estimateRequestTokens, RateLimitWindow } from './fake-openai.rate-limits.js';
 import { chatCompletionsRoute } from './routes/chat-completions.route.js';
+import { batchesRoute, FakeBatches } from './routes/batches.route.js';
 import { controlRoute } from './routes/control.route.js';
+import { FakeFiles, filesRoute } from './routes/files.route.js';
 import { embeddingsRoute } from './routes/embeddings.route.js';
 import { listModelsRoute, retrieveModelRoute } from './routes/models.route.js';
 import { moderationsRoute } from './routes/moderations.route.js';
@@ -160,6 +162,10 @@ export class FakeOpenAIServer {
   readonly port: number;
   /** Every request received, in arrival order, including faulted, dropped and hung ones. Cleared by {@link reset}. */
   readonly requests: RecordedRequest[] = [];
+  /** Files uploaded (`POST /v1/files`) and written by batches. */
+  readonly files = new FakeFiles();
+  /** Batches (`/v1/batches`): drive them with `complete(id)`, `fail(id)`, `expire(id)`. */
+  readonly batches: FakeBatches;
 
   private readonly server: Server;
   private readonly options: FakeOpenAIServerOptions;
@@ -174,6 +180,7 @@ export class FakeOpenAIServer {
   private constructor(server: Server, options: FakeOpenAIServerOptions, host: string) {
     this.server = server;
     this.options = options;
+    this.batches = new FakeBatches(options, this.files);
     this.apiKeys = options.apiKeys ? new Set(options.apiKeys) : undefined;
     this.rateLimits = new RateLimitWindow(options.rateLimits);
     this.port = (server.address() as AddressInfo).port;
@@ -331,7 +338,9 @@ export class FakeOpenAIServer {
 
     let body: unknown;
     let jsonError = false;
-    if (text.length > 0) {
+    // A multipart upload (`POST /v1/files`) is kept as text for its route.
+    if (text.length > 0 && /^multipart\/form-data/i.test(req.headers['content-type'] ?? '')) body = text;
+    else if (text.length > 0) {
       try {
         body = JSON.parse(text);
       } catch {
@@ -475,6 +484,10 @@ export class FakeOpenAIServer {
     if (method === 'POST' && path === '/v1/responses') return responsesRoute(route, body);
     if (method === 'POST' && path === '/v1/moderations') return moderationsRoute(route, body);
     if (method === 'POST' && path === '/v1/embeddings') return embeddingsRoute(route, body);
+    if (path === '/v1/files' || path.startsWith('/v1/files/'))
+      return filesRoute(route, this.files, method, path);
+    if (path === '/v1/batches' || path.startsWith('/v1/batches/'))
+      return batchesRoute(route, this.batches, method, path, body);
     if (method === 'GET' && path === '/v1/models') return listModelsRoute(route);
     if (method === 'GET' && path.startsWith('/v1/models/')) {
       return retrieveModelRoute(route, decodeURIComponent(path.slice('/v1/models/'.length)));
