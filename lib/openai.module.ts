@@ -121,15 +121,17 @@ const providers: Provider[] = [
   UsageHook,
   CallPipeline,
   ...exported,
-  // Order matters: token limits, then budgets, then the usage ledger (which only settles).
+  // Order matters: the hooks that can refuse (token limits, budgets), the user's own, then the usage
+  // ledger (which only settles).
   {
     provide: OPENAI_CALL_HOOKS,
-    inject: [TokenLimitHook, BudgetService, UsageHook],
-    useFactory: (tokens: TokenLimitHook, budgets: BudgetService, usage: UsageHook) => [
-      tokens,
-      budgets,
-      usage,
-    ],
+    inject: [TokenLimitHook, BudgetService, UsageHook, OPENAI_RESOLVED_OPTIONS],
+    useFactory: (
+      tokens: TokenLimitHook,
+      budgets: BudgetService,
+      usage: UsageHook,
+      options: ResolvedOpenAIOptions,
+    ) => [tokens, budgets, ...options.hooks, usage],
   },
   { provide: APP_INTERCEPTOR, useClass: RequestContextInterceptor },
 ];

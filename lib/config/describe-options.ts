@@ -6,6 +6,7 @@ export function describeOptions(o: ResolvedOpenAIOptions): Record<string, unknow
   return {
     ...o,
     apiKey: typeof o.apiKey === 'function' ? 'provider()' : fingerprintKey(o.apiKey),
+    hooks: `${o.hooks.length} custom`,
     baseURL: o.baseURL?.replace(/\/\/[^@/]*@/, '//***@'),
     defaultHeaders: Object.fromEntries(Object.keys(o.defaultHeaders).map((k) => [k, '***'])),
     identity: { ...o.identity, salt: o.identity.salt ? '***' : '' },

@@ -83,6 +83,7 @@ export function resolveOpenAIOptions(
       : undefined) as Partial<ResolvedOpenAIOptions>,
   );
   merged.environment = environment;
+  merged.hooks ??= [];
   if (merged.maxTokens.default === undefined) merged.maxTokens.default = merged.maxTokens.cap;
 
   validate(merged, problems);
@@ -431,6 +432,13 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     );
   if (!isPositiveInt(o.cache.maxEntryBytes))
     add('cache.maxEntryBytes', 'must be a positive integer (bytes)', 'set a value such as 262144');
+  if (!Array.isArray(o.hooks))
+    add('hooks', 'must be an array of call hooks', 'set [] or a list of { reserve(call) }');
+  else
+    o.hooks.forEach((h, i) => {
+      if (typeof (h as { reserve?: unknown })?.reserve !== 'function')
+        add(`hooks[${i}]`, 'must have a reserve(call) method', 'implement OpenAICallHook');
+    });
   if (!['safety_identifier', 'user', 'none'].includes(o.identity.field))
     add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
   if (o.identity.resolve !== undefined && typeof o.identity.resolve !== 'function')

@@ -1,6 +1,6 @@
 import type { Registry } from 'prom-client';
 import type { BudgetAlertEvent } from '../budget/budget-alert.event.js';
-import type { ModerationCheckOptions } from '../call/upstream-call.js';
+import type { ModerationCheckOptions, OpenAICallHook } from '../call/upstream-call.js';
 import type { ModelPrice } from '../pricing/default-prices.js';
 import type { MemoryStoreOptions } from '../storage/memory.store.js';
 import type { StorageFailurePolicy } from '../storage/openai-store.interface.js';
@@ -452,6 +452,15 @@ export interface OpenAIModuleOptions extends OpenAIProfileOptions {
   environment?: string;
   /** Per-environment overrides, deep-merged over the base options. @default {} */
   profiles?: Record<string, OpenAIProfileOptions>;
+  /**
+   * Your own call hooks (see `OpenAICallHook`), run on every metered call after the built-in ones that
+   * can refuse it (token limits, budgets) and before the usage ledger: the built-in hooks stay. A hook
+   * may refuse a call by throwing an `HttpException` from `reserve` (its siblings' holds are released).
+   * With `forRootAsync`, build them in `useFactory` from injected services.
+   * @default []
+   * @example hooks: [{ reserve: (call) => ({ settle: (s) => audit.record(call.user, s.costUsd), release: () => {} }) }]
+   */
+  hooks?: OpenAICallHook[];
 }
 
 /** Extra options of `forRoot()` / `forRootAsync()` that shape the module, not the calls. */
@@ -463,6 +472,7 @@ export interface OpenAIModuleExtras {
 /** Options after profile merge, defaults and validation: every field set. */
 export interface ResolvedOpenAIOptions {
   environment: string;
+  hooks: OpenAICallHook[];
   apiKey: string | ApiKeyProvider;
   organization?: string;
   project?: string;
