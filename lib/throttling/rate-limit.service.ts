@@ -25,8 +25,14 @@ export function tightestWindow(windows: readonly WindowState[]): WindowState | u
   return best;
 }
 
-const toLimits = (windows: readonly ThrottleWindow[]): WindowLimit[] =>
-  windows.map((w) => ({ name: w.name, limit: w.limit, windowMs: w.ttl }));
+/** `withBlock`: a request window's `blockDuration` goes to the store as `blockMs`. */
+const toLimits = (windows: readonly ThrottleWindow[], withBlock = false): WindowLimit[] =>
+  windows.map((w) => ({
+    name: w.name,
+    limit: w.limit,
+    windowMs: w.ttl,
+    ...(withBlock && w.blockDuration !== undefined ? { blockMs: w.blockDuration } : {}),
+  }));
 
 /**
  * Per-user request and token limits over the shared store: one atomic round trip per check.
@@ -48,11 +54,13 @@ export class RateLimitService {
   }
 
   /**
-   * Counts one request against `windows` for `tracker` (all windows or none).
+   * Counts one request against `windows` for `tracker` (all windows or none). The windows slide: at most
+   * `limit` requests in any `ttl`; a window with `blockDuration` keeps the tracker refused that long
+   * once it refuses.
    * @throws StorageUnavailableException (503) when the store is down and the policy is `fail-closed`.
    */
   hitRequest(tracker: string, windows: readonly ThrottleWindow[]): Promise<ConsumeResult> {
-    return this.consume(trackerKey(tracker, 'rl:req'), toLimits(windows), 1);
+    return this.consume(trackerKey(tracker, 'rl:req'), toLimits(windows, true), 1);
   }
 
   /**
@@ -63,7 +71,10 @@ export class RateLimitService {
     return this.consume(subjectKey(user, 'rl:tok'), toLimits(windows), tokens);
   }
 
-  /** Corrects a token reservation by `delta` tokens (negative: give back) in the windows it was taken from. */
+  /**
+   * Corrects a token reservation by `delta` tokens (negative: give back) in the windows it was taken
+   * from: in the log entry it was counted in, while that entry is still counted (see `OpenAIStore.adjust`).
+   */
   async adjustTokens(user: string, result: ConsumeResult, delta: number): Promise<void> {
     if (delta === 0) return;
     await this.store.adjust(

@@ -6,6 +6,8 @@ import { PLATFORMS, auth, startSampleApp, userMessage, type SampleAppHandle } fr
 import {
   DoubleGuardedController,
   LimitedController,
+  OverrideController,
+  SkipBurstController,
   requestsUsed,
   startThrottlingApp,
   uniqueSampleUsers,
@@ -34,13 +36,18 @@ describe.each(PLATFORMS)('rate-limit headers and route overrides on %s', (platfo
   describe('two windows (5 a minute, 3 per 10 s), a paid tier', () => {
     let h: FixtureHandle;
     beforeAll(async () => {
-      h = await startThrottlingApp(platform, fake.baseURL, {
-        // the longer window first: the headers must report the tightest, not the first
-        limits: {
-          requests: [MINUTE, BURST],
-          tiers: (user) => (user === 'carol' ? { requests: [PAID] } : undefined),
+      h = await startThrottlingApp(
+        platform,
+        fake.baseURL,
+        {
+          // the longer window first: the headers must report the tightest, not the first
+          limits: {
+            requests: [MINUTE, BURST],
+            tiers: (user) => (user === 'carol' ? { requests: [PAID] } : undefined),
+          },
         },
-      });
+        { controllers: [LimitedController, OverrideController, SkipBurstController] },
+      );
     });
     afterAll(async () => {
       await h.close();
@@ -136,9 +143,12 @@ describe.each(PLATFORMS)('rate-limit headers and route overrides on %s', (platfo
   describe('an override with a shorter window', () => {
     let h: FixtureHandle;
     beforeAll(async () => {
-      h = await startThrottlingApp(platform, fake.baseURL, {
-        limits: { requests: [{ name: 'minute', limit: 3, ttl: 60_000 }] },
-      });
+      h = await startThrottlingApp(
+        platform,
+        fake.baseURL,
+        { limits: { requests: [{ name: 'minute', limit: 3, ttl: 60_000 }] } },
+        { controllers: [LimitedController, OverrideController] },
+      );
     });
     afterAll(async () => {
       await h.close();

@@ -85,7 +85,12 @@ export class LimitedController {
   publicRoute() {
     return { ok: true };
   }
+}
 
+/** Routes with `@Throttle`/`@SkipThrottle` for a `minute` window (apps with a `minute` window only: the guard checks the names at boot). */
+@Controller()
+@UseGuards(OpenAIThrottlerGuard)
+export class OverrideController {
   @Throttle({ minute: { limit: 2, ttl: 60_000 } })
   @Get('strict')
   strict() {
@@ -103,7 +108,12 @@ export class LimitedController {
   free() {
     return { ok: true };
   }
+}
 
+/** `@SkipThrottle({ burst: true })`, for apps with a `burst` window. */
+@Controller()
+@UseGuards(OpenAIThrottlerGuard)
+export class SkipBurstController {
   @SkipThrottle({ burst: true })
   @Get('no-burst')
   noBurst() {
