@@ -58,6 +58,20 @@ if (typeof json.openai_request_id !== 'string' || !json.openai_request_id.starts
 }
 console.log(`POST /chat -> 200 ${text}`);
 
+// The Responses API through the same pipeline, from the packed tarball.
+const rres = await fetch(`http://127.0.0.1:${port}/responses`, {
+  method: 'POST',
+  headers: { 'content-type': 'application/json' },
+  body: JSON.stringify({ input: 'Say hello' }),
+  signal: AbortSignal.timeout(10_000),
+});
+const rtext = await rres.text();
+if (rres.status !== 200) fail(`POST /responses answered ${rres.status}, expected 200: ${rtext}`);
+const rjson = JSON.parse(rtext);
+if (rjson.output_text !== 'Echo: Say hello' || !(rjson.input_tokens > 0))
+  fail(`POST /responses answered ${rtext}, expected output_text "Echo: Say hello" and input tokens`);
+console.log(`POST /responses -> 200 ${rtext}`);
+
 // The app runs in its own directory (run.sh starts it there): resolve the dashboard as a user's tooling would.
 const appDir = realpathSync(`/proc/${pid}/cwd`);
 let dashboardFile;

@@ -17,4 +17,17 @@ export class ChatController {
     const r = await this.openai.chat({ messages: body.messages });
     return { content: r.content, openai_request_id: r.openaiRequestId };
   }
+
+  @Post('responses')
+  @HttpCode(200)
+  async responses(
+    @Body() body: { input: string },
+  ): Promise<{ output_text: string; input_tokens: number; openai_request_id: string | undefined }> {
+    const r = await this.openai.createResponse({ input: body.input });
+    return {
+      output_text: r.outputText,
+      input_tokens: r.usage.prompt_tokens,
+      openai_request_id: r.openaiRequestId,
+    };
+  }
 }
