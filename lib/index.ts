@@ -72,3 +72,4 @@ export * from './budget/index.js';
 export * from './metrics/index.js';
 export * from './moderation/index.js';
 export * from './cache/index.js';
+export * from './batch/index.js';

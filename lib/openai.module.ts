@@ -54,6 +54,7 @@ import { CallPipeline } from './call/call-pipeline.js';
 import { ResponsesRequestPipe } from './endpoints/responses/responses-request.pipe.js';
 import { RequestIdentityService } from './identity/request-identity.service.js';
 import { RefusalRecorder } from './call/refusal.recorder.js';
+import { OpenAIBatchService } from './batch/batch.service.js';
 
 /**
  * Connects the store's outage transitions to the metrics, and on shutdown writes pending usage and
@@ -98,6 +99,7 @@ const exported = [
   ChatRequestPipe,
   ResponsesRequestPipe,
   ResponseCacheService,
+  OpenAIBatchService,
 ];
 
 const providers: Provider[] = [

@@ -1,0 +1,2 @@
+export * from './batch.service.js';
+export type * from './batch.types.js';
