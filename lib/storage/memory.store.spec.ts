@@ -96,7 +96,8 @@ describe('MemoryStore', () => {
     expect((await s.consume('t', windows, 2)).allowed).toBe(true);
   });
 
-  it('reports remaining and resetMs; a window restarts after windowMs', async () => {
+  it('reports remaining and resetMs; a window slides: each unit is freed windowMs after it was counted', async () => {
+    // Was: a fixed window that restarted at zero windowMs after its first hit. Now the window slides.
     vi.useFakeTimers({ toFake: ['Date'] });
     vi.setSystemTime(1_000_000);
     const s = make();
@@ -104,12 +105,20 @@ describe('MemoryStore', () => {
     expect(r1.windows[0]).toMatchObject({ used: 1, remaining: 2, start: 1_000_000, resetMs: 60_000 });
     vi.setSystemTime(1_030_000);
     const r2 = await s.consume('u', [minute(3)], 2);
-    expect(r2.windows[0]).toMatchObject({ used: 3, remaining: 0, start: 1_000_000, resetMs: 30_000 });
-    expect((await s.consume('u', [minute(3)], 1)).allowed).toBe(false);
+    // resetMs: until the oldest unit is freed
+    expect(r2.windows[0]).toMatchObject({ used: 3, remaining: 0, start: 1_030_000, resetMs: 30_000 });
+    const refused = await s.consume('u', [minute(3)], 1);
+    expect(refused).toMatchObject({ allowed: false, blockedBy: { used: 3, remaining: 0, resetMs: 30_000 } });
+    // 2 units need both entries freed: at 1_090_000
+    expect((await s.consume('u', [minute(3)], 3)).blockedBy?.resetMs).toBe(60_000);
     vi.setSystemTime(1_060_000);
     const r3 = await s.consume('u', [minute(3)], 1);
-    expect(r3.windows[0]).toMatchObject({ used: 1, start: 1_060_000 });
     expect(r3.allowed).toBe(true);
+    // the unit of 1_000_000 was freed, the two of 1_030_000 are still counted
+    expect(r3.windows[0]).toMatchObject({ used: 3, start: 1_060_000, resetMs: 30_000 });
+    expect((await s.consume('u', [minute(3)], 1)).allowed).toBe(false);
+    vi.setSystemTime(1_090_000);
+    expect((await s.consume('u', [minute(3)], 0)).windows[0]).toMatchObject({ used: 1, remaining: 2 });
   });
 
   it('a fixed window (startAt) resets when the period changes', async () => {

@@ -5,6 +5,7 @@ import type {
   WindowRef,
   WindowState,
 } from './openai-store.interface.js';
+import { SlidingLog, entryId, slotMs } from './sliding-window.js';
 
 /** Options of the in-memory store. */
 export interface MemoryStoreOptions {
@@ -19,6 +20,14 @@ export interface MemoryStoreOptions {
    * @default 30000
    */
   sweepIntervalMs?: number;
+  /**
+   * Most sliding-window log entries kept over all keys (each window keeps at most 1,001, see
+   * `sliding-window.ts`). Past it, least recently used keys are evicted as with `maxKeys`.
+   * @default 1000000
+   */
+  maxLogEntries?: number;
+  /** The clock (epoch ms). For tests that control time; production uses `Date.now`. */
+  now?: () => number;
 }
 
 interface Entry {
@@ -30,20 +39,29 @@ interface Entry {
   c?: number;
   v?: string;
   f?: Record<string, number>;
+  /** sliding window log */
+  l?: SlidingLog;
 }
 
 /**
- * The default store: exact within one process, O(1) per operation, bounded (LRU cap), expired keys
- * removed by one periodic sweep. Not shared between instances: use the Redis store for that.
+ * The default store: exact within one process, O(1) per operation (amortized for sliding windows),
+ * bounded (LRU cap on keys and on sliding-log entries), expired keys removed by one periodic sweep. Not
+ * shared between instances: use the Redis store for that.
  */
 export class MemoryStore implements OpenAIStore {
   readonly kind = 'memory';
   private readonly map = new Map<string, Entry>();
   private readonly maxKeys: number;
+  private readonly maxLogEntries: number;
   private readonly sweeper: NodeJS.Timeout;
+  private readonly now: () => number;
+  /** Sliding-log entries held over all keys. */
+  private logEntries = 0;
 
   constructor(options: MemoryStoreOptions = {}) {
     this.maxKeys = options.maxKeys ?? 200_000;
+    this.maxLogEntries = options.maxLogEntries ?? 1_000_000;
+    this.now = options.now ?? Date.now;
     this.sweeper = setInterval(() => this.sweep(), options.sweepIntervalMs ?? 30_000);
     this.sweeper.unref();
   }
@@ -53,16 +71,26 @@ export class MemoryStore implements OpenAIStore {
     return this.map.size;
   }
 
+  /** Sliding-window log entries held over all keys. */
+  get entries(): number {
+    return this.logEntries;
+  }
+
   /** Deletes every expired key now. */
-  sweep(now = Date.now()): void {
-    for (const [k, e] of this.map) if (e.exp <= now) this.map.delete(k);
+  sweep(now = this.now()): void {
+    for (const [k, e] of this.map) if (e.exp <= now) this.drop(k, e);
+  }
+
+  private drop(key: string, e: Entry): void {
+    this.map.delete(key);
+    if (e.l) this.logEntries -= e.l.length;
   }
 
   private live(key: string, now: number): Entry | undefined {
     const e = this.map.get(key);
     if (!e) return undefined;
     if (e.exp <= now) {
-      this.map.delete(key);
+      this.drop(key, e);
       return undefined;
     }
     // Move to the end: Map order is the LRU order.
@@ -72,27 +100,62 @@ export class MemoryStore implements OpenAIStore {
   }
 
   private put(key: string, e: Entry): void {
+    const old = this.map.get(key);
+    if (old && old !== e) this.drop(key, old);
     this.map.delete(key);
     this.map.set(key, e);
-    if (this.map.size > this.maxKeys) {
-      const oldest = this.map.keys().next().value as string;
-      this.map.delete(oldest);
+    this.trim();
+  }
+
+  /** Evicts least recently used keys while over `maxKeys` or `maxLogEntries` (never the newest key). */
+  private trim(): void {
+    while (this.map.size > 1 && (this.map.size > this.maxKeys || this.logEntries > this.maxLogEntries)) {
+      const [oldest, e] = this.map.entries().next().value as [string, Entry];
+      this.drop(oldest, e);
     }
   }
 
   async consume(key: string, windows: readonly WindowLimit[], cost: number): Promise<ConsumeResult> {
-    const now = Date.now();
+    const now = this.now();
     const states: WindowState[] = [];
+    const logs: Array<SlidingLog | undefined> = [];
     let blockedBy: WindowState | undefined;
     for (const w of windows) {
-      const e = this.live(`${key}:${w.name}`, now);
+      const k = `${key}:${w.name}`;
+      const e = this.live(k, now);
+      if (w.startAt === undefined) {
+        let log = e?.l;
+        if (!log) {
+          log = new SlidingLog();
+          this.put(k, { exp: now, l: log });
+        } else this.logEntries -= log.prune(now - w.windowMs);
+        logs.push(log);
+        const blocked = log.blockedUntil > now;
+        const fits = !blocked && log.total + cost <= w.limit;
+        const oldest = log.oldestStamp;
+        const st: WindowState = {
+          name: w.name,
+          limit: w.limit,
+          used: log.total,
+          remaining: blocked ? 0 : Math.max(0, w.limit - log.total),
+          start: entryId(now, log.lastId, slotMs(w)),
+          resetMs: oldest === undefined ? 0 : Math.max(0, oldest + w.windowMs - now),
+        };
+        if (!fits) {
+          const at = Math.max(blocked ? log.blockedUntil : 0, log.fitsAt(cost, w.limit, w.windowMs));
+          st.resetMs = at === Infinity ? w.windowMs : Math.max(0, at - now);
+          if (!blockedBy) blockedBy = st;
+        }
+        states.push(st);
+        continue;
+      }
+      logs.push(undefined);
       let start = e?.s ?? now;
       let used = e?.c ?? 0;
-      if (!e || (w.startAt !== undefined ? start !== w.startAt : now >= start + w.windowMs)) {
-        start = w.startAt ?? now;
+      if (!e || e.s === undefined || start !== w.startAt) {
+        start = w.startAt;
         used = 0;
       }
-      const fits = used + cost <= w.limit;
       const st: WindowState = {
         name: w.name,
         limit: w.limit,
@@ -101,29 +164,67 @@ export class MemoryStore implements OpenAIStore {
         start,
         resetMs: Math.max(0, start + w.windowMs - now),
       };
-      if (!fits && !blockedBy) blockedBy = st;
+      if (used + cost > w.limit && !blockedBy) blockedBy = st;
       states.push(st);
     }
-    if (blockedBy) return { allowed: false, windows: states, blockedBy };
+    if (blockedBy) {
+      // Nothing is counted; the windows without room start their block.
+      for (let i = 0; i < windows.length; i++) {
+        const w = windows[i];
+        const log = logs[i];
+        const st = states[i];
+        if (!log || !w.blockMs || w.blockMs <= 0) continue;
+        if (log.blockedUntil <= now && log.total + cost <= w.limit) continue;
+        if (log.blockedUntil <= now) log.blockedUntil = now + w.blockMs;
+        st.remaining = 0;
+        st.resetMs = Math.max(st.resetMs, log.blockedUntil - now);
+        this.expire(`${key}:${w.name}`, log, w.windowMs);
+      }
+      for (let i = 0; i < windows.length; i++) {
+        const log = logs[i];
+        if (log && log.length === 0 && log.blockedUntil <= now) this.map.delete(`${key}:${windows[i].name}`);
+      }
+      return { allowed: false, windows: states, blockedBy };
+    }
     for (let i = 0; i < windows.length; i++) {
+      const w = windows[i];
       const st = states[i];
+      const log = logs[i];
       st.used += cost;
       st.remaining = Math.max(0, st.limit - st.used);
-      this.put(`${key}:${windows[i].name}`, { s: st.start, c: st.used, exp: st.start + windows[i].windowMs });
+      if (log) {
+        if (cost > 0) {
+          this.logEntries += log.add(st.start, now, cost);
+          st.resetMs = Math.max(0, log.oldestStamp! + w.windowMs - now);
+        }
+        if (log.length === 0) this.map.delete(`${key}:${w.name}`);
+        else this.expire(`${key}:${w.name}`, log, w.windowMs);
+        continue;
+      }
+      this.put(`${key}:${w.name}`, { s: st.start, c: st.used, exp: st.start + w.windowMs });
     }
+    this.trim();
     return { allowed: true, windows: states };
   }
 
+  /** Keeps a sliding log until its newest entry is freed and its block is over. */
+  private expire(k: string, log: SlidingLog, windowMs: number): void {
+    const e = this.map.get(k);
+    if (e) e.exp = Math.max(log.lastStamp + windowMs, log.blockedUntil);
+  }
+
   async adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void> {
-    const now = Date.now();
+    const now = this.now();
     for (const w of windows) {
       const e = this.live(`${key}:${w.name}`, now);
-      if (e && e.s === w.start) e.c = Math.max(0, (e.c ?? 0) + delta);
+      if (!e) continue;
+      if (e.l) e.l.adjust(w.start, delta);
+      else if (e.s === w.start) e.c = Math.max(0, (e.c ?? 0) + delta);
     }
   }
 
   async incrementFields(key: string, fields: Readonly<Record<string, number>>, ttlMs: number): Promise<void> {
-    const now = Date.now();
+    const now = this.now();
     let e = this.live(key, now);
     if (!e) {
       e = { exp: now + ttlMs, f: Object.create(null) as Record<string, number> };
@@ -134,19 +235,19 @@ export class MemoryStore implements OpenAIStore {
   }
 
   async getFields(key: string): Promise<Record<string, number>> {
-    return { ...(this.live(key, Date.now())?.f ?? {}) };
+    return { ...(this.live(key, this.now())?.f ?? {}) };
   }
 
   async get(key: string): Promise<string | undefined> {
-    return this.live(key, Date.now())?.v;
+    return this.live(key, this.now())?.v;
   }
 
   async set(key: string, value: string, ttlMs: number): Promise<void> {
-    this.put(key, { v: value, exp: Date.now() + ttlMs });
+    this.put(key, { v: value, exp: this.now() + ttlMs });
   }
 
   async setIfAbsent(key: string, value: string, ttlMs: number): Promise<boolean> {
-    if (this.live(key, Date.now())) return false;
+    if (this.live(key, this.now())) return false;
     await this.set(key, value, ttlMs);
     return true;
   }
@@ -156,5 +257,6 @@ export class MemoryStore implements OpenAIStore {
   async close(): Promise<void> {
     clearInterval(this.sweeper);
     this.map.clear();
+    this.logEntries = 0;
   }
 }

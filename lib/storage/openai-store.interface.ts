@@ -1,28 +1,58 @@
-/** One counting window of a limit. */
+/**
+ * One limit of a key: at most `limit` units in any interval of `windowMs`.
+ *
+ * Without `startAt` the window **slides** (request and token limits): a unit counted at time t is freed at
+ * t + `windowMs`, so no interval of that length ever admits more than `limit`, whatever the boundary
+ * (no fixed window that admits `limit` at its end and `limit` again at the start of the next one). Each
+ * store keeps a log of the counted units, grouping those less than `slotMs(window)` apart (1 ms, or
+ * `windowMs / 1000` for windows longer than a second), so a unit is freed up to one slot (0.1% of the
+ * window) late, never early. See `sliding-window.ts` for why this is exact and a token bucket or GCRA
+ * at the same rate is not.
+ *
+ * With `startAt` the window is a fixed calendar period (a budget's UTC day or month): it counts from
+ * `startAt` for `windowMs` and restarts at zero with the next period.
+ */
 export interface WindowLimit {
   /** Name of the window, part of the key and of the message when it blocks (`minute`, `day`, ...). */
   name: string;
-  /** Most units (requests, tokens, nano-USD) the window admits. */
+  /** Most units (requests, tokens, nano-USD) the window admits in any interval of `windowMs`. */
   limit: number;
-  /** Length of the window (ms). A window starts at the first use after the previous one ended. */
+  /** Length of the window (ms). */
   windowMs: number;
   /**
    * Fixed start of the window (epoch ms), for calendar periods (the UTC day or month): when the stored
-   * window started elsewhere, it is reset to this one.
+   * window started elsewhere, it is reset to this one. Such a window does not slide.
    */
   startAt?: number;
+  /**
+   * Sliding windows: once a consume is refused because this window has no room, the key is refused by
+   * this window for `blockMs` from then (`@nestjs/throttler`'s `blockDuration`), even where units would
+   * be freed sooner; a block never shortens the wait the limit itself requires. Unset or 0: a refused
+   * key is admitted again as soon as the units it needs are freed.
+   */
+  blockMs?: number;
 }
 
 /** State of one window after a `consume`. */
 export interface WindowState {
   name: string;
   limit: number;
-  /** Units used in the window, this call's included when it was admitted. */
+  /** Units counted in the window (the last `windowMs`), this call's included when it was admitted. */
   used: number;
+  /** Units that may be consumed now (0 while the key is blocked). */
   remaining: number;
-  /** Start of the window (epoch ms): identifies it for `adjust`. */
+  /**
+   * Identifies what this call counted, for `adjust`: for a sliding window the id of the log entry its
+   * units were counted in (epoch ms), for a calendar window the start of the period.
+   */
   start: number;
-  /** Time until the window ends (ms). */
+  /**
+   * Time (ms) until the window has more room:
+   * - in the window that refused a consume: until that cost fits (and the block, if any, is over) —
+   *   the `retry-after`;
+   * - otherwise: until the oldest counted unit is freed (0 when nothing is counted); for a calendar
+   *   window, until the period ends.
+   */
   resetMs: number;
 }
 
@@ -45,7 +75,7 @@ export interface WindowRef {
 
 /**
  * The one storage interface for state shared between app instances: limits, budgets, usage, caches.
- * Every operation is atomic and costs O(1) (one round trip on Redis). Keys are given without the
+ * Every operation is atomic and costs O(1) (amortized, for sliding windows; one round trip on Redis). Keys are given without the
  * store's prefix. A key that holds a `{hash tag}` (see `subjectKey`) keeps it; any other key is wrapped
  * whole in one, so Redis Cluster keeps one key's windows in one slot.
  */
@@ -53,13 +83,17 @@ export interface OpenAIStore {
   /** `memory`, `redis`, or the name of a custom store. */
   readonly kind: string;
   /**
-   * Adds `cost` to every window of `key` if all of them have room (`used + cost <= limit`); otherwise
-   * adds nothing. Expired windows restart at zero.
+   * Adds `cost` to every window of `key` if all of them have room (`used + cost <= limit`, and none is
+   * blocked); otherwise adds nothing (and starts the `blockMs` of the windows without room). Sliding
+   * windows count the last `windowMs`; calendar windows restart at zero with the next period. A `cost`
+   * of 0 reads the windows without counting.
    */
   consume(key: string, windows: readonly WindowLimit[], cost: number): Promise<ConsumeResult>;
   /**
-   * Adds `delta` (may be negative) to the given windows of `key`, only where the stored window is still
-   * the one referenced (a window that rolled over is left alone). Counts never go below zero.
+   * Adds `delta` (may be negative) to what an earlier `consume` counted in the given windows of `key`:
+   * in a sliding window to the log entry referenced (units still counted; an entry already freed is
+   * left alone), in a calendar window only while it is still the period referenced. Counts never go below
+   * zero. Settles a token reservation to the real usage, or gives it back.
    */
   adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void>;
   /** Adds to numeric fields of a record kept `ttlMs` after its creation. */

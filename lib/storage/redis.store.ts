@@ -17,6 +17,7 @@ import {
   type ClusterHealth,
   type RedisClusterConfig,
 } from './redis-cluster.js';
+import { slotMs } from './sliding-window.js';
 
 /** Options of the Redis store: exactly one of `client`, `url`, `cluster`. */
 export interface RedisStoreOptions {
@@ -56,59 +57,234 @@ export interface RedisStoreOptions {
    * @default 1000
    */
   healthCheckIntervalMs?: number;
+  /**
+   * The clock of the window scripts (epoch ms), for tests that control time. Unset (production): the
+   * scripts read Redis' `TIME`, so instances with skewed clocks agree.
+   */
+  now?: () => number;
 }
 
 type RedisCtor = new (url: string, opts: RedisOptions) => Redis;
 type ClusterCtor = new (nodes: Array<{ host: string; port: number }>, opts: ClusterOptions) => Cluster;
 
-// Window state per key: a hash { s: start (epoch ms), c: count }. Time comes from Redis (TIME), so
-// instances with skewed clocks agree. ARGV: cost, then (limit, windowMs, startAt or -1) per key.
+// Time comes from Redis (TIME), so instances with skewed clocks agree (ARGV[2] >= 0 overrides it, for
+// tests that control time). ARGV: cost, now, then (limit, windowMs, startAt or -1, blockMs, slotMs) per
+// window; KEYS: two per window.
+// - Sliding window (startAt -1; see sliding-window.ts): KEYS `<k>:sw`, a hash { n: units counted,
+//   b: blocked until, <id>: units of entry <id> }, and `<k>:sl`, a list of the entries `<id>:<stamp>`,
+//   oldest first. Freed entries are popped from the head (O(1) amortized); both keys expire one window
+//   after the newest stamp (the hash not before the block ends).
+// - Calendar window (startAt >= 0): KEYS `<k>` twice, a hash { s: start (epoch ms), c: count }.
+// Returns: index of the first window that refused (0: admitted), now, then (start, used, remaining,
+// resetMs) per window.
 const CONSUME = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cost = tonumber(ARGV[1])
-local n = #KEYS
-local starts, useds = {}, {}
-local blocked = 0
+local now = tonumber(ARGV[2])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function fmt(x) return string.format('%.0f', x) end
+local function parse(e)
+  local id, stamp = string.match(e, '^(-?%d+):(-?%d+)$')
+  return id, tonumber(stamp)
+end
+local n = #KEYS / 2
+local starts, useds, rems, resets, room = {}, {}, {}, {}, {}
+local refused = 0
 for i = 1, n do
-  local limit = tonumber(ARGV[i * 3 - 1])
-  local win = tonumber(ARGV[i * 3])
-  local fixed = tonumber(ARGV[i * 3 + 1])
-  local v = redis.call('HMGET', KEYS[i], 's', 'c')
-  local s = tonumber(v[1])
-  local c = tonumber(v[2]) or 0
-  if s == nil or (fixed >= 0 and s ~= fixed) or (fixed < 0 and now >= s + win) then
-    if fixed >= 0 then s = fixed else s = now end
-    c = 0
+  local a = i * 5 - 2
+  local limit = tonumber(ARGV[a])
+  local win = tonumber(ARGV[a + 1])
+  local fixed = tonumber(ARGV[a + 2])
+  local slot = tonumber(ARGV[a + 4])
+  local h, l = KEYS[i * 2 - 1], KEYS[i * 2]
+  if fixed >= 0 then
+    local v = redis.call('HMGET', h, 's', 'c')
+    local s = tonumber(v[1])
+    local c = tonumber(v[2]) or 0
+    if s == nil or s ~= fixed then
+      s = fixed
+      c = 0
+    end
+    starts[i] = s
+    useds[i] = c
+    rems[i] = math.max(0, limit - c)
+    resets[i] = math.max(0, s + win - now)
+    room[i] = c + cost <= limit
+  else
+    local v = redis.call('HMGET', h, 'n', 'b')
+    local total = tonumber(v[1]) or 0
+    local b = tonumber(v[2]) or 0
+    local cut = now - win
+    local len = redis.call('LLEN', l)
+    if len == 0 then
+      if total ~= 0 or redis.call('HLEN', h) > 1 then
+        redis.call('DEL', h)
+        if b > now then
+          redis.call('HSET', h, 'b', fmt(b))
+          redis.call('PEXPIREAT', h, b)
+        end
+      end
+      total = 0
+    else
+      -- free the slots of the head stamped at or before now - windowMs, 64 at a time
+      local pruned = false
+      while len > 0 do
+        local head = redis.call('LRANGE', l, 0, 63)
+        local k = 0
+        local freed = {}
+        for j = 1, #head do
+          local id, stamp = parse(head[j])
+          if stamp > cut then break end
+          k = j
+          freed[j] = id
+        end
+        if k == 0 then break end
+        local units = redis.call('HMGET', h, unpack(freed))
+        for j = 1, k do total = total - (tonumber(units[j]) or 0) end
+        redis.call('HDEL', h, unpack(freed))
+        redis.call('LTRIM', l, k, -1)
+        len = len - k
+        pruned = true
+        if k < #head then break end
+      end
+      if len == 0 or total < 0 then total = 0 end
+      if pruned then redis.call('HSET', h, 'n', fmt(total)) end
+    end
+    local id = now
+    local oldest
+    if len > 0 then
+      local lastId = tonumber((parse(redis.call('LINDEX', l, -1))))
+      if now < lastId + slot then id = lastId end
+      local _, o = parse(redis.call('LINDEX', l, 0))
+      oldest = o
+    end
+    local blocked = b > now
+    starts[i] = id
+    useds[i] = total
+    if blocked then rems[i] = 0 else rems[i] = math.max(0, limit - total) end
+    if oldest then resets[i] = math.max(0, oldest + win - now) else resets[i] = 0 end
+    room[i] = (not blocked) and total + cost <= limit
+    if not room[i] then
+      -- when the cost fits: the oldest slots that must be freed for it, walked 64 at a time
+      local at = -1
+      local need = total + cost - limit
+      if need > 0 then
+        at = now + win
+        local freed, from = 0, 0
+        while from < len do
+          local chunk = redis.call('LRANGE', l, from, from + 63)
+          local ids, stamps = {}, {}
+          for j = 1, #chunk do ids[j], stamps[j] = parse(chunk[j]) end
+          local units = redis.call('HMGET', h, unpack(ids))
+          local found = false
+          for j = 1, #chunk do
+            freed = freed + (tonumber(units[j]) or 0)
+            if freed >= need then
+              at = stamps[j] + win
+              found = true
+              break
+            end
+          end
+          if found then break end
+          from = from + 64
+        end
+      end
+      if blocked and b > at then at = b end
+      resets[i] = math.max(0, at - now)
+    end
   end
-  starts[i] = s
-  useds[i] = c
-  if blocked == 0 and c + cost > limit then blocked = i end
+  if refused == 0 and not room[i] then refused = i end
 end
-if blocked == 0 then
+if refused > 0 then
+  -- nothing is counted; the sliding windows without room start their block
   for i = 1, n do
+    local a = i * 5 - 2
+    local block = tonumber(ARGV[a + 3])
+    if tonumber(ARGV[a + 2]) < 0 and not room[i] and block > 0 then
+      local h, l = KEYS[i * 2 - 1], KEYS[i * 2]
+      local b = tonumber(redis.call('HGET', h, 'b')) or 0
+      if b <= now then
+        b = now + block
+        redis.call('HSET', h, 'b', fmt(b))
+        local last = redis.call('LINDEX', l, -1)
+        if last then
+          local _, stamp = parse(last)
+          redis.call('PEXPIREAT', h, math.max(b, stamp + tonumber(ARGV[a + 1])))
+        else
+          redis.call('PEXPIREAT', h, b)
+        end
+      end
+      rems[i] = 0
+      if b - now > resets[i] then resets[i] = b - now end
+    end
+  end
+else
+  for i = 1, n do
+    local a = i * 5 - 2
+    local win = tonumber(ARGV[a + 1])
+    local h, l = KEYS[i * 2 - 1], KEYS[i * 2]
     useds[i] = useds[i] + cost
-    redis.call('HSET', KEYS[i], 's', string.format('%.0f', starts[i]), 'c', string.format('%.0f', useds[i]))
-    redis.call('PEXPIREAT', KEYS[i], starts[i] + tonumber(ARGV[i * 3]))
+    rems[i] = math.max(0, tonumber(ARGV[a]) - useds[i])
+    if tonumber(ARGV[a + 2]) >= 0 then
+      redis.call('HSET', h, 's', fmt(starts[i]), 'c', fmt(useds[i]))
+      redis.call('PEXPIREAT', h, starts[i] + win)
+    elseif cost > 0 then
+      local f = fmt(starts[i])
+      local last = redis.call('LINDEX', l, -1)
+      local stamp = now
+      if last and tonumber((parse(last))) == starts[i] then
+        local _, ls = parse(last)
+        if ls > stamp then stamp = ls end
+        redis.call('LSET', l, -1, f .. ':' .. fmt(stamp))
+        redis.call('HINCRBY', h, f, cost)
+      else
+        redis.call('RPUSH', l, f .. ':' .. fmt(stamp))
+        redis.call('HSET', h, f, fmt(cost))
+      end
+      redis.call('HSET', h, 'n', fmt(useds[i]))
+      local b = tonumber(redis.call('HGET', h, 'b')) or 0
+      redis.call('PEXPIREAT', l, stamp + win)
+      redis.call('PEXPIREAT', h, math.max(stamp + win, b))
+      local _, o = parse(redis.call('LINDEX', l, 0))
+      resets[i] = math.max(0, o + win - now)
+    end
   end
 end
-local out = { blocked, now }
+local out = { refused, now }
 for i = 1, n do
   out[#out + 1] = starts[i]
   out[#out + 1] = useds[i]
+  out[#out + 1] = rems[i]
+  out[#out + 1] = resets[i]
 end
 return out
 `;
 
-// ARGV: delta, then the referenced window start per key.
+// ARGV: delta, then the referenced start per window; KEYS per window: `<k>` (calendar window) and
+// `<k>:sw` (sliding window: the units of the referenced entry).
 const ADJUST = `
 local delta = tonumber(ARGV[1])
-for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 's', 'c')
-  if v[1] and tonumber(v[1]) == tonumber(ARGV[i + 1]) then
+for i = 1, #KEYS / 2 do
+  local ref = tonumber(ARGV[i + 1])
+  local kf, kh = KEYS[i * 2 - 1], KEYS[i * 2]
+  local v = redis.call('HMGET', kf, 's', 'c')
+  if v[1] and tonumber(v[1]) == ref then
     local c = (tonumber(v[2]) or 0) + delta
     if c < 0 then c = 0 end
-    redis.call('HSET', KEYS[i], 'c', string.format('%.0f', c))
+    redis.call('HSET', kf, 'c', string.format('%.0f', c))
+  else
+    local f = string.format('%.0f', ref)
+    local c = tonumber(redis.call('HGET', kh, f))
+    if c then
+      local nv = c + delta
+      if nv < 0 then nv = 0 end
+      redis.call('HSET', kh, f, string.format('%.0f', nv))
+      local total = (tonumber(redis.call('HGET', kh, 'n')) or 0) + nv - c
+      if total < 0 then total = 0 end
+      redis.call('HSET', kh, 'n', string.format('%.0f', total))
+    end
   end
 end
 return 1
@@ -150,6 +326,7 @@ export class RedisStore implements OpenAIStore {
   private readonly owned: boolean;
   private readonly prefix: string;
   private readonly timeoutMs: number;
+  private readonly now?: () => number;
 
   /**
    * @param RedisCtor ioredis' `Redis`, to open a client from a plain `url` (and to probe cluster nodes).
@@ -194,6 +371,7 @@ export class RedisStore implements OpenAIStore {
     }
     this.prefix = options.keyPrefix ?? 'openai:';
     this.timeoutMs = options.commandTimeoutMs ?? 500;
+    this.now = options.now;
     if ((this.client as Cluster).isCluster) {
       const Probe = RedisCtor;
       this.monitor = new ClusterMonitor(this.client as Cluster, {
@@ -277,42 +455,38 @@ export class RedisStore implements OpenAIStore {
   }
 
   async consume(key: string, windows: readonly WindowLimit[], cost: number): Promise<ConsumeResult> {
-    const args: Array<string | number> = [
-      windows.length,
-      ...windows.map((w) => this.k(key, w.name)),
-      Math.ceil(cost),
-    ];
-    for (const w of windows) args.push(w.limit, w.windowMs, w.startAt ?? -1);
-    const out = await this.run(args[1] as string, () => this.scripted.openaiConsume(...args));
-    const blocked = Number(out[0]);
-    const now = Number(out[1]);
-    const states: WindowState[] = windows.map((w, i) => {
-      const start = Number(out[2 + i * 2]);
-      const used = Number(out[3 + i * 2]);
-      return {
-        name: w.name,
-        limit: w.limit,
-        used,
-        remaining: Math.max(0, w.limit - used),
-        start,
-        resetMs: Math.max(0, start + w.windowMs - now),
-      };
-    });
-    return blocked === 0
+    const keys: string[] = [];
+    const argv: Array<string | number> = [Math.ceil(cost), this.now ? this.now() : -1];
+    for (const w of windows) {
+      const k = this.k(key, w.name);
+      if (w.startAt === undefined) keys.push(`${k}:sw`, `${k}:sl`);
+      else keys.push(k, k);
+      argv.push(w.limit, w.windowMs, w.startAt ?? -1, Math.max(0, Math.ceil(w.blockMs ?? 0)), slotMs(w));
+    }
+    const out = await this.run(keys[0], () => this.scripted.openaiConsume(keys.length, ...keys, ...argv));
+    const refused = Number(out[0]);
+    const states: WindowState[] = windows.map((w, i) => ({
+      name: w.name,
+      limit: w.limit,
+      start: Number(out[2 + i * 4]),
+      used: Number(out[3 + i * 4]),
+      remaining: Number(out[4 + i * 4]),
+      resetMs: Number(out[5 + i * 4]),
+    }));
+    return refused === 0
       ? { allowed: true, windows: states }
-      : { allowed: false, windows: states, blockedBy: states[blocked - 1] };
+      : { allowed: false, windows: states, blockedBy: states[refused - 1] };
   }
 
   async adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void> {
     if (windows.length === 0 || delta === 0) return;
     const d = delta > 0 ? Math.ceil(delta) : -Math.ceil(-delta);
-    await this.run(this.k(key, windows[0].name), () =>
-      this.scripted.openaiAdjust(
-        windows.length,
-        ...windows.map((w) => this.k(key, w.name)),
-        d,
-        ...windows.map((w) => w.start),
-      ),
+    const keys = windows.flatMap((w) => {
+      const k = this.k(key, w.name);
+      return [k, `${k}:sw`];
+    });
+    await this.run(keys[0], () =>
+      this.scripted.openaiAdjust(keys.length, ...keys, d, ...windows.map((w) => w.start)),
     );
   }
 

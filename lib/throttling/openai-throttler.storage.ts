@@ -8,7 +8,7 @@ import { StorageUnavailableException } from './rate-limit.exceptions.js';
 /** Record returned to `@nestjs/throttler`'s guard (its `ThrottlerStorageRecord`). */
 export interface OpenAIThrottlerStorageRecord {
   totalHits: number;
-  /** Seconds until the window ends. */
+  /** Seconds until the window has more room (its oldest hit is freed). */
   timeToExpire: number;
   isBlocked: boolean;
   /** Seconds until a blocked key may try again. */
@@ -19,8 +19,9 @@ export interface OpenAIThrottlerStorageRecord {
  * `@nestjs/throttler` storage over the library's store: bounded memory without a timer per hit, or
  * Redis shared by every instance, one atomic round trip per hit. For apps that keep the plain
  * `ThrottlerGuard` on other routes: `ThrottlerModule.forRootAsync({ inject: [OpenAIThrottlerStorage],
- * useFactory: (storage) => ({ throttlers: [...], storage }) })`. `blockDuration` is not supported: a
- * blocked key is free again when its window ends.
+ * useFactory: (storage) => ({ throttlers: [...], storage }) })`. The window slides (never more than
+ * `limit` hits in any `ttl`) and a refused hit counts for nothing; `blockDuration` (the guard passes the
+ * `ttl` when unset) keeps the key blocked that long from its first refused hit, even beyond the window.
  */
 @Injectable()
 export class OpenAIThrottlerStorage implements ThrottlerStorage {
@@ -30,14 +31,14 @@ export class OpenAIThrottlerStorage implements ThrottlerStorage {
     key: string,
     ttl: number,
     limit: number,
-    _blockDuration: number,
+    blockDuration: number,
     throttlerName: string,
   ): Promise<OpenAIThrottlerStorageRecord> {
     let r: ConsumeResult;
     try {
       r = await this.store.consume(
         `thr:${keyPart(key)}`,
-        [{ name: keyPart(throttlerName), limit, windowMs: ttl }],
+        [{ name: keyPart(throttlerName), limit, windowMs: ttl, blockMs: Math.max(0, blockDuration || 0) }],
         1,
       );
     } catch (err) {
@@ -48,10 +49,11 @@ export class OpenAIThrottlerStorage implements ThrottlerStorage {
     const w = r.windows[0];
     const seconds = Math.ceil(w.resetMs / 1000);
     return {
-      totalHits: r.allowed ? w.used : w.used + 1,
+      // A refused hit is one over the limit (the guard's remaining header is limit - totalHits).
+      totalHits: r.allowed ? w.used : Math.max(w.used, limit) + 1,
       timeToExpire: seconds,
       isBlocked: !r.allowed,
-      timeToBlockExpire: r.allowed ? 0 : seconds,
+      timeToBlockExpire: r.allowed ? 0 : Math.max(1, seconds),
     };
   }
 }
