@@ -346,9 +346,12 @@ export class CallPipeline {
   }
 
   private applyIdentity(body: Record<string, unknown>, user: string | undefined): void {
-    const field = this.options.identity.field;
-    if (!user || field === 'none' || body.safety_identifier != null || body.user != null) return;
-    body[field] = hashUserId(user, this.options.identity.salt);
+    const { field, salt, promptCacheKey } = this.options.identity;
+    if (!user) return;
+    // Opt-in: one prompt cache per end user (OpenAI routes requests with the same key to the same cache).
+    if (promptCacheKey && body.prompt_cache_key == null) body.prompt_cache_key = hashUserId(user, salt);
+    if (field === 'none' || body.safety_identifier != null || body.user != null) return;
+    body[field] = hashUserId(user, salt);
   }
 
   /**

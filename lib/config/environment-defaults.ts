@@ -16,7 +16,7 @@ export const BASE_DEFAULTS = {
   timeouts: { attemptMs: 30_000, deadlineMs: 90_000 },
   retry: { maxRetries: 2, initialDelayMs: 500, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 },
   logging: { prompts: false, config: true, calls: true, redact: [] },
-  identity: { field: 'safety_identifier', salt: '' },
+  identity: { field: 'safety_identifier', salt: '', promptCacheKey: false },
   limits: { requests: [], tokens: [] },
   storage: { type: 'memory', onFailure: 'memory', instances: 1, connectTimeoutMs: 5_000 },
   pricing: { models: {} },

@@ -439,6 +439,8 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
       if (typeof (h as { reserve?: unknown })?.reserve !== 'function')
         add(`hooks[${i}]`, 'must have a reserve(call) method', 'implement OpenAICallHook');
     });
+  if (typeof o.identity.promptCacheKey !== 'boolean')
+    add('identity.promptCacheKey', 'must be true or false', 'set false');
   if (!['safety_identifier', 'user', 'none'].includes(o.identity.field))
     add('identity.field', `must be 'safety_identifier', 'user' or 'none'`, "set 'safety_identifier'");
   if (o.identity.resolve !== undefined && typeof o.identity.resolve !== 'function')

@@ -170,6 +170,13 @@ export interface IdentityOptions {
    */
   salt?: string;
   /**
+   * Also send the hashed user as `prompt_cache_key` (chat and Responses), so OpenAI keeps one prompt
+   * cache per end user: better cache hits for users with long shared prefixes, and no cross-user cache
+   * routing. A request that sets its own key keeps it.
+   * @default false
+   */
+  promptCacheKey?: boolean;
+  /**
    * Reads the end user's ID from the request (Express `req` / Fastify `request`, after your auth guard).
    * Every consumer uses it: request limits, token limits, budgets, usage, logs and `safety_identifier`.
    * Return `undefined` for an anonymous request (limited by client IP).
