@@ -413,3 +413,39 @@ describe('OpenAIBatchService: collect in another process', () => {
     expect(totals.cost_usd).toBeCloseTo(result.costUsd!, 9);
   });
 });
+
+describe("the README's Batch API snippet", () => {
+  it('runs against the fake', async () => {
+    const { NightlySummaries } = await import('./snippets/nightly-summaries.worker.js');
+    const fake = await FakeOpenAIServer.start();
+    const moduleRef = await Test.createTestingModule({
+      imports: [OpenAIModule.forRoot(options(fake.baseURL))],
+      providers: [NightlySummaries],
+    })
+      .setLogger(new CapturingLogger())
+      .compile();
+    const app = moduleRef.createNestApplication({ logger: false });
+    await app.init();
+    try {
+      const out = await app.get(NightlySummaries).run(
+        'u-doc',
+        new Map([
+          ['d1', 'one'],
+          ['d2', 'two'],
+        ]),
+      );
+      expect(out).toEqual(
+        new Map([
+          ['d1', 'Echo: Summarize:\none'],
+          ['d2', 'Echo: Summarize:\ntwo'],
+        ]),
+      );
+      expect(
+        (await app.get(UsageService).totals('u-doc', 'day')).by_route['worker:nightly-summaries']?.requests,
+      ).toBe(2);
+    } finally {
+      await app.close();
+      await fake.close();
+    }
+  });
+});
