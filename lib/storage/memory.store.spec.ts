@@ -35,6 +35,26 @@ describe('MemoryStore', () => {
     expect((await s.consume('user-99999', [minute(100)], 0)).windows[0].used).toBe(1);
   });
 
+  it('maxLogEntries bounds the sliding-log entries over all keys (least recently used keys evicted)', async () => {
+    let now = 1_000_000;
+    const s = make({ maxLogEntries: 5_000, now: () => now });
+    const second = { name: 'second', limit: 1_000, windowMs: 1_000 };
+    let max = 0;
+    // 100 keys, each hit at 200 distinct milliseconds: 20,000 entries asked for
+    for (let k = 0; k < 100; k++)
+      for (let i = 0; i < 200; i++) {
+        now += 1;
+        expect((await s.consume(`k${k}`, [second], 1)).allowed).toBe(true);
+        max = Math.max(max, s.entries);
+      }
+    expect(max).toBeLessThanOrEqual(5_000);
+    expect(s.entries).toBeGreaterThan(4_000);
+    expect(s.size).toBeLessThanOrEqual(26);
+    // the newest key is whole; the oldest was evicted (its count restarted)
+    expect((await s.consume('k99', [second], 0)).windows[0].used).toBe(200);
+    expect((await s.consume('k0', [second], 0)).windows[0].used).toBe(0);
+  });
+
   it('sweep() deletes expired keys and keeps live ones', async () => {
     const s = make();
     for (let i = 0; i < 100; i++) await s.consume(`short-${i}`, [{ name: 'w', limit: 5, windowMs: 50 }], 1);

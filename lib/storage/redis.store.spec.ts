@@ -150,6 +150,60 @@ describe.skipIf(!url)('RedisStore on a real Redis', () => {
     }
   });
 
+  it('two instances on one Redis hold exactly the limit across both (requests and weighted tokens)', async () => {
+    const other = new RedisStore({ url, keyPrefix: prefix }, Redis);
+    await other.waitReady(5_000);
+    try {
+      const stores = [store, other];
+      const second = [{ name: 'second', limit: 7, windowMs: 1_000 }, minute(100)];
+      const results = await Promise.all(
+        Array.from({ length: 600 }, (_, i) => stores[i % 2].consume('two-req', second, 1)),
+      );
+      expect(results.filter((r) => r.allowed)).toHaveLength(7);
+      expect(results.filter((r, i) => i % 2 === 1 && !r.allowed).length).toBeGreaterThan(250);
+      // tokens: 10,000 per minute, costs of 1 to 999 from both instances
+      const costs = Array.from({ length: 400 }, (_, i) => 1 + ((i * 7919) % 999));
+      const tok = await Promise.all(
+        costs.map((c, i) => stores[i % 2].consume('two-tok', [minute(10_000)], c)),
+      );
+      const admitted = costs.filter((_, i) => tok[i].allowed).reduce((n, c) => n + c, 0);
+      expect(admitted).toBeLessThanOrEqual(10_000);
+      expect(admitted).toBeGreaterThan(9_000);
+      expect((await other.consume('two-tok', [minute(10_000)], 0)).windows[0].used).toBe(admitted);
+      // a reservation taken on one instance is settled from the other
+      const held = tok.find((r) => r.allowed)!;
+      await other.adjust(
+        'two-tok',
+        held.windows.map((w) => ({ name: w.name, start: w.start })),
+        -admitted,
+      );
+      expect((await store.consume('two-tok', [minute(10_000)], 0)).windows[0].used).toBeLessThan(admitted);
+    } finally {
+      await other.close();
+    }
+  });
+
+  it('a blocked key lives in Redis until its block ends, then expires (bounded per key)', async () => {
+    const p = uniquePrefix('blockttl');
+    const s = new RedisStore({ client: admin, keyPrefix: p });
+    const w = [{ name: 'second', limit: 1, windowMs: 1_000, blockMs: 30_000 }];
+    expect((await s.consume('b', w, 1)).allowed).toBe(true);
+    const refused = await s.consume('b', w, 1);
+    expect(refused.blockedBy).toMatchObject({ remaining: 0 });
+    expect(refused.blockedBy!.resetMs).toBeGreaterThan(29_000);
+    const hashTtl = await admin.pttl(`${p}{b}:second:sw`);
+    expect(hashTtl).toBeGreaterThan(29_000);
+    expect(hashTtl).toBeLessThanOrEqual(30_000);
+    // the log only needs to live one window after its newest hit
+    expect(await admin.pttl(`${p}{b}:second:sl`)).toBeLessThanOrEqual(1_000);
+    // past the window, still refused by the block
+    await new Promise((r) => setTimeout(r, 1_050));
+    const still = await s.consume('b', w, 1);
+    expect(still.allowed).toBe(false);
+    expect(still.blockedBy!.resetMs).toBeGreaterThan(27_000);
+    expect(await admin.exists(`${p}{b}:second:sl`)).toBe(0);
+  });
+
   it('calls its scripts by SHA, one round trip per operation', async () => {
     const s = new RedisStore({ url, keyPrefix: uniquePrefix('sha') }, Redis);
     await s.waitReady(5_000);

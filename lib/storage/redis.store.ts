@@ -58,8 +58,9 @@ export interface RedisStoreOptions {
    */
   healthCheckIntervalMs?: number;
   /**
-   * The clock of the window scripts (epoch ms), for tests that control time. Unset (production): the
-   * scripts read Redis' `TIME`, so instances with skewed clocks agree.
+   * The clock of the window scripts (epoch ms), for tests that control time; keys still expire by
+   * Redis' own clock, so keep it at or ahead of the real time. Unset (production): the scripts read
+   * Redis' `TIME`, so instances with skewed clocks agree.
    */
   now?: () => number;
 }

@@ -112,13 +112,16 @@ describe.each(PLATFORMS)('plain ThrottlerGuard over OpenAIThrottlerStorage on %s
     const admin = new Redis(redisUrl);
     try {
       await expectLimited(h);
+      // each key's sliding window: a hash (`:sw`, with the count `n`) and its log (`:sl`)
       const keys = await keysUnder(admin, prefix);
-      expect(keys).toHaveLength(2);
+      expect(keys).toHaveLength(4);
       for (const k of keys)
         expect(k).toMatch(
-          new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\{thr:[0-9a-f]{64}\\}:default$`),
+          new RegExp(
+            `^${prefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\{thr:[0-9a-f]{64}\\}:default:s[wl]$`,
+          ),
         );
-      const counts = await Promise.all(keys.map((k) => admin.hget(k, 'c')));
+      const counts = await Promise.all(keys.filter((k) => k.endsWith(':sw')).map((k) => admin.hget(k, 'n')));
       expect(counts.map(Number).sort((a, b) => a - b)).toEqual([1, 3]);
     } finally {
       admin.disconnect();
