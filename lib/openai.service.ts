@@ -196,7 +196,7 @@ export class OpenAIService {
     const prep = this.pipeline.prepareChat(request, options, true);
     const check = this.outputModerationFor(options);
     this.askInRequest(prep, check);
-    const { ok, reservations } = await this.pipeline.openStream(chatCompletionsStreamAdapter, prep);
+    const { ok, reservations, span } = await this.pipeline.openStream(chatCompletionsStreamAdapter, prep);
     return new ChatStream(
       this.pipeline,
       prep,
@@ -204,6 +204,7 @@ export class OpenAIService {
       reservations,
       chatCompletionsStreamAdapter,
       this.streamCheck(check),
+      span,
     );
   }
 
@@ -218,7 +219,7 @@ export class OpenAIService {
     const prep = this.pipeline.prepareResponses(request, options, true);
     const check = this.outputModerationFor(options);
     this.askInRequest(prep, check);
-    const { ok, reservations } = await this.pipeline.openStream(responsesStreamAdapter, prep);
+    const { ok, reservations, span } = await this.pipeline.openStream(responsesStreamAdapter, prep);
     return new ResponseStream(
       this.pipeline,
       prep,
@@ -226,6 +227,7 @@ export class OpenAIService {
       reservations,
       responsesStreamAdapter,
       this.streamCheck(check),
+      span,
     );
   }
 

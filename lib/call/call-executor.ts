@@ -72,6 +72,9 @@ export class CallExecutor {
     let lastErr: unknown;
     let lastModel = prep.call.model;
     let longWait: { ms: number; err: unknown } | undefined;
+    // Time spent waiting on the upstream (attempts) and on its retry policy (backoff): what is not the
+    // pipeline's own overhead.
+    let upstreamMs = 0;
 
     outer: for (const model of models) {
       for (let retry = 0; retry <= maxRetries; retry++) {
@@ -91,7 +94,9 @@ export class CallExecutor {
           // No time left to wait for this model: the next one (a fallback) needs no wait, try it.
           if (performance.now() + wait >= deadlineAt) break;
           try {
+            const slept = performance.now();
             await sleep(wait, options.signal);
+            upstreamMs += performance.now() - slept;
           } catch (e) {
             throw new CallAbortedException(e);
           }
@@ -116,12 +121,14 @@ export class CallExecutor {
           throw new CallAbortedException(options.signal.reason);
         }
         options.signal?.addEventListener('abort', onCallerAbort, { once: true });
+        const sent = performance.now();
         try {
           const { data, response, request_id } = await attemptFn(model, {
             signal: controller.signal,
             controller,
             timeoutMs: Math.ceil(timeoutMs),
           });
+          upstreamMs += performance.now() - sent;
           this.metrics.attempt(prep.call, model, '2xx', retry > 0);
           return {
             data,
@@ -131,8 +138,10 @@ export class CallExecutor {
             fallbackFrom: model === prep.call.model ? undefined : prep.call.model,
             attempts,
             controller,
+            upstreamMs,
           };
         } catch (err) {
+          upstreamMs += performance.now() - sent;
           if (options.signal?.aborted) throw new CallAbortedException(err);
           const error = timedOut && err instanceof APIUserAbortError ? timedOut : err;
           this.metrics.attempt(prep.call, model, statusClassOf(error), retry > 0);

@@ -18,6 +18,8 @@ import { enforceInputLimits } from '../pipes/chat-request.pipe.js';
 import { PricingService } from '../pricing/pricing.service.js';
 import type { CountableChatMessage } from '../tokens/token-counter.js';
 import { countTextTokens } from '../tokens/token-counter.js';
+import type { Span } from '@opentelemetry/api';
+import { endCallSpan, failCallSpan, startCallSpan } from '../telemetry/call-span.js';
 import { CallExecutor } from './call-executor.js';
 import type { EndpointAdapter, StreamAdapter } from './endpoint-adapter.js';
 import type { ExecutedCall, PreparedCall } from './prepared-call.js';
@@ -180,6 +182,7 @@ export class CallPipeline {
     check?: (data: Res, ok: ExecutedCall<Res>) => void,
   ): Promise<{ ok: ExecutedCall<Res>; meta: CallResultMeta; text: string }> {
     const reservations = adapter.metered ? await this.reserve(prep.call) : [];
+    const span = startCallSpan(prep.call);
     try {
       const ok = await this.executor.execute(prep, (model, a) =>
         adapter.send(this.client, prep.body, model, a),
@@ -190,27 +193,43 @@ export class CallPipeline {
       const meta = this.meta(prep, ok, usage);
       await this.settle(reservations, meta);
       this.logCall(prep, 'ok', meta, adapter.metered ? prep.body : undefined, text || null);
+      endCallSpan(span, meta);
+      this.overhead(prep, ok);
       return { ok, meta, text };
     } catch (err) {
       await this.release(reservations);
-      throw this.fail(prep, err);
+      throw this.fail(prep, err, span);
     }
+  }
+
+  /**
+   * The pipeline's own time of a call (total minus upstream attempts and backoff waits): observed in
+   * `openai_pipeline_overhead_seconds`, and sent as `x-openai-overhead-ms` when `metrics.overheadHeader`.
+   * For a stream, up to its opening. @internal
+   */
+  overhead(prep: PreparedCall, ok: ExecutedCall<unknown>): void {
+    const ms = Math.max(0, performance.now() - prep.started - ok.upstreamMs);
+    this.metrics.overhead(prep.call, ms);
+    if (this.options.metrics.overheadHeader)
+      RequestContextStore.setHeader('x-openai-overhead-ms', (Math.round(ms * 100) / 100).toFixed(2));
   }
 
   /** Reserves and opens a stream (retries and fallbacks until the headers arrive); releases on failure. */
   async openStream<Event>(
     adapter: StreamAdapter<Event>,
     prep: PreparedCall,
-  ): Promise<{ ok: ExecutedCall<AsyncIterable<Event>>; reservations: CallReservation[] }> {
+  ): Promise<{ ok: ExecutedCall<AsyncIterable<Event>>; reservations: CallReservation[]; span: Span }> {
     const reservations = await this.reserve(prep.call);
+    const span = startCallSpan(prep.call);
     try {
       const ok = await this.executor.execute(prep, (model, a) =>
         adapter.open(this.client, prep.body, model, a),
       );
-      return { ok, reservations };
+      this.overhead(prep, ok);
+      return { ok, reservations, span };
     } catch (err) {
       await this.release(reservations);
-      throw this.fail(prep, err);
+      throw this.fail(prep, err, span);
     }
   }
 
@@ -457,7 +476,7 @@ export class CallPipeline {
   }
 
   /** Logs the failure and returns the exception to throw. @internal */
-  fail(prep: PreparedCall, err: unknown): HttpException {
+  fail(prep: PreparedCall, err: unknown, span?: Span): HttpException {
     const mapped = mapUpstreamError(err, prep.call.model);
     const status = mapped.getStatus();
     const code = (mapped.getResponse() as { error?: unknown }).error;
@@ -478,6 +497,7 @@ export class CallPipeline {
       },
       fingerprintKey(this.client.apiKey),
     );
+    if (span) failCallSpan(span, mapped, (mapped as { openaiRequestId?: string }).openaiRequestId);
     return mapped;
   }
 

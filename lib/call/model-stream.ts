@@ -1,4 +1,6 @@
 import { HttpException } from '@nestjs/common';
+import type { Span } from '@opentelemetry/api';
+import { endCallSpan, failCallSpan } from '../telemetry/call-span.js';
 import type OpenAI from 'openai';
 import { APIError } from 'openai';
 import { AttemptTimeoutError, CallAbortedException, describeError } from '../errors/map-upstream-error.js';
@@ -61,6 +63,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
     private readonly reservations: CallReservation[],
     private readonly adapter: StreamAdapter<Event>,
     private readonly outputCheck?: StreamOutputCheck,
+    private readonly span?: Span,
   ) {
     this.model = ok.model;
     this.fallbackFrom = ok.fallbackFrom;
@@ -228,6 +231,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
     await this.service.settle(this.reservations, summary);
     if (completed) {
       this.service.logCall(this.prep, 'ok', summary, this.prep.body, p.text);
+      if (this.span) endCallSpan(this.span, summary);
       this.resolveFinished(summary);
       return;
     }
@@ -248,6 +252,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
       detail = { error: code, upstream_code: upstreamCode, cause: describeError(failure) };
     }
     this.service.logCall(this.prep, 'incomplete', summary, this.prep.body, p.text, detail);
+    if (this.span) failCallSpan(this.span, err, this.openaiRequestId);
     this.rejectFinished(err);
   }
 }

@@ -19,4 +19,6 @@ export interface ExecutedCall<T> {
   fallbackFrom?: string;
   attempts: number;
   controller: AbortController;
+  /** Time spent in upstream attempts and backoff waits (ms): the rest of a call's time is the pipeline's own. */
+  upstreamMs: number;
 }

@@ -26,6 +26,7 @@ export const BASE_DEFAULTS = {
     enabled: true,
     prefix: 'openai_',
     latencyBuckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    overheadHeader: false,
   },
   moderation: {
     enabled: true,

@@ -357,6 +357,13 @@ export interface MetricsOptions {
   prefix?: string;
   /** Buckets of the latency histograms (seconds). @default [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] */
   latencyBuckets?: number[];
+  /**
+   * Send `x-openai-overhead-ms` on responses of calls made while serving a request: the pipeline's own
+   * time (ms, total minus upstream attempts and backoff waits), to check the overhead in production. It
+   * is always observed in `openai_pipeline_overhead_seconds`.
+   * @default false
+   */
+  overheadHeader?: boolean;
 }
 
 /** Input and output moderation (the moderations endpoint), used by `ModerationPipe` and `moderateOutput`. */
@@ -502,7 +509,7 @@ export interface ResolvedOpenAIOptions {
   usage: Required<UsageOptions>;
   budgets: Required<Pick<BudgetOptions, 'user' | 'project' | 'alertThresholds' | 'unpricedModels'>> &
     Pick<BudgetOptions, 'onAlert' | 'userLimits'>;
-  metrics: Required<Pick<MetricsOptions, 'enabled' | 'prefix' | 'latencyBuckets'>> &
+  metrics: Required<Pick<MetricsOptions, 'enabled' | 'prefix' | 'latencyBuckets' | 'overheadHeader'>> &
     Pick<MetricsOptions, 'registry'>;
   moderation: Required<Omit<ModerationOptions, 'categories' | 'fields' | 'via'>> &
     Pick<ModerationOptions, 'categories' | 'fields'> & { via: 'endpoint' | 'in-request' };

@@ -32,6 +32,9 @@ function collectorMismatch(
   return null;
 }
 
+/** Buckets of the pipeline overhead histogram (s): 50 µs to 50 ms. */
+const OVERHEAD_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05];
+
 /**
  * The library's Prometheus metrics (prom-client). Labels are low-cardinality by construction: model
  * (a configured or priced model, else `other`), route (the route pattern), status class, window and
@@ -62,6 +65,7 @@ export class OpenAIMetricsService {
   private readonly unpriced: Counter<'model'>;
   private readonly estimatedUsage: Counter<'model'>;
   private readonly refusals: Counter<'reason'>;
+  private readonly overheadSeconds: Histogram<'endpoint'>;
   private readonly cacheLookups: Counter<'outcome'>;
 
   constructor(@Inject(OPENAI_RESOLVED_OPTIONS) options: ResolvedOpenAIOptions) {
@@ -185,6 +189,20 @@ export class OpenAIMetricsService {
       'Calls whose usage was estimated (a stream cut before its usage chunk, or a reply without usage)',
       ['model'],
     );
+    this.overheadSeconds = collector(
+      `${p}pipeline_overhead_seconds`,
+      'histogram',
+      ['endpoint'],
+      (registers) =>
+        new Histogram({
+          name: `${p}pipeline_overhead_seconds`,
+          help: "The pipeline's own time per call: total minus upstream attempts and backoff waits (s)",
+          labelNames: ['endpoint'],
+          buckets: OVERHEAD_BUCKETS,
+          registers,
+        }),
+      OVERHEAD_BUCKETS,
+    );
     this.refusals = counter(
       'refusals_total',
       'Requests refused by the library, by reason (rate_limit_exceeded, token_limit_exceeded, budget_exceeded, input_too_large, input_flagged, storage_unavailable, ...)',
@@ -276,6 +294,11 @@ export class OpenAIMetricsService {
 
   cache(outcome: 'hit' | 'miss'): void {
     if (this.enabled) this.cacheLookups.inc({ outcome });
+  }
+
+  /** The pipeline's own time of one call (ms). */
+  overhead(call: UpstreamCall, ms: number): void {
+    if (this.enabled) this.overheadSeconds.observe({ endpoint: call.endpoint }, ms / 1000);
   }
 
   /** A request refused by the library (429, 413, 422, 503), by the error code it was answered with. */
