@@ -66,6 +66,7 @@ describe.each(PLATFORMS)('limits at window edges on %s', (platform) => {
     });
     try {
       await boundaryBurst(c, [h]);
+      expect.hasAssertions();
     } finally {
       await h.close();
     }
@@ -81,6 +82,7 @@ describe.each(PLATFORMS)('limits at window edges on %s', (platform) => {
     const b = await startThrottlingApp(platform, fake.baseURL, options);
     try {
       await boundaryBurst(c, [a, b]);
+      expect.hasAssertions();
     } finally {
       await a.close();
       await b.close();
