@@ -123,7 +123,7 @@ function validateWindows(
       add(
         `${path}[${i}].blockDuration`,
         requests
-          ? `must be a positive integer (ms), got ${String(blockDuration)}`
+          ? `must be a positive integer (ms), got ${JSON.stringify(blockDuration)}`
           : 'applies to request windows only',
         requests ? 'set a duration such as 300000, or remove it' : 'remove it',
       );

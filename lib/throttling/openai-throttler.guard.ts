@@ -189,17 +189,17 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
   ): Promise<CountedWindow[]> {
     const handler = context.getHandler();
     const classRef = context.getClass();
-    const meta = <T>(key: string): T | undefined =>
-      this.reflector.getAllAndOverride<T | undefined>(key, [handler, classRef]);
+    const meta = (key: string): unknown =>
+      this.reflector.getAllAndOverride<unknown>(key, [handler, classRef]);
     const hasDefault = requests.some((w) => w.name === DEFAULT);
-    const defaultSkip = hasDefault ? undefined : meta<boolean>(THROTTLER_SKIP + DEFAULT);
+    const defaultSkip = hasDefault ? undefined : (meta(THROTTLER_SKIP + DEFAULT) as boolean | undefined);
     const defaultOverride = hasDefault ? undefined : this.overrideOf(meta, DEFAULT);
     const routeScope = (this.openaiOptions.limits.overrideScope ?? 'route') === 'route';
     const route = `${classRef.name}.${handler.name}`;
     const out: CountedWindow[] = [];
     for (const w of requests) {
       // a window's own setting wins over `default` (`@SkipThrottle()` on the class, `{ minute: false }` on a handler)
-      if (meta<boolean>(THROTTLER_SKIP + w.name) ?? defaultSkip) continue;
+      if ((meta(THROTTLER_SKIP + w.name) as boolean | undefined) ?? defaultSkip) continue;
       const own = this.overrideOf(meta, w.name);
       const override = own ?? defaultOverride;
       if (!override) {
@@ -227,11 +227,11 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
     return out;
   }
 
-  private overrideOf(meta: <T>(key: string) => T | undefined, name: string): Override | undefined {
+  private overrideOf(meta: (key: string) => unknown, name: string): Override | undefined {
     const o: Override = {
-      limit: meta<Resolvable>(THROTTLER_LIMIT + name),
-      ttl: meta<Resolvable>(THROTTLER_TTL + name),
-      blockDuration: meta<Resolvable>(THROTTLER_BLOCK_DURATION + name),
+      limit: meta(THROTTLER_LIMIT + name) as Resolvable | undefined,
+      ttl: meta(THROTTLER_TTL + name) as Resolvable | undefined,
+      blockDuration: meta(THROTTLER_BLOCK_DURATION + name) as Resolvable | undefined,
     };
     return o.limit === undefined && o.ttl === undefined && o.blockDuration === undefined ? undefined : o;
   }
@@ -341,10 +341,17 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
               fix: 'remove it: limits count per user from identity.resolve (set identity.resolve to change who a request counts against)',
             });
           }
-          if (known.includes(name) || tiers) continue;
+          if (known.includes(name)) continue;
           const unknownId = `${where}|${decorator}|${name}`;
           if (reported.has(unknownId)) continue;
           reported.add(unknownId);
+          if (tiers) {
+            // a tier may have this window: not an error, but never silent
+            this.logger.warn(
+              `${decorator}({ ${name} }) on ${where} names a window limits.requests does not have; it applies only to users whose tier has a "${name}" window`,
+            );
+            continue;
+          }
           problems.push({
             path: `${decorator}({ ${name} }) on ${where}`,
             message: `names the window "${name}", which limits.requests does not have (windows: ${known.join(', ')})`,

@@ -11,6 +11,7 @@ import {
   UnauthorizedException,
   UseGuards,
   type CanActivate,
+  type DynamicModule,
   type ExecutionContext,
   type INestApplication,
   type Provider,
@@ -136,6 +137,8 @@ export interface ThrottlingAppOptions {
   globalGuard?: boolean;
   controllers?: Type[];
   providers?: Provider[];
+  /** More modules of the app (e.g. `ThrottlerModule`). */
+  imports?: Array<Type | DynamicModule>;
 }
 
 /** A fixture app with FixtureAuthGuard (global) and LimitedController, pointed at the fake upstream. */
@@ -152,6 +155,7 @@ export function startThrottlingApp(
       ...(app.globalGuard ? [{ provide: APP_GUARD, useClass: OpenAIThrottlerGuard }] : []),
       ...(app.providers ?? []),
     ],
+    imports: app.imports,
   });
 }
 
