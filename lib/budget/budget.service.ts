@@ -115,7 +115,13 @@ export class BudgetService implements OpenAICallHook {
     if (subjects.length === 0) return;
     let maxCost = 0;
     for (const model of call.candidates) {
-      const c = this.pricing.maxCost(model, call.promptTokens, call.maxOutputTokens);
+      // A call asking for Priority processing may be billed at its (higher) price: reserve at it.
+      const c = this.pricing.maxCost(
+        model,
+        call.promptTokens,
+        call.maxOutputTokens,
+        call.serviceTier === 'priority' ? 'priority' : 'standard',
+      );
       if (c === null) {
         if (this.options.budgets.unpricedModels === 'reject') throw new UnpricedModelException(model);
         continue;

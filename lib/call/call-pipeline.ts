@@ -15,7 +15,7 @@ import { ModelPolicy } from '../models/model-policy.js';
 import { validateModerationReply } from '../moderation/moderation-reply.schema.js';
 import { OPENAI_CALL_HOOKS, OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
 import { enforceInputLimits } from '../pipes/chat-request.pipe.js';
-import { PricingService } from '../pricing/pricing.service.js';
+import { PricingService, priceTierOf } from '../pricing/pricing.service.js';
 import type { CountableChatMessage } from '../tokens/token-counter.js';
 import { countTextTokens } from '../tokens/token-counter.js';
 import type { Span } from '@opentelemetry/api';
@@ -190,7 +190,7 @@ export class CallPipeline {
       check?.(ok.data, ok);
       const text = adapter.text(ok.data);
       const usage = adapter.usage(ok.data) ?? this.estimated(prep, ok, text);
-      const meta = this.meta(prep, ok, usage);
+      const meta = this.meta(prep, ok, usage, adapter.tier?.(ok.data));
       await this.settle(reservations, meta);
       this.logCall(prep, 'ok', meta, adapter.metered ? prep.body : undefined, text || null);
       endCallSpan(span, meta);
@@ -314,6 +314,8 @@ export class CallPipeline {
       throw this.refusals ? this.refusals.record(err) : err;
     }
     const call = this.newCall(endpoint, model, stream, options, promptTokens, maxOutputTokens, fallbacks);
+    const tier = (request as { service_tier?: unknown }).service_tier;
+    if (typeof tier === 'string') call.serviceTier = tier;
     const body: Record<string, unknown> = { ...request, model };
     delete body.max_tokens;
     delete body.max_completion_tokens;
@@ -432,7 +434,12 @@ export class CallPipeline {
     while (this.pendingSettlements.size) await Promise.all([...this.pendingSettlements]);
   }
 
-  private meta(prep: PreparedCall, ok: ExecutedCall<unknown>, usage: NormalizedUsage): CallResultMeta {
+  private meta(
+    prep: PreparedCall,
+    ok: ExecutedCall<unknown>,
+    usage: NormalizedUsage,
+    serviceTier?: string,
+  ): CallResultMeta {
     const meta: CallResultMeta = {
       model: ok.model,
       fallbackFrom: ok.fallbackFrom,
@@ -440,9 +447,18 @@ export class CallPipeline {
       attempts: ok.attempts,
       latencyMs: performance.now() - prep.started,
       usage,
-      costUsd: this.priceUsage(ok.model, usage),
+      costUsd: this.priceUsage(ok.model, usage, serviceTier),
+      ...(serviceTier ? { serviceTier } : {}),
     };
-    this.metrics.succeeded(prep.call, meta.model, meta.latencyMs, usage, meta.costUsd, meta.fallbackFrom);
+    this.metrics.succeeded(
+      prep.call,
+      meta.model,
+      meta.latencyMs,
+      usage,
+      meta.costUsd,
+      meta.fallbackFrom,
+      serviceTier,
+    );
     return meta;
   }
 
@@ -469,8 +485,8 @@ export class CallPipeline {
   }
 
   /** Cost of `usage` on `model` (USD), reporting an unpriced model. @internal */
-  priceUsage(model: string, usage: NormalizedUsage): number | null {
-    const cost = this.pricing.cost(model, usage);
+  priceUsage(model: string, usage: NormalizedUsage, serviceTier?: string): number | null {
+    const cost = this.pricing.cost(model, usage, priceTierOf(serviceTier));
     if (cost === null) this.metrics.unpricedCall(model);
     return cost;
   }

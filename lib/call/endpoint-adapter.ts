@@ -34,6 +34,8 @@ export interface EndpointAdapter<Res> {
   usage(res: Res): NormalizedUsage | undefined;
   /** Every text the reply returned (for usage estimates, output moderation and prompt logging). */
   text(res: Res): string;
+  /** The service tier that served the reply (`service_tier`), when the endpoint reports one. */
+  tier?(res: Res): string | undefined;
 }
 
 /** What a stream has delivered so far, filled by the stream adapter event by event. */
@@ -47,6 +49,8 @@ export interface StreamProgress {
   failure?: Error;
   /** The upstream's in-request moderation of the output (`moderation.output`), when the call asked for it. */
   moderation?: unknown;
+  /** The service tier that served the stream, when reported. */
+  serviceTier?: string;
 }
 
 /** What differs between streaming endpoints: how to open one, read its events, and tell a clean end. */

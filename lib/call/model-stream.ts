@@ -215,7 +215,8 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
       attempts: this.attempts,
       latencyMs: performance.now() - this.prep.started,
       usage,
-      costUsd: this.service.priceUsage(this.model, usage),
+      costUsd: this.service.priceUsage(this.model, usage, p.serviceTier),
+      ...(p.serviceTier ? { serviceTier: p.serviceTier } : {}),
       content: p.text,
       finishReason: p.finishReason,
     };
@@ -226,6 +227,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
       usage,
       summary.costUsd,
       this.fallbackFrom,
+      p.serviceTier,
     );
     // What was received is accounted even when the stream failed: output was produced and billed.
     await this.service.settle(this.reservations, summary);

@@ -39,6 +39,8 @@ export interface UpstreamCall {
   maxOutputTokens: number;
   /** Every model that may answer: `model`, then its fallbacks (budgets reserve at the dearest). */
   candidates: readonly string[];
+  /** The `service_tier` the request asks for, if any (budgets reserve at the Priority price when it is `priority`). */
+  serviceTier?: string;
 }
 
 /** How a call ended, as hooks and the log line see it. */
@@ -52,6 +54,8 @@ export interface SettledCall {
   latencyMs: number;
   /** Cost of `usage` on `model` (USD); `null` when the model has no price. */
   costUsd?: number | null;
+  /** The service tier that served the call, as the upstream reported it. */
+  serviceTier?: string;
 }
 
 /** A hold placed before a call (tokens, budget) that must end exactly once: settled or released. */
@@ -129,6 +133,8 @@ export interface CallResultMeta {
   attempts: number;
   latencyMs: number;
   usage: NormalizedUsage;
-  /** Cost from the price table (USD); `null` when the model has no price. */
+  /** Cost from the price table (USD), at the price of the service tier that served the call; `null` when unpriced. */
   costUsd: number | null;
+  /** The service tier that served the call, as the upstream reported it (`default`, `flex`, `priority`, ...). */
+  serviceTier?: string;
 }

@@ -32,6 +32,14 @@ function collectorMismatch(
   return null;
 }
 
+/** A `service_tier` as a bounded label: the tiers OpenAI documents, else `other` (`default` when none). */
+const tierLabel = (t: string | undefined) =>
+  t === undefined
+    ? 'default'
+    : ['default', 'auto', 'flex', 'priority', 'scale', 'batch'].includes(t)
+      ? t
+      : 'other';
+
 /** Buckets of the pipeline overhead histogram (s): 50 µs to 50 ms. */
 const OVERHEAD_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05];
 
@@ -65,6 +73,8 @@ export class OpenAIMetricsService {
   private readonly unpriced: Counter<'model'>;
   private readonly estimatedUsage: Counter<'model'>;
   private readonly refusals: Counter<'reason'>;
+  private readonly tierCalls: Counter<'service_tier'>;
+  private readonly tierCost: Counter<'service_tier'>;
   private readonly overheadSeconds: Histogram<'endpoint'>;
   private readonly cacheLookups: Counter<'outcome'>;
 
@@ -203,6 +213,12 @@ export class OpenAIMetricsService {
         }),
       OVERHEAD_BUCKETS,
     );
+    this.tierCalls = counter(
+      'service_tier_calls_total',
+      'Answered calls by the service tier that served them',
+      ['service_tier'],
+    );
+    this.tierCost = counter('service_tier_cost_usd_total', 'Spend in USD by service tier', ['service_tier']);
     this.refusals = counter(
       'refusals_total',
       'Requests refused by the library, by reason (rate_limit_exceeded, token_limit_exceeded, budget_exceeded, input_too_large, input_flagged, storage_unavailable, ...)',
@@ -249,10 +265,13 @@ export class OpenAIMetricsService {
     usage: NormalizedUsage,
     costUsd: number | null,
     fallbackFrom?: string,
+    serviceTier?: string,
   ): void {
     if (!this.enabled) return;
     const ml = this.modelLabel(model);
     const route = call.route ?? 'none';
+    this.tierCalls.inc({ service_tier: tierLabel(serviceTier) });
+    if (costUsd !== null) this.tierCost.inc({ service_tier: tierLabel(serviceTier) }, costUsd);
     this.upstreamLatency.observe({ endpoint: call.endpoint, model: ml }, latencyMs / 1000);
     this.tokens.inc({ model: ml, route, type: 'prompt' }, usage.prompt_tokens);
     this.tokens.inc({ model: ml, route, type: 'cached' }, usage.cached_tokens);

@@ -11,10 +11,14 @@ export interface ModelPrice {
    * `batch` has no batch price: batch requests to it are priced `null` (unpriced), never at a guess.
    */
   batch?: BatchPrice;
+  /** Flex processing prices (USD per 1M) of this model, for an entry of `pricing.models`; absent: unpriced. */
+  flex?: BatchPrice;
+  /** Priority processing prices (USD per 1M) of this model, for an entry of `pricing.models`; absent: unpriced. */
+  priority?: BatchPrice;
 }
 
-/** Batch API prices of one model in USD per 1M tokens (the fields of {@link ModelPrice}). */
-export type BatchPrice = Omit<ModelPrice, 'batch'>;
+/** Prices of one model in one service tier, USD per 1M tokens (the fields of {@link ModelPrice}). */
+export type BatchPrice = Omit<ModelPrice, 'batch' | 'flex' | 'priority'>;
 
 /** When and where the shipped prices were taken. Override or extend them with `pricing.models`. */
 export const DEFAULT_PRICES_SOURCE = { asOf: '2025-08-07', url: 'https://openai.com/api/pricing' } as const;
@@ -73,3 +77,42 @@ const half = (p: ModelPrice): BatchPrice => ({
 export const DEFAULT_BATCH_PRICES: Readonly<Record<string, BatchPrice>> = Object.freeze(
   Object.fromEntries(Object.entries(DEFAULT_PRICES).map(([model, p]) => [model, Object.freeze(half(p))])),
 );
+
+/**
+ * When and where the Flex and Priority processing prices were taken: the Flex and Priority columns of
+ * https://openai.com/api/pricing, and https://platform.openai.com/docs/guides/flex-processing (Flex is
+ * billed at the Batch API's rates, for the models listed there), checked on the same date as the
+ * standard table.
+ */
+export const DEFAULT_TIER_PRICES_SOURCE = {
+  asOf: '2025-08-07',
+  url: 'https://openai.com/api/pricing',
+  flexDiscount: 0.5,
+} as const;
+
+/** Models offered with Flex processing on {@link DEFAULT_TIER_PRICES_SOURCE}'s date. */
+const FLEX_MODELS = ['gpt-5', 'gpt-5-mini', 'gpt-5-nano', 'o3', 'o4-mini'] as const;
+
+/**
+ * Flex processing prices (USD per 1M tokens): the Batch API's rates (50% of {@link DEFAULT_PRICES}) for the
+ * models that offer Flex (see {@link DEFAULT_TIER_PRICES_SOURCE}); other models have no Flex price.
+ */
+export const DEFAULT_FLEX_PRICES: Readonly<Record<string, BatchPrice>> = Object.freeze(
+  Object.fromEntries(FLEX_MODELS.map((m) => [m, Object.freeze(half(DEFAULT_PRICES[m]!))])),
+);
+
+/**
+ * Priority processing prices (USD per 1M tokens), from the Priority column of
+ * {@link DEFAULT_TIER_PRICES_SOURCE}; models not listed have no Priority price (priced `null`, reported).
+ */
+export const DEFAULT_PRIORITY_PRICES: Readonly<Record<string, BatchPrice>> = Object.freeze({
+  'gpt-5': { input: 2.5, cachedInput: 0.25, output: 20 },
+  'gpt-5-mini': { input: 0.45, cachedInput: 0.045, output: 3.6 },
+  'gpt-4.1': { input: 3.5, cachedInput: 0.875, output: 14 },
+  'gpt-4.1-mini': { input: 0.7, cachedInput: 0.175, output: 2.8 },
+  'gpt-4.1-nano': { input: 0.2, cachedInput: 0.05, output: 0.8 },
+  'gpt-4o': { input: 4.25, cachedInput: 2.125, output: 17 },
+  'gpt-4o-mini': { input: 0.25, cachedInput: 0.125, output: 1 },
+  o3: { input: 3.5, cachedInput: 0.875, output: 14 },
+  'o4-mini': { input: 2, cachedInput: 0.5, output: 8 },
+});

@@ -2,10 +2,27 @@ import { Inject, Injectable, Logger } from '@nestjs/common';
 import type { NormalizedUsage } from '../call/upstream-call.js';
 import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
-import { DEFAULT_BATCH_PRICES, DEFAULT_PRICES, type BatchPrice, type ModelPrice } from './default-prices.js';
+import {
+  DEFAULT_BATCH_PRICES,
+  DEFAULT_FLEX_PRICES,
+  DEFAULT_PRICES,
+  DEFAULT_PRIORITY_PRICES,
+  type BatchPrice,
+  type ModelPrice,
+} from './default-prices.js';
 
-/** Which price applies: the standard (synchronous) one or the Batch API's. */
-export type PriceTier = 'standard' | 'batch';
+/**
+ * Which price applies: the standard (synchronous, `default` service tier) one, the Batch API's, or the
+ * Flex or Priority processing tier's.
+ */
+export type PriceTier = 'standard' | 'batch' | 'flex' | 'priority';
+
+/** The price tier of a `service_tier` value as the upstream reports it (`default`, `auto`, `scale`: standard). */
+export function priceTierOf(serviceTier: unknown): PriceTier {
+  return serviceTier === 'flex' || serviceTier === 'priority' || serviceTier === 'batch'
+    ? serviceTier
+    : 'standard';
+}
 
 const DATE_SUFFIX = /-(?:\d{4}-\d{2}-\d{2}|\d{4})$/;
 
@@ -19,6 +36,8 @@ export class PricingService {
   private readonly logger = new Logger('OpenAIPricing');
   private readonly table: Record<string, ModelPrice>;
   private readonly batchTable: Record<string, BatchPrice>;
+  private readonly flexTable: Record<string, BatchPrice>;
+  private readonly priorityTable: Record<string, BatchPrice>;
   private readonly warned = new Set<string>();
   /** Listeners told of each call to a model without a price (metrics). */
   readonly unpricedListeners: Array<(model: string) => void> = [];
@@ -27,10 +46,26 @@ export class PricingService {
     this.table = { ...DEFAULT_PRICES, ...options.pricing.models };
     // An overridden price brings its own batch price or none: never the shipped one under a custom standard price.
     this.batchTable = { ...DEFAULT_BATCH_PRICES };
+    this.flexTable = { ...DEFAULT_FLEX_PRICES };
+    this.priorityTable = { ...DEFAULT_PRIORITY_PRICES };
     for (const [model, p] of Object.entries(options.pricing.models)) {
-      if (p.batch) this.batchTable[model] = p.batch;
-      else delete this.batchTable[model];
+      for (const [table, price] of [
+        [this.batchTable, p.batch],
+        [this.flexTable, p.flex],
+        [this.priorityTable, p.priority],
+      ] as const) {
+        if (price) table[model] = price;
+        else delete table[model];
+      }
     }
+  }
+
+  /** The price of `model` in a service tier, found under the same name as its standard price. */
+  tierPriceOf(model: string, tier: PriceTier): BatchPrice | undefined {
+    if (tier === 'standard') return this.priceOf(model);
+    const table = tier === 'batch' ? this.batchTable : tier === 'flex' ? this.flexTable : this.priorityTable;
+    if (this.table[model]) return table[model];
+    return DATE_SUFFIX.test(model) ? table[model.replace(DATE_SUFFIX, '')] : undefined;
   }
 
   /** The price of `model`: exact name first, then its name without the snapshot date. */
@@ -42,8 +77,7 @@ export class PricingService {
 
   /** The Batch API price of `model`, found under the same name as its standard price. */
   batchPriceOf(model: string): BatchPrice | undefined {
-    if (this.table[model]) return this.batchTable[model];
-    return DATE_SUFFIX.test(model) ? this.batchTable[model.replace(DATE_SUFFIX, '')] : undefined;
+    return this.tierPriceOf(model, 'batch');
   }
 
   /**
@@ -53,10 +87,10 @@ export class PricingService {
   cost(
     model: string,
     usage: Pick<NormalizedUsage, 'prompt_tokens' | 'cached_tokens' | 'completion_tokens'>,
-    /** `batch`: the Batch API's price ({@link batchPriceOf}). */
+    /** The service tier's price ({@link tierPriceOf}); `standard` by default. */
     tier: PriceTier = 'standard',
   ): number | null {
-    const p = tier === 'batch' ? this.batchPriceOf(model) : this.priceOf(model);
+    const p = this.tierPriceOf(model, tier);
     if (!p) {
       this.reportUnpriced(model, tier);
       return null;
@@ -86,12 +120,12 @@ export class PricingService {
 
   private reportUnpriced(model: string, tier: PriceTier): void {
     for (const l of this.unpricedListeners) l(model);
-    const key = tier === 'batch' ? `batch:${model}` : model;
+    const key = tier === 'standard' ? model : `${tier}:${model}`;
     if (!this.warned.has(key) && this.warned.size < 1000) {
       this.warned.add(key);
       this.logger.warn(
-        tier === 'batch'
-          ? `Model "${model}" has no Batch API price: its batch cost is unknown. Set pricing.models["${model}"].batch (USD per 1M tokens)`
+        tier !== 'standard'
+          ? `Model "${model}" has no ${tier} price: its ${tier} cost is unknown. Set pricing.models["${model}"].${tier} (USD per 1M tokens)`
           : `Model "${model}" has no price: its cost is unknown. Add it to pricing.models (USD per 1M tokens)`,
       );
     }

@@ -174,11 +174,19 @@ describe('nestjs-openai-production-fake (CLI)', () => {
 
   it('listens on the given port, takes --api-key, stops on SIGINT; the control API is off in the library', async () => {
     const probe = await start(['--port', '0']);
-    const port = Number(new URL(probe.baseURL).port);
+    expect(Number(new URL(probe.baseURL).port)).toBeGreaterThan(0);
     probe.child.kill('SIGINT');
     expect(await probe.exited).toBe(0);
 
-    const cli = await start(['--port', String(port), '--api-key', 'sk-a']);
+    // A given port: one below the ephemeral range (a just-freed ephemeral port may be taken by a parallel
+    // test meanwhile); retried on another if this one happens to be in use.
+    let cli: Cli | undefined;
+    let port = 0;
+    for (let i = 0; i < 5 && !cli; i++) {
+      port = 20_000 + Math.floor(Math.random() * 12_000);
+      cli = await start(['--port', String(port), '--api-key', 'sk-a']).catch(() => undefined);
+    }
+    if (!cli) throw new Error('the CLI did not start on any of 5 ports');
     try {
       expect(cli.baseURL).toBe(`http://127.0.0.1:${port}/v1`);
       const wrong = new OpenAI({ apiKey: 'sk-b', baseURL: cli.baseURL, maxRetries: 0 });

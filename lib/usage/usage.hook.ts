@@ -20,6 +20,7 @@ export class UsageHook implements OpenAICallHook {
           model: s.model,
           usage: s.usage,
           costUsd: s.costUsd !== undefined ? s.costUsd : this.pricing.cost(s.model, s.usage),
+          serviceTier: s.serviceTier,
         });
       },
       release: () => undefined,

@@ -41,6 +41,8 @@ export interface UsageReport extends UsageTotals {
   period_key: string;
   by_model: Record<string, UsageBreakdown>;
   by_route: Record<string, UsageBreakdown>;
+  /** By the service tier that served the calls (`default`, `flex`, `priority`, `batch`, ...). */
+  by_service_tier: Record<string, UsageBreakdown>;
 }
 
 /** One call to record. */
@@ -51,6 +53,8 @@ export interface UsageEntry {
   usage: NormalizedUsage;
   /** USD, or null when the model has no price. */
   costUsd: number | null;
+  /** The service tier that served the call (`default` when unreported). */
+  serviceTier?: string;
 }
 
 const DAY_MS = 86_400_000;
@@ -82,6 +86,7 @@ function usageFields(entry: UsageEntry): Record<string, number> {
   const cost = entry.costUsd ?? 0;
   const model = label(entry.model);
   const route = label(entry.route ?? 'none');
+  const tier = label(entry.serviceTier ?? 'default');
   const fields: Record<string, number> = {
     requests: 1,
     prompt_tokens: u.prompt_tokens,
@@ -99,6 +104,10 @@ function usageFields(entry: UsageEntry): Record<string, number> {
     [`r|${route}|total_tokens`]: u.total_tokens,
     [`r|${route}|cost_usd`]: cost,
     [`r|${route}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
+    [`t|${tier}|requests`]: 1,
+    [`t|${tier}|total_tokens`]: u.total_tokens,
+    [`t|${tier}|cost_usd`]: cost,
+    [`t|${tier}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
   };
   for (const k of Object.keys(fields)) if (fields[k] === 0) delete fields[k];
   return fields;
@@ -185,19 +194,31 @@ export class UsageService {
       ...(Object.fromEntries(TOTAL_FIELDS.map((f) => [f, raw[f] ?? 0])) as unknown as UsageTotals),
       by_model: {},
       by_route: {},
+      by_service_tier: {},
     };
     report.cost_usd = roundUsd(report.cost_usd);
     for (const [field, raw_] of Object.entries(raw)) {
       const parts = field.split('|');
       const value = parts[2] === 'cost_usd' ? roundUsd(raw_) : raw_;
       if (parts.length !== 3) continue;
-      const target = parts[0] === 'm' ? report.by_model : parts[0] === 'r' ? report.by_route : undefined;
+      const target =
+        parts[0] === 'm'
+          ? report.by_model
+          : parts[0] === 'r'
+            ? report.by_route
+            : parts[0] === 't'
+              ? report.by_service_tier
+              : undefined;
       if (!target) continue;
       const line = (target[parts[1]] ??= { requests: 0, total_tokens: 0, cost_usd: 0, unpriced_requests: 0 });
       (line as unknown as Record<string, number>)[parts[2]] = value;
     }
     // A model (or route) whose calls were all unpriced has an unknown cost, not a cost of $0.
-    for (const line of [...Object.values(report.by_model), ...Object.values(report.by_route)]) {
+    for (const line of [
+      ...Object.values(report.by_model),
+      ...Object.values(report.by_route),
+      ...Object.values(report.by_service_tier),
+    ]) {
       if (line.requests > 0 && line.unpriced_requests >= line.requests) line.cost_usd = null;
     }
     return report;

@@ -55,6 +55,7 @@ export const chatCompletionsAdapter: EndpointAdapter<ChatCompletion> = {
   usage: (res) =>
     res.usage && typeof res.usage.prompt_tokens === 'number' ? normalizeChatUsage(res.usage) : undefined,
   text: chatOutputText,
+  tier: (res) => res.service_tier ?? undefined,
 };
 
 /** Streamed chat completions: usage always requested; a clean end is `data: [DONE]`, seen on the wire. */
@@ -79,6 +80,7 @@ export const chatCompletionsStreamAdapter: StreamAdapter<ChatCompletionChunk> = 
     if (choice?.finish_reason) p.finishReason = choice.finish_reason;
     if (chunk.usage) p.usage = normalizeChatUsage(chunk.usage);
     if (chunk.moderation?.output) p.moderation = chunk.moderation.output;
+    if (chunk.service_tier) p.serviceTier = chunk.service_tier;
   },
   isComplete: (_p, response) => sseCompleted(response) !== false,
 };

@@ -85,6 +85,7 @@ export const responsesAdapter: EndpointAdapter<Response> = {
   usage: (res) =>
     res.usage && typeof res.usage.input_tokens === 'number' ? normalizeResponseUsage(res.usage) : undefined,
   text: responseOutputText,
+  tier: (res) => res.service_tier ?? undefined,
 };
 
 /**
@@ -108,6 +109,7 @@ export const responsesStreamAdapter: StreamAdapter<ResponseStreamEvent> = {
         p.completed = true;
         p.finishReason = 'completed';
         if (e.response.moderation?.output) p.moderation = e.response.moderation.output;
+        if (e.response.service_tier) p.serviceTier = e.response.service_tier;
         if (e.response.usage) p.usage = normalizeResponseUsage(e.response.usage);
         break;
       case 'response.incomplete':

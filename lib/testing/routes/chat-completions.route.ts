@@ -9,6 +9,7 @@ import { isRecord } from '../../utils/is-record.js';
 import type { FakeChatRequest } from '../fake-openai.options.js';
 import { inRequestModeration, requestedModeration } from './moderations.route.js';
 import {
+  reportedTier,
   ENCODE_OPTIONS,
   generateText,
   HttpError,
@@ -216,7 +217,7 @@ export async function chatCompletionsRoute(ctx: RouteContext, body: unknown): Pr
       id: `chatcmpl-${randomAlnum(29)}`,
       created: Math.floor(Date.now() / 1000),
       model: reported,
-      service_tier: 'default',
+      service_tier: reportedTier(body.service_tier),
       system_fingerprint: 'fp_fakeopenai',
     },
     n,

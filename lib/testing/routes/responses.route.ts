@@ -4,6 +4,7 @@ import type { FakeChatRequest } from '../fake-openai.options.js';
 import { defaultReply, jsonSchemaReply } from './chat-completions.route.js';
 import { inRequestModeration, requestedModeration } from './moderations.route.js';
 import {
+  reportedTier,
   generateText,
   HttpError,
   isPositiveInt,
@@ -64,11 +65,6 @@ function inputMessages(body: Record<string, unknown>): Array<{ role: string; con
 function textOf(content: unknown): string {
   if (typeof content === 'string') return content;
   return Array.isArray(content) ? content.map((p: { text: string }) => p.text).join('\n') : '';
-}
-
-/** `service_tier` as OpenAI reports it: `auto` and `default` run on `default`; others are echoed. */
-function reportedTier(tier: unknown): string {
-  return typeof tier === 'string' && tier !== 'auto' ? tier : 'default';
 }
 
 /** `POST /v1/responses`, JSON or typed SSE events. */

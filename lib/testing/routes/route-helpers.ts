@@ -241,3 +241,8 @@ export function streamErrorOf(fault: FaultRule | undefined): { code: string; mes
       'The server had an error processing your request. Sorry about that! You can retry your request. (fake fault)',
   };
 }
+
+/** `service_tier` as OpenAI reports it: `auto` and `default` run on `default`; others are echoed. */
+export function reportedTier(tier: unknown): string {
+  return typeof tier === 'string' && tier !== 'auto' ? tier : 'default';
+}
