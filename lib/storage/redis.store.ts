@@ -87,8 +87,8 @@ if now < 0 then
 end
 local function fmt(x) return string.format('%.0f', x) end
 local function parse(e)
-  local id, stamp = string.match(e, '^(-?%d+):(-?%d+)$')
-  return id, tonumber(stamp)
+  local c = string.find(e, ':', 1, true)
+  return string.sub(e, 1, c - 1), tonumber(string.sub(e, c + 1))
 end
 local n = #KEYS / 2
 local starts, useds, rems, resets, room = {}, {}, {}, {}, {}
@@ -168,14 +168,14 @@ for i = 1, n do
     if oldest then resets[i] = math.max(0, oldest + win - now) else resets[i] = 0 end
     room[i] = (not blocked) and total + cost <= limit
     if not room[i] then
-      -- when the cost fits: the oldest slots that must be freed for it, walked 64 at a time
+      -- when the cost fits: the oldest entries that must be freed for it, read in doubling chunks
       local at = -1
       local need = total + cost - limit
       if need > 0 then
         at = now + win
-        local freed, from = 0, 0
+        local freed, from, size = 0, 0, 32
         while from < len do
-          local chunk = redis.call('LRANGE', l, from, from + 63)
+          local chunk = redis.call('LRANGE', l, from, from + size - 1)
           local ids, stamps = {}, {}
           for j = 1, #chunk do ids[j], stamps[j] = parse(chunk[j]) end
           local units = redis.call('HMGET', h, unpack(ids))
@@ -189,7 +189,8 @@ for i = 1, n do
             end
           end
           if found then break end
-          from = from + 64
+          from = from + size
+          size = size * 2
         end
       end
       if blocked and b > at then at = b end
