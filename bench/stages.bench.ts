@@ -131,7 +131,8 @@ async function main(): Promise<void> {
     if (!noWrap) {
       const lib = (p: string) => require(`../lib/${p}`) as Record<string, any>;
       const proto = (p: string, cls: string) => lib(p)[cls].prototype as Record<string, any>;
-      const svc = proto('openai.service.js', 'OpenAIService');
+      const svc = proto('call/call-pipeline.js', 'CallPipeline');
+      const executor = proto('call/call-executor.js', 'CallExecutor');
       if (withGuard) {
         wrap(
           proto('throttling/openai-throttler.guard.js', 'OpenAIThrottlerGuard'),
@@ -144,17 +145,13 @@ async function main(): Promise<void> {
           '  RateLimitService.hitRequest',
         );
         wrap(
-          proto('pipes/chat-request.pipe.js', 'ChatRequestPipe'),
+          proto('endpoints/chat-completions/chat-request.pipe.js', 'ChatRequestPipe'),
           'transform',
           'ChatRequestPipe.transform (zod + input caps)',
         );
       }
       wrap(svc, 'prepareChat', 'prepareChat (all)');
-      wrap(
-        lib('pipes/chat-request.pipe.js'),
-        'enforceInputLimits',
-        '  enforceInputLimits (caps + prompt tokens)',
-      );
+      wrap(lib('call/input-limits.js'), 'enforceInputLimits', '  enforceInputLimits (caps + prompt tokens)');
       wrap(lib('tokens/prompt-token-cache.js'), 'promptTokensOf', '    promptTokensOf (tokenizer, o200k)');
       wrap(lib('identity/safety-identifier.js'), 'hashUserId', '  hashUserId (SHA-256 safety_identifier)');
       wrap(proto('models/model-policy.js', 'ModelPolicy'), 'resolve', '  ModelPolicy.resolve');
@@ -163,7 +160,7 @@ async function main(): Promise<void> {
       wrap(proto('throttling/token-limit.hook.js', 'TokenLimitHook'), 'reserve', '  TokenLimitHook.reserve');
       wrap(proto('budget/budget.service.js', 'BudgetService'), 'reserve', '  BudgetService.reserve');
       wrap(proto('usage/usage.hook.js', 'UsageHook'), 'reserve', '  UsageHook.reserve');
-      wrap(svc, 'execute', 'execute (attempt loop + upstream call)');
+      wrap(executor, 'execute', 'execute (attempt loop + upstream call)');
       // The SDK call inside execute (create → withResponse resolved), to separate the attempt loop's own cost.
       const completions = client.chat.completions as unknown as Record<string, any>;
       const create = completions.create.bind(completions) as (...args: unknown[]) => {

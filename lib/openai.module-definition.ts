@@ -1,12 +1,9 @@
 import { ConfigurableModuleBuilder } from '@nestjs/common';
-import type {
-  OpenAIModuleExtras,
-  OpenAIModuleOptions,
-} from './interfaces/openai-module-options.interface.js';
+import type { OpenAIModuleExtras, OpenAIModuleOptions } from './options/openai-module-options.interface.js';
 import {
   OPENAI_REQUEST_CONTEXT_ROUTES,
   type RequestContextRoutes,
-} from './middleware/request-context-routes.js';
+} from './request-context/request-context-routes.js';
 
 /**
  * Module-level settings next to the options (`forRoot({ ..., requestContext })`, also beside

@@ -13,18 +13,18 @@ import {
 } from '@nestjs/common';
 import { APP_INTERCEPTOR } from '@nestjs/core';
 import { createOpenAIClient } from './client/create-openai-client.js';
-import { describeOptions } from './config/describe-options.js';
-import { resolveOpenAIOptions } from './config/resolve-options.js';
+import { describeOptions } from './options/describe-options.js';
+import { resolveOpenAIOptions } from './options/resolve-options.js';
 import type {
   OpenAIModuleOptions,
   ResolvedOpenAIOptions,
-} from './interfaces/openai-module-options.interface.js';
-import { RequestContextInterceptor } from './interceptors/request-context.interceptor.js';
-import { RequestContextMiddleware } from './middleware/request-context.middleware.js';
+} from './options/openai-module-options.interface.js';
+import { RequestContextInterceptor } from './request-context/request-context.interceptor.js';
+import { RequestContextMiddleware } from './request-context/request-context.middleware.js';
 import {
   OPENAI_REQUEST_CONTEXT_ROUTES,
   type RequestContextRoutes,
-} from './middleware/request-context-routes.js';
+} from './request-context/request-context-routes.js';
 import {
   OPENAI_CALL_HOOKS,
   OPENAI_CLIENT,
@@ -41,7 +41,7 @@ import { UsageHook } from './usage/usage.hook.js';
 import { UsageService } from './usage/usage.service.js';
 import { ModerationPipe } from './moderation/moderation.pipe.js';
 import { ModerationService } from './moderation/moderation.service.js';
-import { ChatRequestPipe } from './pipes/chat-request.pipe.js';
+import { ChatRequestPipe } from './endpoints/chat-completions/chat-request.pipe.js';
 import { ResponseCacheService } from './cache/response-cache.service.js';
 import type { OpenAIStore } from './storage/openai-store.interface.js';
 import { OpenAIThrottlerGuard } from './throttling/openai-throttler.guard.js';

@@ -15,7 +15,7 @@ import type {
   ModerationCheckOptions,
   NormalizedUsage,
 } from './call/upstream-call.js';
-import { RequestContextStore } from './context/request-context.js';
+import { RequestContextStore } from './request-context/request-context.js';
 import { InjectOpenAI } from './decorators/inject-openai.decorator.js';
 import {
   chatCompletionsAdapter,
@@ -25,7 +25,7 @@ import {
 import { embeddingsAdapter } from './endpoints/embeddings/embeddings.adapter.js';
 import { responsesAdapter, responsesStreamAdapter } from './endpoints/responses/responses.adapter.js';
 import { hashUserId } from './identity/safety-identifier.js';
-import type { ResolvedOpenAIOptions } from './interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from './options/openai-module-options.interface.js';
 import type { OpenAIMetricsService } from './metrics/openai-metrics.service.js';
 import { MODERATION_METADATA, type ModerateOptions } from './moderation/moderate.decorator.js';
 import { ModerationService } from './moderation/moderation.service.js';

@@ -17,7 +17,7 @@ import { redactSecrets } from '../logging/redact.js';
 import { OPENAI_STORE } from '../openai.constants.js';
 import { PricingService } from '../pricing/pricing.service.js';
 import type { OpenAIStore } from '../storage/openai-store.interface.js';
-import { isRetryable } from '../retry/retry-policy.js';
+import { isRetryable } from '../call/retry-policy.js';
 import { UsageService } from '../usage/usage.service.js';
 import { isRecord } from '../utils/is-record.js';
 import type {

@@ -1,8 +1,8 @@
 import { Logger } from '@nestjs/common';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { NormalizedUsage, UpstreamCall } from '../call/upstream-call.js';
-import { resolveOpenAIOptions } from '../config/resolve-options.js';
-import type { OpenAIModuleOptions } from '../interfaces/openai-module-options.interface.js';
+import { resolveOpenAIOptions } from '../options/resolve-options.js';
+import type { OpenAIModuleOptions } from '../options/openai-module-options.interface.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { PricingService } from '../pricing/pricing.service.js';
 import { MemoryStore } from '../storage/memory.store.js';

@@ -1,8 +1,8 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { Subject, type Observable } from 'rxjs';
 import type { CallReservation, OpenAICallHook, SettledCall, UpstreamCall } from '../call/upstream-call.js';
-import { RequestContextStore } from '../context/request-context.js';
-import type { ResolvedOpenAIOptions, SpendLimit } from '../interfaces/openai-module-options.interface.js';
+import { RequestContextStore } from '../request-context/request-context.js';
+import type { ResolvedOpenAIOptions, SpendLimit } from '../options/openai-module-options.interface.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import { PricingService } from '../pricing/pricing.service.js';

@@ -2,7 +2,7 @@ import type { UpstreamEndpoint } from '../call/upstream-call.js';
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { createHash } from 'node:crypto';
 import type OpenAI from 'openai';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import { keyPart, type OpenAIStore } from '../storage/openai-store.interface.js';

@@ -11,9 +11,9 @@ import {
   OpenAIUpstreamTimeoutException,
   UpstreamRetryLaterException,
 } from '../errors/openai-http.exceptions.js';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import type { OpenAIMetricsService, StatusClass } from '../metrics/openai-metrics.service.js';
-import { isRetryable, retryDelayMs, serverRetryAfterMs } from '../retry/retry-policy.js';
+import { isRetryable, retryDelayMs, serverRetryAfterMs } from './retry-policy.js';
 import type { Attempt, SentReply } from './endpoint-adapter.js';
 import type { ExecutedCall, PreparedCall } from './prepared-call.js';
 

@@ -1,5 +1,5 @@
 import { HttpException, Injectable, Logger } from '@nestjs/common';
-import { RequestContextStore } from '../context/request-context.js';
+import { RequestContextStore } from '../request-context/request-context.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 
 /**

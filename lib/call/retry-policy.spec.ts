@@ -1,6 +1,6 @@
 import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai';
 import { describe, expect, it } from 'vitest';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { isRetryable, retryDelayMs, serverRetryAfterMs } from './retry-policy.js';
 
 const apiError = (status: number, code?: string, headers: Record<string, string> = {}) =>

@@ -1,5 +1,5 @@
 import { APIConnectionError, APIError } from 'openai';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 
 /**
  * Whether an upstream error is worth another attempt: the upstream's `x-should-retry` header when present,

@@ -1,6 +1,6 @@
 import { HttpException } from '@nestjs/common';
 import type { ServerResponse } from 'node:http';
-import { RequestContextStore } from '../context/request-context.js';
+import { RequestContextStore } from '../request-context/request-context.js';
 import { OPENAI_REQUEST_ID_HEADER } from '../openai.constants.js';
 import type { ModelStream, StreamSummary } from '../openai.service.js';
 import type { OpenAIErrorBody } from '../errors/openai-http.exceptions.js';

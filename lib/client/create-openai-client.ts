@@ -1,5 +1,5 @@
 import OpenAI from 'openai';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { sseCompletionFetch } from './sse-completion.js';
 
 /**

@@ -10,11 +10,15 @@ import {
 } from '@nestjs/common';
 import { HttpAdapterHost } from '@nestjs/core';
 import OpenAI, { APIError, OpenAIError } from 'openai';
-import { logUpstreamFailure, mapUpstreamError } from '../errors/map-upstream-error.js';
+import { logUpstreamFailure, mapUpstreamError } from './map-upstream-error.js';
 import { fingerprintKey } from '../logging/redact.js';
 import { OPENAI_CLIENT } from '../openai.constants.js';
-import { RequestContextStore, acceptRequestId, type RequestContext } from '../context/request-context.js';
-import type { OpenAIErrorBody } from '../errors/openai-http.exceptions.js';
+import {
+  RequestContextStore,
+  acceptRequestId,
+  type RequestContext,
+} from '../request-context/request-context.js';
+import type { OpenAIErrorBody } from './openai-http.exceptions.js';
 import { redactSecrets } from '../logging/redact.js';
 import { REQUEST_ID_HEADER } from '../openai.constants.js';
 

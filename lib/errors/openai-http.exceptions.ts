@@ -1,5 +1,5 @@
 import { HttpException, HttpStatus } from '@nestjs/common';
-import { RequestContextStore } from '../context/request-context.js';
+import { RequestContextStore } from '../request-context/request-context.js';
 
 /**
  * JSON body of every error the library answers with:

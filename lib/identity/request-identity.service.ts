@@ -1,7 +1,7 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { normalizeIp } from '@nestjs/throttler';
-import { RequestContextStore, type RequestContext } from '../context/request-context.js';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import { RequestContextStore, type RequestContext } from '../request-context/request-context.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
 
 /**

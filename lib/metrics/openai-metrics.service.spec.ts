@@ -1,8 +1,8 @@
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
 import type { NormalizedUsage, UpstreamCall } from '../call/upstream-call.js';
-import { resolveOpenAIOptions } from '../config/resolve-options.js';
-import type { OpenAIModuleOptions } from '../interfaces/openai-module-options.interface.js';
+import { resolveOpenAIOptions } from '../options/resolve-options.js';
+import type { OpenAIModuleOptions } from '../options/openai-module-options.interface.js';
 import { OpenAIMetricsService } from './openai-metrics.service.js';
 import { metricValue } from '../../test/support/prometheus.js';
 

@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { NormalizedUsage, UpstreamCall } from '../call/upstream-call.js';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { OpenAIConfigError, type ConfigProblem } from '../errors/openai-config.error.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
 import { DEFAULT_PRICES } from '../pricing/default-prices.js';

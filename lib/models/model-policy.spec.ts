@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ModelNotAllowedException } from '../errors/openai-http.exceptions.js';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { ModelPolicy } from './model-policy.js';
 
 const models = (over: Partial<ResolvedOpenAIOptions['models']> = {}): ResolvedOpenAIOptions['models'] => ({

@@ -1,6 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { ModelNotAllowedException } from '../errors/openai-http.exceptions.js';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { isPinnedModel } from './model-names.js';
 
 /** Resolves aliases and applies the allow-list and pinning rules to a requested chat model. */

@@ -1,8 +1,8 @@
 import { Reflector } from '@nestjs/core';
 import { describe, expect, it, vi } from 'vitest';
-import { resolveOpenAIOptions } from '../config/resolve-options.js';
-import { RequestContextStore } from '../context/request-context.js';
-import type { OpenAIModuleOptions } from '../interfaces/openai-module-options.interface.js';
+import { resolveOpenAIOptions } from '../options/resolve-options.js';
+import { RequestContextStore } from '../request-context/request-context.js';
+import type { OpenAIModuleOptions } from '../options/openai-module-options.interface.js';
 import { Moderate } from './moderate.decorator.js';
 import { ContentFlaggedException } from './moderation.exceptions.js';
 import { ModerationPipe } from './moderation.pipe.js';

@@ -1,8 +1,8 @@
 import { Inject, Injectable, Optional, type ArgumentMetadata, type PipeTransform } from '@nestjs/common';
 import { RefusalRecorder } from '../call/refusal.recorder.js';
 import { Reflector } from '@nestjs/core';
-import { RequestContextStore } from '../context/request-context.js';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import { RequestContextStore } from '../request-context/request-context.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
 import { extractTexts } from './extract-texts.js';
 import { MODERATION_METADATA, type ModerateOptions } from './moderate.decorator.js';

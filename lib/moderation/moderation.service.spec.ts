@@ -1,9 +1,9 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { resolveOpenAIOptions } from '../config/resolve-options.js';
+import { resolveOpenAIOptions } from '../options/resolve-options.js';
 import type {
   OpenAIModuleOptions,
   ResolvedOpenAIOptions,
-} from '../interfaces/openai-module-options.interface.js';
+} from '../options/openai-module-options.interface.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import type { CallPipeline } from '../call/call-pipeline.js';
 import { MemoryStore } from '../storage/memory.store.js';

@@ -1,7 +1,7 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import { createHash } from 'node:crypto';
 import type { ModerationCheckOptions } from '../call/upstream-call.js';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import { CallPipeline } from '../call/call-pipeline.js';

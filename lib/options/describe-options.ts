@@ -1,4 +1,4 @@
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from './openai-module-options.interface.js';
 import { fingerprintKey } from '../logging/redact.js';
 
 /** The effective configuration as one JSON-safe object, secrets masked (key fingerprint, salt hidden). */

@@ -1,4 +1,4 @@
-import type { OpenAIProfileOptions } from '../interfaces/openai-module-options.interface.js';
+import type { OpenAIProfileOptions } from './openai-module-options.interface.js';
 
 /** Defaults shared by every environment. */
 export const BASE_DEFAULTS = {

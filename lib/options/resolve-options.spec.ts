@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { OpenAIConfigError } from '../errors/openai-config.error.js';
-import type { OpenAIModuleOptions } from '../interfaces/openai-module-options.interface.js';
+import type { OpenAIModuleOptions } from './openai-module-options.interface.js';
 import { describeOptions } from './describe-options.js';
 import { BASE_DEFAULTS } from './environment-defaults.js';
 import { resolveOpenAIOptions } from './resolve-options.js';

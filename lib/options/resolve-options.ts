@@ -3,7 +3,7 @@ import type {
   OpenAIModuleOptions,
   OpenAIProfileOptions,
   ResolvedOpenAIOptions,
-} from '../interfaces/openai-module-options.interface.js';
+} from './openai-module-options.interface.js';
 import { isPinnedModel } from '../models/model-names.js';
 import { redisStoreProblems } from '../storage/redis-options.validate.js';
 import { deepMerge } from '../utils/deep-merge.js';

@@ -1,7 +1,7 @@
 import { Logger } from '@nestjs/common';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { resolveOpenAIOptions } from '../config/resolve-options.js';
-import type { OpenAIModuleOptions } from '../interfaces/openai-module-options.interface.js';
+import { resolveOpenAIOptions } from '../options/resolve-options.js';
+import type { OpenAIModuleOptions } from '../options/openai-module-options.interface.js';
 import { DEFAULT_PRICES, DEFAULT_PRICES_SOURCE } from './default-prices.js';
 import { PricingService } from './pricing.service.js';
 

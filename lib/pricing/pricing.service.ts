@@ -1,6 +1,6 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
 import type { NormalizedUsage } from '../call/upstream-call.js';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
 import {
   DEFAULT_BATCH_PRICES,

@@ -8,12 +8,12 @@ import {
 } from '@nestjs/common';
 import { Observable, from, mergeMap } from 'rxjs';
 import { RequestIdentityService } from '../identity/request-identity.service.js';
-import { RequestContextStore } from '../context/request-context.js';
+import { RequestContextStore } from './request-context.js';
 import {
   OPENAI_REQUEST_CONTEXT_ROUTES,
   restrictsRoutes,
   type RequestContextRoutes,
-} from '../middleware/request-context-routes.js';
+} from './request-context-routes.js';
 import { REQUEST_ID_HEADER } from '../openai.constants.js';
 import { rawResponse } from '../utils/http.js';
 

@@ -1,6 +1,6 @@
 import { Injectable, type NestMiddleware } from '@nestjs/common';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { RequestContextStore } from '../context/request-context.js';
+import { RequestContextStore } from './request-context.js';
 import { REQUEST_ID_HEADER } from '../openai.constants.js';
 
 /**

@@ -1,6 +1,6 @@
 import { Logger } from '@nestjs/common';
 import { OpenAIProductionError } from '../errors/openai-production.error.js';
-import type { ResolvedOpenAIOptions } from '../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { MemoryStore } from './memory.store.js';
 import type { OpenAIStore } from './openai-store.interface.js';
 import { sharedNodeOptions } from './redis-cluster.js';

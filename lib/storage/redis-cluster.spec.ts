@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { resolveOpenAIOptions } from '../config/resolve-options.js';
+import { resolveOpenAIOptions } from '../options/resolve-options.js';
 import { OpenAIConfigError } from '../errors/openai-config.error.js';
 import { clusterKeySlot } from './cluster-slot.js';
 import { subjectKey, trackerKey } from './openai-store.interface.js';

@@ -11,7 +11,7 @@ import type {
   RequestLimitDetail,
   ResolvedOpenAIOptions,
   ThrottleWindow,
-} from '../interfaces/openai-module-options.interface.js';
+} from '../options/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
 import { rawResponse } from '../utils/http.js';
 import { OpenAIThrottlerStorage } from './openai-throttler.storage.js';

@@ -1,7 +1,7 @@
 import { HttpStatus } from '@nestjs/common';
 import { afterEach, describe, expect, it } from 'vitest';
-import { resolveOpenAIOptions } from '../config/resolve-options.js';
-import type { LimitsOptions } from '../interfaces/openai-module-options.interface.js';
+import { resolveOpenAIOptions } from '../options/resolve-options.js';
+import type { LimitsOptions } from '../options/openai-module-options.interface.js';
 import { MemoryStore } from '../storage/memory.store.js';
 import type { OpenAIStore, WindowState } from '../storage/openai-store.interface.js';
 import { StoreDegradedError } from '../storage/resilient.store.js';

@@ -3,7 +3,7 @@ import type {
   ResolvedOpenAIOptions,
   ThrottleWindow,
   TierLimits,
-} from '../interfaces/openai-module-options.interface.js';
+} from '../options/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import {
   subjectKey,

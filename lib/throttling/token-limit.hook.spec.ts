@@ -1,9 +1,9 @@
 import { HttpStatus } from '@nestjs/common';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { CallReservation, SettledCall, UpstreamCall } from '../call/upstream-call.js';
-import { resolveOpenAIOptions } from '../config/resolve-options.js';
-import { RequestContextStore } from '../context/request-context.js';
-import type { LimitsOptions } from '../interfaces/openai-module-options.interface.js';
+import { resolveOpenAIOptions } from '../options/resolve-options.js';
+import { RequestContextStore } from '../request-context/request-context.js';
+import type { LimitsOptions } from '../options/openai-module-options.interface.js';
 import type { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { MemoryStore } from '../storage/memory.store.js';
 import { RateLimitExceededException, TokenReservationTooLargeException } from './rate-limit.exceptions.js';

@@ -1,6 +1,6 @@
 import { Injectable } from '@nestjs/common';
 import type { CallReservation, OpenAICallHook, SettledCall, UpstreamCall } from '../call/upstream-call.js';
-import { RequestContextStore } from '../context/request-context.js';
+import { RequestContextStore } from '../request-context/request-context.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { RateLimitExceededException, TokenReservationTooLargeException } from './rate-limit.exceptions.js';
 import { RateLimitService } from './rate-limit.service.js';

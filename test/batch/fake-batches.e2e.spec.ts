@@ -5,8 +5,8 @@ import {
   DEFAULT_BATCH_PRICES_SOURCE,
   DEFAULT_PRICES,
   PricingService,
-  resolveOpenAIOptions,
 } from '../../lib/index.js';
+import { resolveOpenAIOptions } from '../../lib/options/resolve-options.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 
 const jsonl = (lines: object[]) =>

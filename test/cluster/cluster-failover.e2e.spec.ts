@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { clusterKeySlot, subjectKey } from '../../lib/index.js';
+import { clusterKeySlot } from '../../lib/storage/cluster-slot.js';
+import { subjectKey } from '../../lib/storage/openai-store.interface.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import type { CapturingLogger } from '../support/capturing-logger.js';
 import { OwnRedisCluster, clusterAvailable } from '../support/redis-cluster.js';

@@ -1,7 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { clusterKeySlot, createStore, subjectKey } from '../../lib/index.js';
-import { resolveOpenAIOptions } from '../../lib/config/resolve-options.js';
+import { clusterKeySlot } from '../../lib/storage/cluster-slot.js';
+import { createStore } from '../../lib/storage/create-store.js';
+import { subjectKey } from '../../lib/storage/openai-store.interface.js';
+import { resolveOpenAIOptions } from '../../lib/options/resolve-options.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import type { CapturingLogger } from '../support/capturing-logger.js';
 import { metricValue } from '../support/prometheus.js';

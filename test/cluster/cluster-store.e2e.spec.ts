@@ -2,18 +2,12 @@ import { randomBytes } from 'node:crypto';
 import { Cluster, Redis } from 'ioredis';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  DEFAULT_PRICES,
-  OpenAIConfigError,
-  ResilientStore,
-  UsageService,
-  clusterKeySlot,
-  createStore,
-  subjectKey,
-  trackerKey,
-  type StorageOptions,
-} from '../../lib/index.js';
-import { resolveOpenAIOptions } from '../../lib/config/resolve-options.js';
+import { DEFAULT_PRICES, OpenAIConfigError, UsageService, type StorageOptions } from '../../lib/index.js';
+import { ResilientStore } from '../../lib/storage/resilient.store.js';
+import { clusterKeySlot } from '../../lib/storage/cluster-slot.js';
+import { createStore } from '../../lib/storage/create-store.js';
+import { subjectKey, trackerKey } from '../../lib/storage/openai-store.interface.js';
+import { resolveOpenAIOptions } from '../../lib/options/resolve-options.js';
 import { FakeOpenAIServer, countChatPromptTokens } from '../../lib/testing/index.js';
 import { OwnRedisCluster, clusterAvailable } from '../support/redis-cluster.js';
 import { startSampleApp, type SampleAppHandle } from '../support/sample-app.js';

@@ -1,7 +1,8 @@
 import type { AddressInfo } from 'node:net';
 import request from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ChatRequestSchema, enforceInputLimits } from '../../lib/index.js';
+import { ChatRequestSchema } from '../../lib/index.js';
+import { enforceInputLimits } from '../../lib/call/input-limits.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { PLATFORMS, auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
 

@@ -26,11 +26,11 @@ import {
   RateLimitService,
   RequestContextStore,
   clientAbortSignal,
-  trackerKey,
   type ChatRequest,
   type OpenAIModuleOptions,
   type OpenAIStore,
 } from '../../lib/index.js';
+import { trackerKey } from '../../lib/storage/openai-store.interface.js';
 import {
   fixtureOptions,
   startFixtureApp,

@@ -1,15 +1,11 @@
 import { describe, expect, it, vi } from 'vitest';
-import { resolveOpenAIOptions } from '../config/resolve-options.js';
-import { ChatRequestSchema } from '../dto/chat-request.schema.js';
-import * as tokenCounter from '../tokens/token-counter.js';
-import { countChatPromptTokens } from '../tokens/token-counter.js';
-import {
-  ChatRequestPipe,
-  InputTooLargeException,
-  InvalidBodyException,
-  enforceInputLimits,
-  parseBody,
-} from './chat-request.pipe.js';
+import { resolveOpenAIOptions } from '../../options/resolve-options.js';
+import { ChatRequestSchema } from './chat-request.schema.js';
+import * as tokenCounter from '../../tokens/token-counter.js';
+import { countChatPromptTokens } from '../../tokens/token-counter.js';
+import { ChatRequestPipe } from './chat-request.pipe.js';
+import { InputTooLargeException, enforceInputLimits } from '../../call/input-limits.js';
+import { InvalidBodyException, parseBody } from '../parse-body.js';
 
 const LIMITS = { maxMessages: 3, maxChars: 100, maxPromptTokens: 40 };
 const user = (content: unknown) => ({ role: 'user', content });

@@ -1,8 +1,9 @@
 import { Inject, Injectable, Optional, type PipeTransform } from '@nestjs/common';
 import { RefusalRecorder } from '../../call/refusal.recorder.js';
-import type { ResolvedOpenAIOptions } from '../../interfaces/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions } from '../../options/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../../openai.constants.js';
-import { enforceInputLimits, parseBody } from '../../pipes/chat-request.pipe.js';
+import { enforceInputLimits } from '../../call/input-limits.js';
+import { parseBody } from '../parse-body.js';
 import { responsesInputMessages } from './responses.adapter.js';
 import { ResponsesRequestSchema, type ResponsesRequestBody } from './responses-request.schema.js';
 

@@ -1,2 +1,0 @@
-export * from './batch.service.js';
-export type * from './batch.types.js';

@@ -1,1 +1,0 @@
-export * from './upstream-call.js';

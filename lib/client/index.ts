@@ -1,2 +1,0 @@
-export * from './create-openai-client.js';
-export * from './sse-completion.js';

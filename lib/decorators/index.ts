@@ -1,2 +1,0 @@
-export * from './inject-openai-store.decorator.js';
-export * from './inject-openai.decorator.js';

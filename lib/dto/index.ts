@@ -1,1 +1,0 @@
-export * from './chat-request.schema.js';

@@ -1,1 +1,0 @@
-export * from './openai-exception.filter.js';

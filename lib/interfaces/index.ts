@@ -1,1 +1,0 @@
-export * from './openai-module-options.interface.js';

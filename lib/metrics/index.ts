@@ -1,1 +1,0 @@
-export * from './openai-metrics.service.js';

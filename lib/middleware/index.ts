@@ -1,2 +1,0 @@
-export * from './request-context.middleware.js';
-export * from './request-context-routes.js';

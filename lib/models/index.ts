@@ -1,2 +1,0 @@
-export * from './model-names.js';
-export * from './model-policy.js';

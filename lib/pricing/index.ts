@@ -1,2 +1,0 @@
-export * from './default-prices.js';
-export * from './pricing.service.js';

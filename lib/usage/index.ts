@@ -1,2 +1,0 @@
-export * from './usage.service.js';
-export * from './usage.hook.js';
