@@ -374,7 +374,14 @@ export class OpenAIBatchService {
     const route = tracked?.route ?? options.route ?? 'batch';
     if (accounted) {
       for (const p of priced)
-        this.usage.record({ user, route, model: p.model, usage: p.usage, costUsd: p.costUsd });
+        this.usage.record({
+          user,
+          route,
+          model: p.model,
+          usage: p.usage,
+          costUsd: p.costUsd,
+          serviceTier: 'batch',
+        });
     }
     if (tracked?.reservation) {
       // The hold lives here only, so this instance charges the budget even when another one recorded the ledger

@@ -115,13 +115,26 @@ export class BudgetService implements OpenAICallHook {
     if (subjects.length === 0) return;
     let maxCost = 0;
     for (const model of call.candidates) {
-      // A call asking for Priority processing may be billed at its (higher) price: reserve at it.
-      const c = this.pricing.maxCost(
+      // Reserve at the tier the call may be billed at: Priority when asked for. When no tier (or `auto`)
+      // is asked for, the project's default tier decides upstream; with `reserveTier: 'dearest'` (for a
+      // project whose default is Priority) the dearer of the standard and the Priority price.
+      const tier = call.serviceTier;
+      let c = this.pricing.maxCost(
         model,
         call.promptTokens,
         call.maxOutputTokens,
-        call.serviceTier === 'priority' ? 'priority' : 'standard',
+        tier === 'priority' ? 'priority' : 'standard',
       );
+      if (
+        this.options.budgets.reserveTier === 'dearest' &&
+        (tier === undefined || tier === 'auto') &&
+        c !== null &&
+        this.pricing.tierPriceOf(model, 'priority')
+      )
+        c = Math.max(
+          c,
+          this.pricing.maxCost(model, call.promptTokens, call.maxOutputTokens, 'priority') ?? c,
+        );
       if (c === null) {
         if (this.options.budgets.unpricedModels === 'reject') throw new UnpricedModelException(model);
         continue;

@@ -70,6 +70,11 @@ export interface StreamAdapter<Event> {
   isComplete(progress: StreamProgress, response: Response): boolean;
 }
 
+/** A `service_tier` as the upstream reported it, when it is a plausible one (a short string); else undefined. */
+export function reportedServiceTier(value: unknown): string | undefined {
+  return typeof value === 'string' && value.length > 0 && value.length <= 32 ? value : undefined;
+}
+
 /** An upstream stream that ended in a failure event (`response.failed`, an `error` event, ...). */
 export class UpstreamStreamError extends Error {
   constructor(

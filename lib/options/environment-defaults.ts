@@ -21,7 +21,13 @@ export const BASE_DEFAULTS = {
   storage: { type: 'memory', onFailure: 'memory', instances: 1, connectTimeoutMs: 5_000 },
   pricing: { models: {} },
   usage: { enabled: true, dailyRetentionDays: 35, monthlyRetentionDays: 400 },
-  budgets: { user: {}, project: {}, alertThresholds: [0.5, 0.8, 1], unpricedModels: 'reject' },
+  budgets: {
+    user: {},
+    project: {},
+    alertThresholds: [0.5, 0.8, 1],
+    unpricedModels: 'reject',
+    reserveTier: 'requested',
+  },
   metrics: {
     enabled: true,
     prefix: 'openai_',

@@ -341,6 +341,14 @@ export interface BudgetOptions {
   /** Called for each alert (also on `BudgetService.alerts$` and logged as a warning). @default undefined */
   onAlert?: (event: BudgetAlertEvent) => void | Promise<void>;
   /**
+   * The price a call without a `service_tier` (or with `auto`) is reserved at: `requested` (the
+   * standard price) or `dearest` (the dearer of the standard and the Priority price). A request that
+   * names no tier runs on the OpenAI project's default tier: if that is Priority, set `dearest`, or
+   * concurrent calls may together spend past a budget by the Priority premium.
+   * @default 'requested'
+   */
+  reserveTier?: 'requested' | 'dearest';
+  /**
    * A call to a model without a price while a budget applies: `reject` it (400) or `allow` it uncounted.
    * @default 'reject'
    */
@@ -507,7 +515,9 @@ export interface ResolvedOpenAIOptions {
     Pick<StorageOptions, 'memory' | 'redis'>;
   pricing: Required<PricingOptions>;
   usage: Required<UsageOptions>;
-  budgets: Required<Pick<BudgetOptions, 'user' | 'project' | 'alertThresholds' | 'unpricedModels'>> &
+  budgets: Required<
+    Pick<BudgetOptions, 'user' | 'project' | 'alertThresholds' | 'unpricedModels' | 'reserveTier'>
+  > &
     Pick<BudgetOptions, 'onAlert' | 'userLimits'>;
   metrics: Required<Pick<MetricsOptions, 'enabled' | 'prefix' | 'latencyBuckets' | 'overheadHeader'>> &
     Pick<MetricsOptions, 'registry'>;

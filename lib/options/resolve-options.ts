@@ -401,6 +401,8 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
   }
   if (!['reject', 'allow'].includes(o.budgets.unpricedModels))
     add('budgets.unpricedModels', "must be 'reject' or 'allow'", "set 'reject'");
+  if (!['requested', 'dearest'].includes(o.budgets.reserveTier))
+    add('budgets.reserveTier', "must be 'requested' or 'dearest'", "set 'requested'");
   if (!o.metrics.prefix || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(o.metrics.prefix))
     add('metrics.prefix', 'must be a valid Prometheus name prefix', "set 'openai_'");
   const mod = o.moderation;

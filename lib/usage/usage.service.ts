@@ -78,7 +78,7 @@ export function periodKeys(at: Date): { day: string; month: string } {
 /** Sums of float prices drift in the last digits; a nano-dollar is far below any price. */
 const roundUsd = (usd: number) => Math.round(usd * 1e9) / 1e9;
 
-const label = (s: string) => s.replace(/[|]/g, '_').slice(0, 120);
+const label = (s: unknown) => String(s).replace(/[|]/g, '_').slice(0, 120);
 
 /** The fields one call adds to a usage record (zeros left out). */
 function usageFields(entry: UsageEntry): Record<string, number> {
@@ -158,7 +158,14 @@ export class UsageService {
     const dayTtl = this.options.usage.dailyRetentionDays * DAY_MS;
     const monthTtl = this.options.usage.monthlyRetentionDays * DAY_MS;
     for (const { entry, at } of batch) {
-      const fields = usageFields(entry);
+      let fields: Record<string, number>;
+      try {
+        fields = usageFields(entry);
+      } catch (err) {
+        // Runs in setImmediate: a throw here would end the process. One bad record is logged and skipped.
+        this.logger.error(`a usage record could not be read: ${(err as Error)?.message ?? String(err)}`);
+        continue;
+      }
       const { day, month } = periodKeys(at);
       add(this.key(null, day), fields, dayTtl);
       add(this.key(null, month), fields, monthTtl);

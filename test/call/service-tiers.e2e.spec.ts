@@ -77,3 +77,69 @@ describe('service tiers: passed through, read back, priced, labelled', () => {
     expect(held).toBeGreaterThan(standardMax);
   });
 });
+
+describe('service tiers: odd replies and reservations for an unnamed tier', () => {
+  let fake: FakeOpenAIServer;
+  let h: FixtureHandle;
+  beforeAll(async () => {
+    fake = await FakeOpenAIServer.start();
+    h = await startFixtureApp(
+      'express',
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        budgets: { user: { dailyUsd: 10 }, reserveTier: 'dearest' },
+      }),
+    );
+  });
+  afterAll(async () => {
+    await h?.close();
+    await fake?.close();
+  });
+
+  it('a service_tier that is not a string is ignored (standard price), and the process keeps serving', async () => {
+    fake.fault({
+      path: '/v1/responses',
+      times: 1,
+      replyBody: {
+        id: 'resp_odd',
+        object: 'response',
+        created_at: 1,
+        status: 'completed',
+        model: MODEL,
+        service_tier: { odd: 1 },
+        output: [
+          {
+            type: 'message',
+            id: 'm1',
+            role: 'assistant',
+            status: 'completed',
+            content: [{ type: 'output_text', text: 'ok', annotations: [] }],
+          },
+        ],
+        usage: { input_tokens: 5, output_tokens: 1, total_tokens: 6 },
+      },
+    });
+    const r = await h.openai.createResponse({ input: 'hi' }, { user: 'odd' });
+    expect(r.serviceTier).toBeUndefined();
+    expect(r.costUsd).toBe(h.app.get(PricingService).cost(MODEL, r.usage));
+    await h.openai.flush();
+    await new Promise((resolve) => setImmediate(resolve));
+    const usage = await h.app.get(UsageService).totals('odd');
+    expect(usage.by_service_tier.default?.requests).toBe(1);
+    // Still serving after the ledger's write.
+    await expect(h.openai.createResponse({ input: 'again' }, { user: 'odd' })).resolves.toBeDefined();
+  });
+
+  it("budgets.reserveTier 'dearest': a call naming no tier is held at the Priority price", async () => {
+    fake.fault({ path: '/v1/chat/completions', delayMs: 300, times: 1 });
+    const budgets = h.app.get(BudgetService);
+    const call = h.openai.chat(
+      { messages: [{ role: 'user', content: 'hold' }], max_tokens: 1000 },
+      { user: 'd1' },
+    );
+    await new Promise((r) => setTimeout(r, 100));
+    const held = (await budgets.status('d1'))[0]!.spent_usd;
+    await call;
+    const pricing = h.app.get(PricingService);
+    expect(held).toBeGreaterThan(pricing.maxCost(MODEL, 20, 1000, 'standard')!);
+  });
+});

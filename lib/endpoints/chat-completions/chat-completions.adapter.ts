@@ -1,6 +1,10 @@
 import type OpenAI from 'openai';
 import { sseCompleted } from '../../client/sse-completion.js';
-import type { EndpointAdapter, StreamAdapter } from '../../call/endpoint-adapter.js';
+import {
+  reportedServiceTier,
+  type EndpointAdapter,
+  type StreamAdapter,
+} from '../../call/endpoint-adapter.js';
 import type { NormalizedUsage } from '../../call/upstream-call.js';
 
 type ChatParams = OpenAI.Chat.Completions.ChatCompletionCreateParamsNonStreaming;
@@ -55,7 +59,7 @@ export const chatCompletionsAdapter: EndpointAdapter<ChatCompletion> = {
   usage: (res) =>
     res.usage && typeof res.usage.prompt_tokens === 'number' ? normalizeChatUsage(res.usage) : undefined,
   text: chatOutputText,
-  tier: (res) => res.service_tier ?? undefined,
+  tier: (res) => reportedServiceTier(res.service_tier),
 };
 
 /** Streamed chat completions: usage always requested; a clean end is `data: [DONE]`, seen on the wire. */
@@ -80,7 +84,7 @@ export const chatCompletionsStreamAdapter: StreamAdapter<ChatCompletionChunk> = 
     if (choice?.finish_reason) p.finishReason = choice.finish_reason;
     if (chunk.usage) p.usage = normalizeChatUsage(chunk.usage);
     if (chunk.moderation?.output) p.moderation = chunk.moderation.output;
-    if (chunk.service_tier) p.serviceTier = chunk.service_tier;
+    p.serviceTier = reportedServiceTier(chunk.service_tier) ?? p.serviceTier;
   },
   isComplete: (_p, response) => sseCompleted(response) !== false,
 };

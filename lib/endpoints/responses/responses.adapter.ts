@@ -1,6 +1,7 @@
 import type OpenAI from 'openai';
 import {
   UpstreamStreamError,
+  reportedServiceTier,
   type EndpointAdapter,
   type StreamAdapter,
 } from '../../call/endpoint-adapter.js';
@@ -85,7 +86,7 @@ export const responsesAdapter: EndpointAdapter<Response> = {
   usage: (res) =>
     res.usage && typeof res.usage.input_tokens === 'number' ? normalizeResponseUsage(res.usage) : undefined,
   text: responseOutputText,
-  tier: (res) => res.service_tier ?? undefined,
+  tier: (res) => reportedServiceTier(res.service_tier),
 };
 
 /**
@@ -109,7 +110,7 @@ export const responsesStreamAdapter: StreamAdapter<ResponseStreamEvent> = {
         p.completed = true;
         p.finishReason = 'completed';
         if (e.response.moderation?.output) p.moderation = e.response.moderation.output;
-        if (e.response.service_tier) p.serviceTier = e.response.service_tier;
+        p.serviceTier = reportedServiceTier(e.response.service_tier) ?? p.serviceTier;
         if (e.response.usage) p.usage = normalizeResponseUsage(e.response.usage);
         break;
       case 'response.incomplete':
