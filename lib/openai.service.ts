@@ -1,6 +1,6 @@
 import { Injectable, Optional } from '@nestjs/common';
 import OpenAI from 'openai';
-import { CallPipeline, ZERO_USAGE, estimateUsage } from './call/call-pipeline.js';
+import { CallPipeline, estimateUsage } from './call/call-pipeline.js';
 import {
   ChatStream,
   ModelStream,
@@ -9,11 +9,12 @@ import {
   type StreamSummary,
 } from './call/model-stream.js';
 import type { PreparedCall } from './call/prepared-call.js';
-import type {
-  CallOptions,
-  CallResultMeta,
-  ModerationCheckOptions,
-  NormalizedUsage,
+import {
+  ZERO_USAGE,
+  type CallOptions,
+  type CallResultMeta,
+  type ModerationCheckOptions,
+  type NormalizedUsage,
 } from './call/upstream-call.js';
 import { RequestContextStore } from './request-context/request-context.js';
 import { InjectOpenAI } from './decorators/inject-openai.decorator.js';

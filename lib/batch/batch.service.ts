@@ -1,7 +1,8 @@
 import { HttpException, Inject, Injectable, Logger, Optional } from '@nestjs/common';
 import { toFile } from 'openai';
 import { BudgetService } from '../budget/budget.service.js';
-import { CallPipeline, ZERO_USAGE, estimateUsage } from '../call/call-pipeline.js';
+import { CallPipeline, estimateUsage } from '../call/call-pipeline.js';
+import { ZERO_USAGE } from '../call/upstream-call.js';
 import type { EndpointAdapter } from '../call/endpoint-adapter.js';
 import { RefusalRecorder } from '../call/refusal.recorder.js';
 import type { CallReservation, NormalizedUsage } from '../call/upstream-call.js';

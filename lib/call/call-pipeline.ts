@@ -34,16 +34,7 @@ import type {
   UpstreamCall,
   UpstreamEndpoint,
 } from './upstream-call.js';
-
-/** Zero usage (a cache hit, a non-metered endpoint). */
-export const ZERO_USAGE: NormalizedUsage = Object.freeze({
-  prompt_tokens: 0,
-  cached_tokens: 0,
-  completion_tokens: 0,
-  reasoning_tokens: 0,
-  total_tokens: 0,
-  estimated: false,
-}) as NormalizedUsage;
+import { ZERO_USAGE } from './upstream-call.js';
 
 /** Usage counted locally (the upstream sent none): `prompt` as counted before the call, the output's tokens. */
 export function estimateUsage(promptTokens: number, output: string): NormalizedUsage {

@@ -11,6 +11,16 @@ export interface NormalizedUsage {
   estimated: boolean;
 }
 
+/** Zero usage (a cache hit, a non-metered endpoint such as moderations). */
+export const ZERO_USAGE: Readonly<NormalizedUsage> = Object.freeze({
+  prompt_tokens: 0,
+  cached_tokens: 0,
+  completion_tokens: 0,
+  reasoning_tokens: 0,
+  total_tokens: 0,
+  estimated: false,
+});
+
 /** Endpoint an upstream call goes to. */
 export type UpstreamEndpoint = 'chat.completions' | 'responses' | 'embeddings' | 'moderations';
 

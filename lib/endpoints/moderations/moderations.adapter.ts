@@ -1,14 +1,6 @@
 import type OpenAI from 'openai';
 import type { EndpointAdapter } from '../../call/endpoint-adapter.js';
-
-const NO_USAGE = Object.freeze({
-  prompt_tokens: 0,
-  cached_tokens: 0,
-  completion_tokens: 0,
-  reasoning_tokens: 0,
-  total_tokens: 0,
-  estimated: false,
-});
+import { ZERO_USAGE } from '../../call/upstream-call.js';
 
 /** `POST /v1/moderations`: not metered (free; no hooks), no usage. */
 export const moderationsAdapter: EndpointAdapter<OpenAI.ModerationCreateResponse> = {
@@ -21,6 +13,6 @@ export const moderationsAdapter: EndpointAdapter<OpenAI.ModerationCreateResponse
         { signal: a.signal, timeout: a.timeoutMs, maxRetries: 0 },
       )
       .withResponse(),
-  usage: () => ({ ...NO_USAGE }),
+  usage: () => ({ ...ZERO_USAGE }),
   text: () => '',
 };
