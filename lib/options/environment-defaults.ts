@@ -20,7 +20,13 @@ export const BASE_DEFAULTS = {
   limits: { requests: [], tokens: [] },
   storage: { type: 'memory', onFailure: 'memory', instances: 1, connectTimeoutMs: 5_000 },
   pricing: { models: {} },
-  usage: { enabled: true, dailyRetentionDays: 35, monthlyRetentionDays: 400 },
+  usage: {
+    enabled: true,
+    dailyRetentionDays: 35,
+    monthlyRetentionDays: 400,
+    flushIntervalMs: 1_000,
+    maxPendingRecords: 100_000,
+  },
   budgets: {
     user: {},
     project: {},

@@ -312,6 +312,16 @@ export interface UsageOptions {
   dailyRetentionDays?: number;
   /** Days monthly totals are kept. @default 400 */
   monthlyRetentionDays?: number;
+  /**
+   * How often the calls summed in process are written to the store (ms): one write per key per
+   * interval. A crash loses at most the calls of the last interval. @default 1000
+   */
+  flushIntervalMs?: number;
+  /**
+   * Most calls kept in process unwritten while the store fails; past it the oldest batch is dropped
+   * (an error log and `openai_usage_records_dropped_total`). @default 100000
+   */
+  maxPendingRecords?: number;
 }
 
 /** A spend limit (USD) per calendar period (UTC). */

@@ -382,6 +382,10 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     if (!isPositiveInt(o.usage[key]))
       add(`usage.${key}`, 'must be a positive integer (days)', 'set a value such as 35');
   }
+  if (!isPositiveInt(o.usage.flushIntervalMs))
+    add('usage.flushIntervalMs', 'must be a positive integer (ms)', 'set a value such as 1000');
+  if (!isPositiveInt(o.usage.maxPendingRecords))
+    add('usage.maxPendingRecords', 'must be a positive integer (records)', 'set a value such as 100000');
   for (const scope of ['user', 'project'] as const) {
     for (const period of ['dailyUsd', 'monthlyUsd'] as const) {
       const v = o.budgets[scope]?.[period];

@@ -4,7 +4,9 @@ import type { NormalizedUsage } from '../call/upstream-call.js';
 import { resolveOpenAIOptions } from '../options/resolve-options.js';
 import type { OpenAIModuleOptions } from '../options/openai-module-options.interface.js';
 import { PricingService } from '../pricing/pricing.service.js';
+import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { MemoryStore } from '../storage/memory.store.js';
+import { ResilientStore } from '../storage/resilient.store.js';
 import type { OpenAIStore } from '../storage/openai-store.interface.js';
 import { UsageHook } from './usage.hook.js';
 import { UsageService, periodKeys } from './usage.service.js';
@@ -308,5 +310,146 @@ describe('UsageHook', () => {
     expect(t.cost_usd).toBeCloseTo(0.5 + 0.00015, 12);
     expect(t.unpriced_requests).toBe(1);
     expect(heard).toEqual([]);
+  });
+});
+
+describe('UsageService when the store fails', () => {
+  /** A memory store that fails while `down`; `applyThenFail` applies a write and then throws (a timeout whose command ran). */
+  function flaky() {
+    const memory = new MemoryStore();
+    const state = { down: false, applyThenFail: 0, writes: 0 };
+    const store: OpenAIStore = Object.assign(Object.create(memory) as OpenAIStore, {
+      async incrementFields(key: string, fields: Record<string, number>, ttl: number) {
+        if (state.down) throw new Error('Connection is closed.');
+        state.writes++;
+        await memory.incrementFields(key, fields, ttl);
+        if (state.applyThenFail > 0) {
+          state.applyThenFail--;
+          throw new Error('Command timed out');
+        }
+      },
+      async getFields(key: string) {
+        if (state.down) throw new Error('Connection is closed.');
+        return memory.getFields(key);
+      },
+    });
+    return { memory, store, state };
+  }
+  const rec = (usage: UsageService, n: number, user = 'u') => {
+    for (let i = 0; i < n; i++)
+      usage.record({ user, route: 'r', model: 'm', usage: u(10, 1), costUsd: 0.001 }, AT);
+  };
+
+  it('keeps the records while the store is down and writes them once when it is back, on the timer', async () => {
+    const error = vi.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
+    vi.spyOn(Logger.prototype, 'log').mockImplementation(() => undefined);
+    const { store, state } = flaky();
+    const usage = new UsageService(store, options({ usage: { flushIntervalMs: 20 } }));
+    state.down = true;
+    rec(usage, 3);
+    await usage.flush();
+    expect(usage.pendingRecords).toBe(3);
+    rec(usage, 2);
+    expect(usage.pendingRecords).toBe(5);
+    expect(error.mock.calls.map((c) => String(c[0])).join('\n')).toMatch(
+      /recording usage failed: Connection is closed\.; 3 records kept/,
+    );
+    state.down = false;
+    // no flush(): the retry timer writes them
+    await vi.waitFor(() => expect(usage.pendingRecords).toBe(0), { timeout: 2_000 });
+    const t = await usage.totals('u', 'day', AT);
+    expect(t).toMatchObject({ requests: 5, prompt_tokens: 50, completion_tokens: 5 });
+    expect(t.cost_usd).toBe(0.005);
+    expect((await usage.totals(null, 'month', AT)).requests).toBe(5);
+    usage.onApplicationShutdown();
+  });
+
+  it('a write applied whose reply was lost (a timeout) is not counted twice; one never applied is sent again', async () => {
+    vi.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
+    vi.spyOn(Logger.prototype, 'log').mockImplementation(() => undefined);
+    const { store, state } = flaky();
+    const usage = new UsageService(store, options());
+    rec(usage, 1);
+    await usage.flush(); // a first write, so the counters are known
+    rec(usage, 2);
+    state.applyThenFail = 4; // every key of the batch is applied, and every reply lost
+    await usage.flush();
+    expect(usage.pendingRecords).toBe(2);
+    await usage.flush(); // reads the counters back: already applied, nothing sent
+    expect(usage.pendingRecords).toBe(0);
+    expect(state.writes).toBe(8);
+    expect((await usage.totals('u', 'day', AT)).requests).toBe(3);
+    expect((await usage.totals(null, 'day', AT)).requests).toBe(3);
+    // the same on a key written for the first time by this instance
+    rec(usage, 1, 'newcomer');
+    state.applyThenFail = 4;
+    await usage.flush();
+    await usage.flush();
+    expect((await usage.totals('newcomer', 'month', AT)).requests).toBe(1);
+    expect((await usage.totals(null, 'month', AT)).requests).toBe(4);
+    // and a batch that never reached the store is sent again
+    rec(usage, 1, 'newcomer');
+    state.down = true;
+    await usage.flush();
+    state.down = false;
+    await usage.flush();
+    expect((await usage.totals('newcomer', 'day', AT)).requests).toBe(2);
+    expect((await usage.totals(null, 'day', AT)).requests).toBe(5);
+  });
+
+  it('drops the oldest batch past usage.maxPendingRecords, with an error log and a metric', async () => {
+    const error = vi.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
+    vi.spyOn(Logger.prototype, 'log').mockImplementation(() => undefined);
+    const { store, state } = flaky();
+    const opts = options({ usage: { maxPendingRecords: 5, flushIntervalMs: 60_000 } });
+    const metrics = new OpenAIMetricsService(opts);
+    const usage = new UsageService(store, opts, metrics);
+    state.down = true;
+    rec(usage, 4, 'old');
+    await usage.flush(); // the 4 fail: kept as the oldest batch
+    rec(usage, 1, 'new');
+    expect(usage.pendingRecords).toBe(5);
+    rec(usage, 1, 'new'); // 6 > 5: the batch of 4 goes
+    expect(usage.pendingRecords).toBe(2);
+    expect(error.mock.calls.map((c) => String(c[0])).join('\n')).toContain(
+      '4 records dropped unwritten (the oldest): more than usage.maxPendingRecords (5)',
+    );
+    const text = await metrics.metrics();
+    expect(text).toMatch(/openai_usage_records_dropped_total 4/);
+    expect(text).toMatch(/openai_usage_records_pending 2/);
+    state.down = false;
+    await usage.flush();
+    expect((await usage.totals('old', 'day', AT)).requests).toBe(0);
+    expect((await usage.totals('new', 'day', AT)).requests).toBe(2);
+    expect((await usage.totals(null, 'day', AT)).requests).toBe(2);
+    expect(await metrics.metrics()).toMatch(/openai_usage_records_pending 0/);
+    usage.onApplicationShutdown();
+  });
+
+  it('writes once per interval, one write per key whatever the number of calls', async () => {
+    const { store, state, memory } = flaky();
+    const usage = new UsageService(store, options({ usage: { flushIntervalMs: 50 } }));
+    rec(usage, 100);
+    await new Promise((r) => setTimeout(r, 10));
+    expect((await memory.getFields('usage:project:2024-07-04')).requests ?? 0).toBe(0);
+    await vi.waitFor(() => expect(usage.pendingRecords).toBe(0), { timeout: 2_000 });
+    expect(state.writes).toBe(4); // user and project, day and month
+    expect((await memory.getFields('usage:project:2024-07-04')).requests).toBe(100);
+    usage.onApplicationShutdown();
+  });
+
+  it('writes to the primary store behind the failure policy, so a write Redis refused is kept, not put in the fallback', async () => {
+    vi.spyOn(Logger.prototype, 'error').mockImplementation(() => undefined);
+    vi.spyOn(Logger.prototype, 'log').mockImplementation(() => undefined);
+    const { store, state } = flaky();
+    const resilient = new ResilientStore(store, 'memory', 1);
+    const usage = new UsageService(resilient, options());
+    state.down = true;
+    rec(usage, 2);
+    await usage.flush();
+    expect(usage.pendingRecords).toBe(2);
+    state.down = false;
+    await usage.flush();
+    expect((await usage.totals('u', 'day', AT)).requests).toBe(2);
   });
 });

@@ -1,6 +1,9 @@
-import { Inject, Injectable, Logger } from '@nestjs/common';
+import { randomBytes } from 'node:crypto';
+import { Inject, Injectable, Logger, Optional, type OnApplicationShutdown } from '@nestjs/common';
+import { Counter, Gauge } from 'prom-client';
 import type { NormalizedUsage } from '../call/upstream-call.js';
 import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
+import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import { subjectKey, type OpenAIStore } from '../storage/openai-store.interface.js';
 import { storageUnavailable } from '../throttling/rate-limit.exceptions.js';
@@ -113,76 +116,299 @@ function usageFields(entry: UsageEntry): Record<string, number> {
   return fields;
 }
 
+/** A key's summed fields in a batch, with what is known of its write. */
+interface KeyWrite {
+  fields: Record<string, number>;
+  ttlMs: number;
+  /**
+   * The value this instance's write counter (`w|<instance>`) of the key has once this write is applied,
+   * when known: a write whose outcome is unknown is checked against it before it is sent again.
+   */
+  seq?: number;
+  /** Sent at least once (it may have been applied even though it failed). */
+  sent: boolean;
+}
+
+/** Records frozen for one pipelined write; keys leave it as their write is confirmed. */
+interface Batch {
+  records: number;
+  writes: Map<string, KeyWrite>;
+}
+
+/** Most keys whose write counter is remembered (users x periods); past periods are forgotten first. */
+const MAX_COUNTERS = 100_000;
+
+/** Where the ledger writes: the store itself, not the failure policy in front of it (see `UsageService`). */
+function ledgerStore(store: OpenAIStore): OpenAIStore {
+  // `ResilientStore` answers a failed write by its policy (into its memory fallback, or not at all), so a
+  // write the ledger keeps and retries must reach the primary store, whose errors it sees.
+  const primary = (store as unknown as { primary?: unknown }).primary;
+  return primary && typeof (primary as OpenAIStore).incrementFields === 'function'
+    ? (primary as OpenAIStore)
+    : store;
+}
+
 /**
- * The usage ledger: per user and for the project, per UTC day and month, with breakdowns by model and
- * by route. Writes go to the shared store off the request path (one atomic write per key); `flush()`
- * (called by the module on shutdown, before the store closes) waits for those in flight.
+ * The usage ledger: per user and for the project, per UTC day and month, with breakdowns by model, route
+ * and service tier.
+ *
+ * Calls are summed in process per key and written once per `usage.flushIntervalMs` (one write per key,
+ * all sent at once: pipelined on the Redis connection), on `flush()` (the module calls it on shutdown,
+ * before the store closes) and before `totals()` reads. When the store fails, the batch is kept and
+ * written again with the same sums once it is back (backoff from `flushIntervalMs` up to 10 s), while new
+ * calls keep being summed; past `usage.maxPendingRecords` unwritten calls the oldest batch is dropped
+ * (an error log, `openai_usage_records_dropped_total`). A write whose outcome is unknown (a timeout, a
+ * connection lost with the command sent) is not sent twice blindly: each write also adds 1 to the key's
+ * field `w|<instance>`, and before sending it again the ledger reads that counter back (over the same
+ * connection, which Redis serves in order) to see whether it was applied.
+ *
+ * The ledger never sits on the request path, and budgets do not read it: they keep their own counters.
  */
 @Injectable()
-export class UsageService {
+export class UsageService implements OnApplicationShutdown {
   private readonly logger = new Logger('OpenAIUsage');
-  private readonly pending = new Set<Promise<void>>();
-  private buffer: Array<{ entry: UsageEntry; at: Date }> = [];
-  private scheduled = false;
+  /** Written to: the primary store (Redis), bypassing the failure policy. */
+  private readonly ledger: OpenAIStore;
+  /** This process's write counter field (see the class comment). */
+  private readonly marker = `w|${randomBytes(6).toString('hex')}`;
+  /** Calls summed since the last freeze. */
+  private current = new Map<string, { fields: Record<string, number>; ttlMs: number }>();
+  private currentRecords = 0;
+  /** The batch being written, or kept after a failure. */
+  private batch: Batch | null = null;
+  private inflight = false;
+  private running: Promise<void> | null = null;
+  private timer: NodeJS.Timeout | undefined;
+  private failures = 0;
+  private lastFailureLogAt = 0;
+  private closed = false;
+  /** Per key: this instance's write counter as last confirmed (null: unknown). */
+  private readonly counters = new Map<string, number | null>();
+  /** False once counters were forgotten before the day turned: a key without one is then unknown. */
+  private countersComplete = true;
+  private countersPeriod = '';
+  private readonly dropped?: Counter;
+  private readonly pendingGauge?: Gauge;
 
   constructor(
     @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
     @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
-  ) {}
-
-  /**
-   * Records one call and returns at once: calls are buffered and written right after the current turn
-   * of the event loop, summed per key (one write per key for a burst of calls), off the request path.
-   * `flush()` writes and waits; `totals()` flushes first, so an instance reads its own writes.
-   */
-  record(entry: UsageEntry, at = new Date()): void {
-    if (!this.options.usage.enabled) return;
-    this.buffer.push({ entry, at });
-    if (!this.scheduled) {
-      this.scheduled = true;
-      setImmediate(() => this.drain());
+    @Optional() metrics?: OpenAIMetricsService,
+  ) {
+    this.ledger = ledgerStore(store);
+    if (metrics && options.metrics.enabled) {
+      const p = options.metrics.prefix;
+      const registry = metrics.registry;
+      this.dropped =
+        (registry.getSingleMetric(`${p}usage_records_dropped_total`) as Counter | undefined) ??
+        new Counter({
+          name: `${p}usage_records_dropped_total`,
+          help: 'Usage records dropped unwritten: more than usage.maxPendingRecords kept while the store failed',
+          registers: [registry],
+        });
+      this.pendingGauge =
+        (registry.getSingleMetric(`${p}usage_records_pending`) as Gauge | undefined) ??
+        new Gauge({
+          name: `${p}usage_records_pending`,
+          help: 'Usage records recorded in this process and not yet written to the store',
+          registers: [registry],
+        });
     }
   }
 
-  private drain(): void {
-    this.scheduled = false;
-    const batch = this.buffer;
-    this.buffer = [];
-    if (batch.length === 0) return;
-    const sums = new Map<string, { fields: Record<string, number>; ttlMs: number }>();
-    const add = (key: string, fields: Record<string, number>, ttlMs: number) => {
-      const e = sums.get(key);
-      if (!e) sums.set(key, { fields: { ...fields }, ttlMs });
-      else for (const [k, v] of Object.entries(fields)) e.fields[k] = (e.fields[k] ?? 0) + v;
-    };
+  /** Calls recorded and not yet written (this instance). */
+  get pendingRecords(): number {
+    return this.currentRecords + (this.batch?.records ?? 0);
+  }
+
+  /**
+   * Records one call and returns at once: it is summed in process and written with the next flush
+   * (every `usage.flushIntervalMs`), off the request path. `flush()` writes and waits; `totals()`
+   * flushes first, so an instance reads its own writes.
+   */
+  record(entry: UsageEntry, at = new Date()): void {
+    if (!this.options.usage.enabled) return;
+    let fields: Record<string, number>;
+    try {
+      fields = usageFields(entry);
+    } catch (err) {
+      // One bad record is logged and skipped: it must not fail the call that settled it.
+      this.logger.error(`a usage record could not be read: ${(err as Error)?.message ?? String(err)}`);
+      return;
+    }
     const dayTtl = this.options.usage.dailyRetentionDays * DAY_MS;
     const monthTtl = this.options.usage.monthlyRetentionDays * DAY_MS;
-    for (const { entry, at } of batch) {
-      let fields: Record<string, number>;
-      try {
-        fields = usageFields(entry);
-      } catch (err) {
-        // Runs in setImmediate: a throw here would end the process. One bad record is logged and skipped.
-        this.logger.error(`a usage record could not be read: ${(err as Error)?.message ?? String(err)}`);
+    const { day, month } = periodKeys(at);
+    this.add(this.key(null, day), fields, dayTtl);
+    this.add(this.key(null, month), fields, monthTtl);
+    if (entry.user !== undefined) {
+      this.add(this.key(entry.user, day), fields, dayTtl);
+      this.add(this.key(entry.user, month), fields, monthTtl);
+    }
+    this.currentRecords++;
+    this.pendingGauge?.inc();
+    if (this.pendingRecords > this.options.usage.maxPendingRecords) this.overflow();
+    else this.arm(this.options.usage.flushIntervalMs);
+  }
+
+  private add(key: string, fields: Record<string, number>, ttlMs: number): void {
+    const e = this.current.get(key);
+    if (!e) this.current.set(key, { fields: { ...fields }, ttlMs });
+    else for (const k in fields) e.fields[k] = (e.fields[k] ?? 0) + fields[k];
+  }
+
+  /** Over the bound: drop the oldest batch (kept after a failure), or write the current one now. */
+  private overflow(): void {
+    if (this.batch && !this.inflight) {
+      const lost = this.batch.records;
+      // A dropped write that may have been applied leaves its key's counter unknown.
+      for (const [key, w] of this.batch.writes) if (w.sent) this.counters.set(key, null);
+      this.batch = null;
+      this.dropped?.inc(lost);
+      this.pendingGauge?.dec(lost);
+      this.logger.error(
+        `usage: ${lost} records dropped unwritten (the oldest): more than usage.maxPendingRecords (${this.options.usage.maxPendingRecords}) kept while the store fails`,
+      );
+      this.arm(0);
+    } else if (!this.batch) {
+      this.arm(0);
+    }
+  }
+
+  /** Schedules a flush in `delayMs` unless one is scheduled sooner. */
+  private arm(delayMs: number): void {
+    if (this.closed && delayMs > 0) return;
+    if (this.timer) {
+      if (delayMs > 0) return;
+      clearTimeout(this.timer);
+    }
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.cycle();
+    }, delayMs);
+    this.timer.unref?.();
+  }
+
+  /** One flush at a time: the batch kept from a failure is written before new records are frozen. */
+  private cycle(): Promise<void> {
+    this.running ??= this.write().finally(() => (this.running = null));
+    return this.running;
+  }
+
+  private async write(): Promise<void> {
+    for (let pass = 0; pass < 2; pass++) {
+      if (!this.batch) {
+        if (this.currentRecords === 0) break;
+        this.batch = this.freeze();
+      }
+      const batch = this.batch;
+      const error = await this.send(batch);
+      if (this.batch !== batch) continue; // dropped by the bound meanwhile
+      if (error === undefined) {
+        this.batch = null;
+        this.pendingGauge?.dec(batch.records);
+        if (this.failures > 0)
+          this.logger.log(
+            `usage: the store is back, records kept since ${this.failures} failed writes are written`,
+          );
+        this.failures = 0;
         continue;
       }
-      const { day, month } = periodKeys(at);
-      add(this.key(null, day), fields, dayTtl);
-      add(this.key(null, month), fields, monthTtl);
-      if (entry.user !== undefined) {
-        add(this.key(entry.user, day), fields, dayTtl);
-        add(this.key(entry.user, month), fields, monthTtl);
+      this.failures++;
+      const delay = Math.min(
+        this.options.usage.flushIntervalMs * 2 ** (this.failures - 1),
+        Math.max(this.options.usage.flushIntervalMs, 10_000),
+      );
+      const now = Date.now();
+      if (this.failures === 1 || now - this.lastFailureLogAt >= 10_000) {
+        this.lastFailureLogAt = now;
+        this.logger.error(
+          `recording usage failed: ${error instanceof Error ? error.message : String(error as string)}; ${this.pendingRecords} records kept in process and written when the store is back, lost if the process exits before (next try in ${delay} ms)`,
+        );
       }
+      if (!this.closed) {
+        if (this.timer) clearTimeout(this.timer);
+        this.timer = undefined;
+        this.arm(delay);
+      }
+      return;
     }
-    const p = Promise.all(
-      [...sums].map(([key, e]) => this.store.incrementFields(key, e.fields, e.ttlMs)),
-    ).then(
-      () => undefined,
-      (err: unknown) =>
-        this.logger.error(`recording usage failed: ${(err as Error)?.message ?? String(err)}`),
-    );
-    this.pending.add(p);
-    void p.finally(() => this.pending.delete(p));
+    if (this.currentRecords > 0) this.arm(this.options.usage.flushIntervalMs);
+  }
+
+  private freeze(): Batch {
+    const { day, month } = periodKeys(new Date());
+    if (this.countersPeriod !== day) {
+      // Counters of past periods are only needed for a late write: forget them when the day turns.
+      this.countersPeriod = day;
+      this.countersComplete = true;
+      for (const key of this.counters.keys())
+        if (!key.endsWith(`:${day}`) && !key.endsWith(`:${month}`)) this.counters.delete(key);
+    }
+    if (this.counters.size > MAX_COUNTERS) {
+      // Too many keys today: forget them all; until the day turns, a key without a counter is unknown.
+      this.counters.clear();
+      this.countersComplete = false;
+    }
+    const writes = new Map<string, KeyWrite>();
+    for (const [key, e] of this.current) {
+      // This process's counter field is its own: a key it never wrote has 0.
+      const known = this.counters.has(key) ? this.counters.get(key)! : this.countersComplete ? 0 : null;
+      writes.set(key, {
+        fields: e.fields,
+        ttlMs: e.ttlMs,
+        seq: known === null ? undefined : known + 1,
+        sent: false,
+      });
+    }
+    const batch = { records: this.currentRecords, writes };
+    this.current = new Map();
+    this.currentRecords = 0;
+    return batch;
+  }
+
+  /** Writes every key of the batch at once; confirmed keys leave it. Resolves the last error, if any. */
+  private async send(batch: Batch): Promise<unknown> {
+    this.inflight = true;
+    let error: unknown;
+    try {
+      await Promise.all(
+        [...batch.writes].map(async ([key, w]) => {
+          try {
+            if (w.sent) {
+              // The last try may have been applied: the key's write counter says whether it was.
+              const v = (await this.ledger.getFields(key))[this.marker] ?? 0;
+              if (w.seq !== undefined && v >= w.seq) {
+                this.counters.set(key, v);
+                batch.writes.delete(key);
+                return;
+              }
+              if (w.seq === undefined && v > 0)
+                this.logger.warn(
+                  `usage: a write to ${key} timed out and its outcome cannot be checked (its counter was forgotten); writing it again may count it twice`,
+                );
+              w.seq = v + 1;
+            }
+            w.sent = true;
+            await this.ledger.incrementFields(key, { ...w.fields, [this.marker]: 1 }, w.ttlMs);
+            this.counters.set(key, w.seq ?? null);
+            batch.writes.delete(key);
+          } catch (err) {
+            error = err ?? new Error('unknown store error');
+          }
+        }),
+      );
+    } finally {
+      this.inflight = false;
+    }
+    return error;
+  }
+
+  /** Stops the timer; `flush()` (called by the module before the store closes) writes what is left. */
+  onApplicationShutdown(): void {
+    this.closed = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
   }
 
   /**
@@ -231,10 +457,13 @@ export class UsageService {
     return report;
   }
 
-  /** Waits until every recorded call is written. */
+  /**
+   * Writes every call recorded so far and waits (one attempt: when the store fails, the records stay
+   * in process and are written later; an error is logged, nothing thrown).
+   */
   async flush(): Promise<void> {
-    if (this.scheduled) this.drain();
-    while (this.pending.size) await Promise.all([...this.pending]);
+    if (this.running) await this.running;
+    await this.cycle();
   }
 
   private key(user: string | null, period: string): string {
