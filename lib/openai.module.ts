@@ -55,6 +55,8 @@ import { ResponsesRequestPipe } from './endpoints/responses/responses-request.pi
 import { RequestIdentityService } from './identity/request-identity.service.js';
 import { RefusalRecorder } from './call/refusal.recorder.js';
 import { OpenAIBatchService } from './batch/batch.service.js';
+import { CircuitBreakerService } from './breaker/circuit-breaker.service.js';
+import { ConcurrencyLimitHook } from './concurrency/concurrency-limit.hook.js';
 
 /**
  * Connects the store's outage transitions to the metrics, and on shutdown writes pending usage and
@@ -121,19 +123,22 @@ const providers: Provider[] = [
   OpenAIStoreLifecycle,
   TokenLimitHook,
   UsageHook,
+  CircuitBreakerService,
+  ConcurrencyLimitHook,
   CallPipeline,
   ...exported,
-  // Order matters: the hooks that can refuse (token limits, budgets), the user's own, then the usage
-  // ledger (which only settles).
+  // Order matters: the hooks that can refuse (in-flight cap, token limits, budgets), the user's own,
+  // then the usage ledger (which only settles).
   {
     provide: OPENAI_CALL_HOOKS,
-    inject: [TokenLimitHook, BudgetService, UsageHook, OPENAI_RESOLVED_OPTIONS],
+    inject: [ConcurrencyLimitHook, TokenLimitHook, BudgetService, UsageHook, OPENAI_RESOLVED_OPTIONS],
     useFactory: (
+      inFlight: ConcurrencyLimitHook,
       tokens: TokenLimitHook,
       budgets: BudgetService,
       usage: UsageHook,
       options: ResolvedOpenAIOptions,
-    ) => [tokens, budgets, ...options.hooks, usage],
+    ) => [inFlight, tokens, budgets, ...options.hooks, usage],
   },
   { provide: APP_INTERCEPTOR, useClass: RequestContextInterceptor },
 ];

@@ -43,7 +43,16 @@ function fromEnvironment(config: SampleConfig): OpenAIProfileOptions {
     limits: {
       ...(config.rpm ? { requests: [perMinute(config.rpm)] } : {}),
       ...(config.tpm ? { tokens: [perMinute(config.tpm)] } : {}),
+      ...(config.maxInFlightPerUser !== undefined ? { maxInFlight: config.maxInFlightPerUser } : {}),
     },
+    ...(config.breakerFailures !== undefined || config.breakerCooldownMs !== undefined
+      ? {
+          breaker: {
+            ...(config.breakerFailures !== undefined ? { failures: config.breakerFailures } : {}),
+            ...(config.breakerCooldownMs !== undefined ? { cooldownMs: config.breakerCooldownMs } : {}),
+          },
+        }
+      : {}),
     ...(config.cacheTtlS ? { cache: { ttlMs: config.cacheTtlS * 1000 } } : {}),
     ...(config.moderation !== undefined ? { moderation: { enabled: config.moderation } } : {}),
     ...(config.budgetDailyUsd ? { budgets: { user: { dailyUsd: config.budgetDailyUsd } } } : {}),

@@ -26,6 +26,12 @@ export interface SampleConfig {
   cacheTtlS?: number;
   /** input moderation on the chat routes (undefined: on) */
   moderation?: boolean;
+  /** consecutive failures that open a model's circuit breaker; 0: off (undefined: the profile's default) */
+  breakerFailures?: number;
+  /** cool-down of an open breaker in ms (undefined: the default) */
+  breakerCooldownMs?: number;
+  /** upstream calls in flight at once per user; 0: no cap (undefined: the default, none) */
+  maxInFlightPerUser?: number;
 }
 
 function int(env: NodeJS.ProcessEnv, name: string, problems: string[], min = 0): number | undefined {
@@ -113,6 +119,9 @@ export function readSampleConfig(
     budgetDailyUsd: positiveNumber(env, 'BUDGET_USD_DAILY', problems),
     moderation: onOff(env, 'MODERATION', problems),
     cacheTtlS: int(env, 'CACHE_TTL_S', problems, 0),
+    breakerFailures: int(env, 'BREAKER_FAILURES', problems, 0),
+    breakerCooldownMs: int(env, 'BREAKER_COOLDOWN_MS', problems, 1),
+    maxInFlightPerUser: int(env, 'MAX_INFLIGHT_PER_USER', problems, 0),
   };
   if (problems.length) throw new Error(`Invalid sample settings:\n  - ${problems.join('\n  - ')}`);
   return config;

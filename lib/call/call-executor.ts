@@ -16,6 +16,8 @@ import type { OpenAIMetricsService, StatusClass } from '../metrics/openai-metric
 import { isRetryable, retryDelayMs, serverRetryAfterMs } from './retry-policy.js';
 import type { Attempt, SentReply } from './endpoint-adapter.js';
 import type { ExecutedCall, PreparedCall } from './prepared-call.js';
+import type { BreakerTicket, CircuitBreakerService } from '../breaker/circuit-breaker.service.js';
+import { UpstreamUnavailableException } from '../breaker/breaker.exceptions.js';
 
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
@@ -41,6 +43,22 @@ function statusClassOf(err: unknown): StatusClass {
 }
 
 /**
+ * For the circuit breaker: did the model answer? A timeout, a connection error, 408, 409 or a 5xx is a
+ * failure; any other status (a 429 too: the model is up, the project is limited) is an answer.
+ */
+function breakerOk(err: unknown): boolean {
+  if (err instanceof AttemptTimeoutError || err instanceof APIConnectionTimeoutError) return false;
+  const status = (err as { status?: unknown })?.status;
+  if (typeof status !== 'number') return false;
+  return !(status === 408 || status === 409 || status >= 500);
+}
+
+/** What the execute step consults besides the retry policy (all optional). */
+export interface ExecutorGuards {
+  breaker?: Pick<CircuitBreakerService, 'enabled' | 'admit' | 'report'>;
+}
+
+/**
  * The execute step of the call pipeline, for every endpoint: attempts over the model and its
  * fallbacks, a per-attempt timeout and the call's deadline, exponential backoff with full jitter, the
  * server's `retry-after-ms` / `retry-after` (never slept past `retry.maxRetryAfterMs` or the deadline:
@@ -53,6 +71,7 @@ export class CallExecutor {
   constructor(
     private readonly options: ResolvedOpenAIOptions,
     private readonly metrics: Pick<OpenAIMetricsService, 'attempt'>,
+    private readonly guards: ExecutorGuards = {},
   ) {}
 
   /**
@@ -75,8 +94,21 @@ export class CallExecutor {
     // Time spent waiting on the upstream (attempts) and on its retry policy (backoff): what is not the
     // pipeline's own overhead.
     let upstreamMs = 0;
+    const breaker = this.guards.breaker?.enabled ? this.guards.breaker : undefined;
+    /** Models skipped by an open breaker, and the soonest one's wait. */
+    let breakerSkips = 0;
+    let breakerWaitMs = Infinity;
 
     outer: for (const model of models) {
+      let ticket: BreakerTicket | undefined;
+      if (breaker) {
+        ticket = await breaker.admit(model, attemptMs + 1_000);
+        if (!ticket.allowed) {
+          breakerSkips++;
+          breakerWaitMs = Math.min(breakerWaitMs, ticket.retryAfterMs);
+          continue;
+        }
+      }
       for (let retry = 0; retry <= maxRetries; retry++) {
         if (retry > 0) {
           const server = lastErr instanceof APIError ? serverRetryAfterMs(lastErr.headers) : undefined;
@@ -130,6 +162,7 @@ export class CallExecutor {
           });
           upstreamMs += performance.now() - sent;
           this.metrics.attempt(prep.call, model, '2xx', retry > 0);
+          if (ticket) await breaker!.report(ticket, true);
           return {
             data,
             response,
@@ -147,6 +180,9 @@ export class CallExecutor {
           this.metrics.attempt(prep.call, model, statusClassOf(error), retry > 0);
           if (error instanceof HttpException) throw error;
           lastErr = error;
+          // An open breaker (opened by this failure, or a failed probe) stops this model: on to a fallback.
+          const tripped =
+            ticket !== undefined && (await breaker!.report(ticket, breakerOk(error))) === 'open';
           if (!isRetryable(error) && !(error instanceof AttemptTimeoutError)) {
             (error as { attempts?: number }).attempts = attempts;
             throw Object.assign(mapUpstreamError(error, model), { attempts });
@@ -159,11 +195,15 @@ export class CallExecutor {
             attempt: attempts,
             error: describeError(error),
           });
+          if (tripped) continue outer;
         } finally {
           clearTimeout(timer);
           options.signal?.removeEventListener('abort', onCallerAbort);
         }
       }
+    }
+    if (attempts === 0 && breakerSkips > 0) {
+      throw Object.assign(new UpstreamUnavailableException(models, breakerWaitMs), { attempts });
     }
     if (longWait && longWait.err === lastErr && lastErr instanceof APIError && lastErr.status) {
       throw Object.assign(

@@ -24,6 +24,7 @@ import { CallExecutor } from './call-executor.js';
 import type { EndpointAdapter, StreamAdapter } from './endpoint-adapter.js';
 import type { ExecutedCall, PreparedCall } from './prepared-call.js';
 import { RefusalRecorder } from './refusal.recorder.js';
+import { CircuitBreakerService } from '../breaker/circuit-breaker.service.js';
 import type {
   CallOptions,
   CallReservation,
@@ -100,10 +101,11 @@ export class CallPipeline {
     }),
     @Optional() private readonly cache?: ResponseCacheService,
     @Optional() private readonly refusals?: RefusalRecorder,
+    @Optional() breaker?: CircuitBreakerService,
   ) {
     this.policy = new ModelPolicy(options.models);
     this.hooks = hooks ?? [];
-    this.executor = new CallExecutor(options, this.metrics);
+    this.executor = new CallExecutor(options, this.metrics, { breaker });
   }
 
   /**

@@ -1,4 +1,5 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, Optional } from '@nestjs/common';
+import { CircuitBreakerService, type BreakerHealth } from '../breaker/circuit-breaker.service.js';
 import { OPENAI_STORE } from '../openai.constants.js';
 import type { OpenAIStore } from '../storage/openai-store.interface.js';
 import { ResilientStore, type StoreHealth } from '../storage/resilient.store.js';
@@ -8,12 +9,20 @@ export interface OpenAIHealth {
   /** False when a required dependency (Redis, when configured) does not answer. */
   up: boolean;
   storage: StoreHealth;
+  /**
+   * Circuit breakers of the models this instance called, as it last saw them (`closed`, `open`,
+   * `half-open`): an open breaker does not make the library down (calls use the fallbacks).
+   */
+  breakers: Record<string, BreakerHealth>;
 }
 
 /** Checks the library's dependencies. One store ping per call. */
 @Injectable()
 export class OpenAIHealthService {
-  constructor(@Inject(OPENAI_STORE) private readonly store: OpenAIStore) {}
+  constructor(
+    @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
+    @Optional() private readonly breakers?: CircuitBreakerService,
+  ) {}
 
   async check(): Promise<OpenAIHealth> {
     let up = true;
@@ -26,6 +35,6 @@ export class OpenAIHealthService {
       this.store instanceof ResilientStore
         ? this.store.health()
         : { kind: this.store.kind, up, policy: 'fail-closed' as const, outages: 0 };
-    return { up, storage: { ...storage, up } };
+    return { up, storage: { ...storage, up }, breakers: this.breakers?.health() ?? {} };
   }
 }

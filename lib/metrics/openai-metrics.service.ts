@@ -77,6 +77,8 @@ export class OpenAIMetricsService {
   private readonly tierCost: Counter<'service_tier'>;
   private readonly overheadSeconds: Histogram<'endpoint'>;
   private readonly cacheLookups: Counter<'outcome'>;
+  private readonly breakerStateGauge: Gauge<'model'>;
+  private readonly breakerTransitions: Counter<'model' | 'to'>;
 
   constructor(@Inject(OPENAI_RESOLVED_OPTIONS) options: ResolvedOpenAIOptions) {
     const m = options.metrics;
@@ -224,7 +226,32 @@ export class OpenAIMetricsService {
       'Requests refused by the library, by reason (rate_limit_exceeded, token_limit_exceeded, budget_exceeded, input_too_large, input_flagged, storage_unavailable, ...)',
       ['reason'],
     );
+    const gauge = <L extends string>(name: string, help: string, labelNames: L[]) =>
+      collector(
+        p + name,
+        'gauge',
+        labelNames,
+        (registers) => new Gauge<L>({ name: p + name, help, labelNames, registers }),
+      );
+    this.breakerStateGauge = gauge(
+      'breaker_state',
+      "A model's circuit breaker as this instance last saw it: 0 closed, 1 open, 0.5 half-open",
+      ['model'],
+    );
+    this.breakerTransitions = counter(
+      'breaker_transitions_total',
+      'Circuit breaker state changes made by this instance, by the state entered',
+      ['model', 'to'],
+    );
     if (problems.length) throw new OpenAIConfigError(options.environment, problems);
+  }
+
+  /** A circuit breaker's state as seen; `changed`: this instance made the transition (counted). */
+  breakerState(model: string, state: 'closed' | 'open' | 'half-open', changed: boolean): void {
+    if (!this.enabled) return;
+    const ml = this.modelLabel(model);
+    this.breakerStateGauge.set({ model: ml }, state === 'open' ? 1 : state === 'half-open' ? 0.5 : 0);
+    if (changed) this.breakerTransitions.inc({ model: ml, to: state });
   }
 
   /** Content type of `metrics()`. */

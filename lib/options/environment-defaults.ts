@@ -17,7 +17,7 @@ export const BASE_DEFAULTS = {
   retry: { maxRetries: 2, initialDelayMs: 500, maxDelayMs: 8_000, maxRetryAfterMs: 60_000 },
   logging: { prompts: false, config: true, calls: true, redact: [] },
   identity: { field: 'safety_identifier', salt: '', promptCacheKey: false },
-  limits: { requests: [], tokens: [] },
+  limits: { requests: [], tokens: [], maxInFlight: 0 },
   storage: { type: 'memory', onFailure: 'memory', instances: 1, connectTimeoutMs: 5_000 },
   pricing: { models: {} },
   usage: {
@@ -53,6 +53,7 @@ export const BASE_DEFAULTS = {
   },
   input: { maxMessages: 50, maxChars: 32_000, maxPromptTokens: 8_000 },
   cache: { ttlMs: 0, perUser: false, maxEntryBytes: 262_144 },
+  breaker: { failures: 0, cooldownMs: 30_000 },
 } satisfies OpenAIProfileOptions;
 
 /**
@@ -66,11 +67,13 @@ export const ENVIRONMENT_DEFAULTS: Record<string, OpenAIProfileOptions> = {
   staging: {
     models: { pinning: 'enforce', requested: 'configured' },
     moderation: { onError: 'fail-closed' },
+    breaker: { failures: 5 },
   },
   production: {
     models: { pinning: 'enforce', requested: 'configured' },
     logging: { prompts: false },
     moderation: { onError: 'fail-closed' },
+    breaker: { failures: 5 },
   },
 };
 

@@ -263,6 +263,39 @@ export interface LimitsOptions extends TierLimits {
    * @default true
    */
   setHeaders?: boolean;
+  /**
+   * Most upstream calls in flight at once per user (or anonymous tracker), across every instance sharing
+   * the store (OWASP LLM10). One more is refused with 429 `concurrency_limit_exceeded`. A slot is freed
+   * when its call settles, fails or is aborted; the slot of an instance that died expires after
+   * `inFlightTtlMs`. 0: no cap.
+   * @default 0
+   */
+  maxInFlight?: number;
+  /**
+   * How long an in-flight slot is held at most (ms) if its call never ends (the instance died). Keep it
+   * at least the longest call: a call outliving its slot no longer counts.
+   * @default timeouts.deadlineMs plus 5000
+   */
+  inFlightTtlMs?: number;
+}
+
+/**
+ * Circuit breaker per model, shared by every instance on the store: after `failures` consecutive
+ * failed attempts of a model (timeouts, connection errors, 408, 409, 5xx; a 429 or another 4xx is an
+ * answer and counts as success) the model is skipped for `cooldownMs` (calls go straight to its
+ * fallbacks), then one probe call is let through and its outcome closes or reopens the breaker.
+ */
+export interface BreakerOptions {
+  /**
+   * Consecutive failed attempts that open a model's breaker; 0 turns the breaker off.
+   * @default 5 in staging and production, 0 (off) elsewhere
+   */
+  failures?: number;
+  /**
+   * How long an open breaker skips its model before one probe is let through (ms).
+   * @default 30000
+   */
+  cooldownMs?: number;
 }
 
 /** Where shared state (limits, budgets, usage, caches) lives. */
@@ -462,6 +495,7 @@ export interface OpenAIProfileOptions {
   moderation?: ModerationOptions;
   input?: InputLimitsOptions;
   cache?: CacheOptions;
+  breaker?: BreakerOptions;
 }
 
 /**
@@ -520,7 +554,7 @@ export interface ResolvedOpenAIOptions {
     Pick<
       LimitsOptions,
       'tiers' | 'getTracker' | 'overrideScope' | 'skipIf' | 'ignoreUserAgents' | 'errorMessage' | 'setHeaders'
-    >;
+    > & { maxInFlight: number; inFlightTtlMs?: number };
   storage: Required<Pick<StorageOptions, 'type' | 'onFailure' | 'instances' | 'connectTimeoutMs'>> &
     Pick<StorageOptions, 'memory' | 'redis'>;
   pricing: Required<PricingOptions>;
@@ -535,4 +569,5 @@ export interface ResolvedOpenAIOptions {
     Pick<ModerationOptions, 'categories' | 'fields'> & { via: 'endpoint' | 'in-request' };
   input: Required<InputLimitsOptions>;
   cache: Required<CacheOptions>;
+  breaker: Required<BreakerOptions>;
 }

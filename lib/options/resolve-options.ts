@@ -34,6 +34,7 @@ const PROFILE_KEYS = new Set<keyof OpenAIProfileOptions>([
   'moderation',
   'input',
   'cache',
+  'breaker',
 ]);
 
 /**
@@ -150,6 +151,8 @@ const LIMITS_KEYS = [
   'ignoreUserAgents',
   'errorMessage',
   'setHeaders',
+  'maxInFlight',
+  'inFlightTtlMs',
 ];
 
 function isPositiveInt(v: unknown): v is number {
@@ -347,6 +350,27 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     add('limits.tiers', 'must be a function (user) => limits', 'pass a function or remove it');
   if (o.limits.getTracker !== undefined && typeof o.limits.getTracker !== 'function')
     add('limits.getTracker', 'must be a function (req) => string', 'pass a function or remove it');
+  if (!(Number.isInteger(lim.maxInFlight) && lim.maxInFlight >= 0))
+    add(
+      'limits.maxInFlight',
+      `must be an integer >= 0, got ${String(lim.maxInFlight)}`,
+      'set 0 for no cap, or a cap such as 4',
+    );
+  if (lim.inFlightTtlMs !== undefined && !isPositiveInt(lim.inFlightTtlMs))
+    add(
+      'limits.inFlightTtlMs',
+      `must be a positive integer (ms), got ${String(lim.inFlightTtlMs)}`,
+      'set at least timeouts.deadlineMs, or remove it',
+    );
+  const br = o.breaker;
+  if (!(Number.isInteger(br.failures) && br.failures >= 0))
+    add('breaker.failures', `must be an integer >= 0, got ${String(br.failures)}`, 'set 0 (off) or e.g. 5');
+  if (!isPositiveInt(br.cooldownMs))
+    add(
+      'breaker.cooldownMs',
+      `must be a positive integer (ms), got ${String(br.cooldownMs)}`,
+      'set e.g. 30000',
+    );
   const st = o.storage;
   if (st.type !== 'memory' && st.type !== 'redis')
     add('storage.type', `must be 'memory' or 'redis', got ${String(st.type)}`, "set 'memory' or 'redis'");

@@ -1,5 +1,8 @@
 import type {
+  BreakerAdmission,
+  BreakerReport,
   ConsumeResult,
+  SlotResult,
   OpenAIStore,
   WindowLimit,
   WindowRef,
@@ -41,7 +44,19 @@ interface Entry {
   f?: Record<string, number>;
   /** sliding window log */
   l?: SlidingLog;
+  /** in-flight slots: id -> expiry (epoch ms) */
+  z?: Map<string, number>;
 }
+
+/** Breaker state kept by the memory store: 0 closed, 1 open, 2 half-open; failures; open until; probe lease until. */
+interface BreakerEntry {
+  s: 0 | 1 | 2;
+  f: number;
+  u: number;
+  p: number;
+}
+
+const BREAKER_STATES = ['closed', 'open', 'half-open'] as const;
 
 /**
  * The default store: exact within one process, O(1) per operation (amortized for sliding windows),
@@ -258,5 +273,97 @@ export class MemoryStore implements OpenAIStore {
     clearInterval(this.sweeper);
     this.map.clear();
     this.logEntries = 0;
+  }
+  async acquireSlot(key: string, id: string, limit: number, ttlMs: number): Promise<SlotResult> {
+    const now = this.now();
+    let e = this.live(key, now);
+    if (!e?.z) {
+      e = { exp: now + ttlMs, z: new Map() };
+      this.put(key, e);
+    }
+    const slots = e.z!;
+    let earliest = Infinity;
+    for (const [sid, exp] of slots) {
+      if (exp <= now) slots.delete(sid);
+      else if (exp < earliest) earliest = exp;
+    }
+    if (!slots.has(id) && slots.size >= limit)
+      return { acquired: false, held: slots.size, retryAfterMs: Math.max(0, earliest - now) };
+    slots.set(id, now + ttlMs);
+    e.exp = Math.max(e.exp, now + ttlMs);
+    return { acquired: true, held: slots.size, retryAfterMs: 0 };
+  }
+
+  async releaseSlot(key: string, id: string): Promise<void> {
+    this.live(key, this.now())?.z?.delete(id);
+  }
+
+  /** Circuit breakers (one per model: few keys, kept apart from the LRU). */
+  private readonly breakers = new Map<string, BreakerEntry>();
+
+  private breaker(key: string): BreakerEntry {
+    let b = this.breakers.get(key);
+    if (!b) {
+      b = { s: 0, f: 0, u: 0, p: 0 };
+      this.breakers.set(key, b);
+    }
+    return b;
+  }
+
+  async breakerAdmit(key: string, probeLeaseMs: number): Promise<BreakerAdmission> {
+    const now = this.now();
+    const b = this.breaker(key);
+    const out = (allowed: boolean, probe: boolean, retryAfterMs: number, changed: boolean) => ({
+      state: BREAKER_STATES[b.s],
+      allowed,
+      probe,
+      failures: b.f,
+      retryAfterMs: Math.max(0, retryAfterMs),
+      changed,
+    });
+    if (b.s === 1) {
+      if (now < b.u) return out(false, false, b.u - now, false);
+      b.s = 2;
+      b.p = now + probeLeaseMs;
+      return out(true, true, 0, true);
+    }
+    if (b.s === 2) {
+      if (now < b.p) return out(false, false, b.p - now, false);
+      b.p = now + probeLeaseMs;
+      return out(true, true, 0, false);
+    }
+    return out(true, false, 0, false);
+  }
+
+  async breakerReport(
+    key: string,
+    ok: boolean,
+    threshold: number,
+    cooldownMs: number,
+    probe: boolean,
+  ): Promise<BreakerReport> {
+    const now = this.now();
+    const b = this.breaker(key);
+    const from = BREAKER_STATES[b.s];
+    if (ok) {
+      b.s = 0;
+      b.f = 0;
+      b.u = 0;
+      b.p = 0;
+    } else if (b.s === 2) {
+      if (probe) {
+        b.s = 1;
+        b.u = now + cooldownMs;
+        b.p = 0;
+      }
+    } else if (b.s === 0) {
+      b.f += 1;
+      if (b.f >= threshold) {
+        b.s = 1;
+        b.u = now + cooldownMs;
+      }
+    }
+    const state = BREAKER_STATES[b.s];
+    return { state, from, changed: state !== from };
   }
 }

@@ -110,6 +110,31 @@ export interface OpenAIStore {
   ping(): Promise<void>;
   /** Releases what the store created (timers, a Redis client it opened). */
   close(): Promise<void>;
+  // High availability (in-flight slots, circuit breakers): atomic, one Lua script each on Redis.
+  /**
+   * Takes slot `id` of `key` for `ttlMs` when fewer than `limit` live slots are held (expired slots are
+   * dropped first); an id already held is renewed. The in-flight cap per user.
+   */
+  acquireSlot(key: string, id: string, limit: number, ttlMs: number): Promise<SlotResult>;
+  /** Frees slot `id` of `key` (nothing when it is not held). */
+  releaseSlot(key: string, id: string): Promise<void>;
+  /**
+   * Asks a circuit breaker whether a call may go: closed yes; open no until its cool-down ends, when
+   * the first caller turns it half-open and holds the one probe for `probeLeaseMs` (a probe that never
+   * reports, its instance dead, is replaced after its lease); half-open no while the probe runs.
+   */
+  breakerAdmit(key: string, probeLeaseMs: number): Promise<BreakerAdmission>;
+  /**
+   * Reports an attempt's outcome: a success closes the breaker and clears its count; a failure adds one
+   * consecutive failure and opens it for `cooldownMs` at `threshold`, and a failed probe reopens it.
+   */
+  breakerReport(
+    key: string,
+    ok: boolean,
+    threshold: number,
+    cooldownMs: number,
+    probe: boolean,
+  ): Promise<BreakerReport>;
 }
 
 /**
@@ -141,4 +166,42 @@ export function subjectKey(user: string, name: string): string {
  */
 export function trackerKey(tracker: string, name: string): string {
   return tracker.startsWith('user:') ? subjectKey(tracker.slice(5), name) : `{${keyPart(tracker)}}:${name}`;
+}
+
+/** Outcome of `OpenAIStore.acquireSlot`. */
+export interface SlotResult {
+  /** True when the slot is held (taken now, or already held by this id and its expiry renewed). */
+  acquired: boolean;
+  /** Live slots of the key, this one included when acquired. */
+  held: number;
+  /** When refused: time (ms) until the earliest live slot expires (it may be freed sooner). */
+  retryAfterMs: number;
+}
+
+/** State of a circuit breaker. */
+export type BreakerState = 'closed' | 'open' | 'half-open';
+
+/** Outcome of `OpenAIStore.breakerAdmit`. */
+export interface BreakerAdmission {
+  /** The state after this admission (an open breaker whose cool-down ended turns half-open). */
+  state: BreakerState;
+  /** True when the caller may send: the breaker is closed, or this caller holds the one probe. */
+  allowed: boolean;
+  /** True when this caller holds the half-open breaker's probe. */
+  probe: boolean;
+  /** Consecutive failures counted so far. */
+  failures: number;
+  /** When not allowed: ms until the cool-down (or the running probe's lease) ends. */
+  retryAfterMs: number;
+  /** True when this admission changed the state (open -> half-open). */
+  changed: boolean;
+}
+
+/** Outcome of `OpenAIStore.breakerReport`. */
+export interface BreakerReport {
+  state: BreakerState;
+  /** The state before the report. */
+  from: BreakerState;
+  /** True when this report changed the state (closed -> open, half-open -> open or closed, open -> closed). */
+  changed: boolean;
 }

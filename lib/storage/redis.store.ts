@@ -1,7 +1,11 @@
 import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
 import { OpenAIProductionError } from '../errors/openai-production.error.js';
 import type {
+  BreakerAdmission,
+  BreakerReport,
+  BreakerState,
   ConsumeResult,
+  SlotResult,
   OpenAIStore,
   WindowLimit,
   WindowRef,
@@ -301,7 +305,105 @@ if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) 
 return 1
 `;
 
+// In-flight slots: KEYS[1] a sorted set of slot ids scored by their expiry (epoch ms). ARGV: id, limit,
+// ttlMs, now (-1: Redis' TIME). Expired slots are dropped first; an id already held is renewed. The key
+// expires with its last slot. Returns: acquired (0/1), live slots, ms until the earliest slot expires.
+const ACQUIRE_SLOT = `
+local now = tonumber(ARGV[4])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local k = KEYS[1]
+local limit = tonumber(ARGV[2])
+local exp = now + tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+local held = redis.call('ZCARD', k)
+if not redis.call('ZSCORE', k, ARGV[1]) and held >= limit then
+  local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+  local wait = 0
+  if first[2] then wait = tonumber(first[2]) - now end
+  return { 0, held, wait }
+end
+redis.call('ZADD', k, string.format('%.0f', exp), ARGV[1])
+local last = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', k, math.max(exp, tonumber(last[2])))
+return { 1, redis.call('ZCARD', k), 0 }
+`;
+
+// Circuit breaker: KEYS[1] a hash { s: 0 closed / 1 open / 2 half-open, f: consecutive failures,
+// u: open until, p: probe lease until } (epoch ms), kept a day after its last change.
+// BREAKER_ADMIT ARGV: probeLeaseMs, now. Returns: state, allowed, probe, failures, retryAfterMs, changed.
+const BREAKER_ADMIT = `
+local now = tonumber(ARGV[2])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local k = KEYS[1]
+local v = redis.call('HMGET', k, 's', 'f', 'u', 'p')
+local s = tonumber(v[1]) or 0
+local f = tonumber(v[2]) or 0
+local u = tonumber(v[3]) or 0
+local p = tonumber(v[4]) or 0
+local lease = string.format('%.0f', now + tonumber(ARGV[1]))
+if s == 1 then
+  if now < u then return { 1, 0, 0, f, u - now, 0 } end
+  redis.call('HSET', k, 's', 2, 'p', lease)
+  redis.call('PEXPIRE', k, 86400000)
+  return { 2, 1, 1, f, 0, 1 }
+end
+if s == 2 then
+  if now < p then return { 2, 0, 0, f, p - now, 0 } end
+  redis.call('HSET', k, 'p', lease)
+  redis.call('PEXPIRE', k, 86400000)
+  return { 2, 1, 1, f, 0, 0 }
+end
+return { 0, 1, 0, f, 0, 0 }
+`;
+
+// BREAKER_REPORT ARGV: ok (0/1), threshold, cooldownMs, probe (0/1), now. Returns: state, previous state.
+const BREAKER_REPORT = `
+local now = tonumber(ARGV[5])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local k = KEYS[1]
+local v = redis.call('HMGET', k, 's', 'f')
+local s = tonumber(v[1]) or 0
+local f = tonumber(v[2]) or 0
+local until_ = string.format('%.0f', now + tonumber(ARGV[3]))
+if ARGV[1] == '1' then
+  redis.call('DEL', k)
+  return { 0, s }
+end
+if s == 2 then
+  if ARGV[4] == '1' then
+    redis.call('HSET', k, 's', 1, 'u', until_, 'p', 0)
+    redis.call('PEXPIRE', k, 86400000)
+    return { 1, s }
+  end
+  return { 2, s }
+end
+if s == 1 then return { 1, s } end
+f = f + 1
+if f >= tonumber(ARGV[2]) then
+  redis.call('HSET', k, 's', 1, 'f', f, 'u', until_)
+else
+  redis.call('HSET', k, 'f', f)
+end
+redis.call('PEXPIRE', k, 86400000)
+if f >= tonumber(ARGV[2]) then return { 1, 0 } end
+return { 0, 0 }
+`;
+
+const BREAKER_STATES: readonly BreakerState[] = ['closed', 'open', 'half-open'];
+
 interface ScriptedClient {
+  openaiAcquireSlot(...args: Array<string | number>): Promise<number[]>;
+  openaiBreakerAdmit(...args: Array<string | number>): Promise<number[]>;
+  openaiBreakerReport(...args: Array<string | number>): Promise<number[]>;
   openaiConsume(...args: Array<string | number>): Promise<number[]>;
   openaiAdjust(...args: Array<string | number>): Promise<number>;
   openaiIncrementFields(...args: Array<string | number>): Promise<number>;
@@ -386,6 +488,9 @@ export class RedisStore implements OpenAIStore {
     c.defineCommand('openaiConsume', { lua: CONSUME });
     c.defineCommand('openaiAdjust', { lua: ADJUST });
     c.defineCommand('openaiIncrementFields', { lua: INCREMENT_FIELDS });
+    c.defineCommand('openaiAcquireSlot', { lua: ACQUIRE_SLOT });
+    c.defineCommand('openaiBreakerAdmit', { lua: BREAKER_ADMIT });
+    c.defineCommand('openaiBreakerReport', { lua: BREAKER_REPORT });
   }
 
   /** Whether the client is connected and ready. */
@@ -616,6 +721,74 @@ export class RedisStore implements OpenAIStore {
         this.client.disconnect();
       }
     }
+  }
+
+  async acquireSlot(key: string, id: string, limit: number, ttlMs: number): Promise<SlotResult> {
+    const k = this.k(key);
+    const out = await this.run(k, () =>
+      this.scripted.openaiAcquireSlot(
+        1,
+        k,
+        id,
+        limit,
+        Math.max(1, Math.ceil(ttlMs)),
+        this.now ? this.now() : -1,
+      ),
+    );
+    return {
+      acquired: Number(out[0]) === 1,
+      held: Number(out[1]),
+      retryAfterMs: Math.max(0, Number(out[2])),
+    };
+  }
+
+  async releaseSlot(key: string, id: string): Promise<void> {
+    const k = this.k(key);
+    await this.run(k, () => this.client.zrem(k, id));
+  }
+
+  async breakerAdmit(key: string, probeLeaseMs: number): Promise<BreakerAdmission> {
+    const k = this.k(key);
+    const out = await this.run(k, () =>
+      this.scripted.openaiBreakerAdmit(
+        1,
+        k,
+        Math.max(1, Math.ceil(probeLeaseMs)),
+        this.now ? this.now() : -1,
+      ),
+    );
+    return {
+      state: BREAKER_STATES[Number(out[0])] ?? 'closed',
+      allowed: Number(out[1]) === 1,
+      probe: Number(out[2]) === 1,
+      failures: Number(out[3]),
+      retryAfterMs: Math.max(0, Number(out[4])),
+      changed: Number(out[5]) === 1,
+    };
+  }
+
+  async breakerReport(
+    key: string,
+    ok: boolean,
+    threshold: number,
+    cooldownMs: number,
+    probe: boolean,
+  ): Promise<BreakerReport> {
+    const k = this.k(key);
+    const out = await this.run(k, () =>
+      this.scripted.openaiBreakerReport(
+        1,
+        k,
+        ok ? 1 : 0,
+        threshold,
+        Math.max(1, Math.ceil(cooldownMs)),
+        probe ? 1 : 0,
+        this.now ? this.now() : -1,
+      ),
+    );
+    const state = BREAKER_STATES[Number(out[0])] ?? 'closed';
+    const from = BREAKER_STATES[Number(out[1])] ?? 'closed';
+    return { state, from, changed: state !== from };
   }
 }
 

@@ -51,6 +51,18 @@ class SwitchableStore implements OpenAIStore {
   async close() {
     await this.inner.close();
   }
+  acquireSlot(...a: Parameters<OpenAIStore['acquireSlot']>) {
+    return this.guard(() => this.inner.acquireSlot(...a));
+  }
+  releaseSlot(...a: Parameters<OpenAIStore['releaseSlot']>) {
+    return this.guard(() => this.inner.releaseSlot(...a));
+  }
+  breakerAdmit(...a: Parameters<OpenAIStore['breakerAdmit']>) {
+    return this.guard(() => this.inner.breakerAdmit(...a));
+  }
+  breakerReport(...a: Parameters<OpenAIStore['breakerReport']>) {
+    return this.guard(() => this.inner.breakerReport(...a));
+  }
 }
 
 const minute = (limit: number): WindowLimit => ({ name: 'minute', limit, windowMs: 60_000 });

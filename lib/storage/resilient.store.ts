@@ -2,7 +2,10 @@ import { Logger } from '@nestjs/common';
 import { MemoryStore } from './memory.store.js';
 import type { ClusterHealth } from './redis-cluster.js';
 import type {
+  BreakerAdmission,
+  BreakerReport,
   ConsumeResult,
+  SlotResult,
   OpenAIStore,
   StorageFailurePolicy,
   WindowLimit,
@@ -210,5 +213,52 @@ export class ResilientStore implements OpenAIStore {
   async close(): Promise<void> {
     await this.fallback?.close();
     await this.primary.close();
+  }
+
+  // High availability: while the store is down an in-flight cap and a breaker follow the policy
+  // (`memory`: this instance's own, the cap divided by `instances`); `fail-open` admits; `fail-closed`
+  // refuses slots (503) and lets breakers admit (a breaker must not stop calls for lack of a store).
+  acquireSlot(key: string, id: string, limit: number, ttlMs: number): Promise<SlotResult> {
+    return this.attempt(
+      (s) => s.acquireSlot(key, id, limit, ttlMs),
+      async () => {
+        if (this.policy === 'fail-closed') this.fail();
+        if (this.policy === 'fail-open') return { acquired: true, held: 0, retryAfterMs: 0 };
+        return this.fallback!.acquireSlot(key, id, Math.max(1, Math.ceil(limit / this.instances)), ttlMs);
+      },
+    );
+  }
+
+  releaseSlot(key: string, id: string): Promise<void> {
+    return this.attempt(
+      (s) => s.releaseSlot(key, id),
+      async () => this.fallback?.releaseSlot(key, id),
+    );
+  }
+
+  breakerAdmit(key: string, probeLeaseMs: number): Promise<BreakerAdmission> {
+    return this.attempt(
+      (s) => s.breakerAdmit(key, probeLeaseMs),
+      async () =>
+        this.fallback
+          ? this.fallback.breakerAdmit(key, probeLeaseMs)
+          : { state: 'closed', allowed: true, probe: false, failures: 0, retryAfterMs: 0, changed: false },
+    );
+  }
+
+  breakerReport(
+    key: string,
+    ok: boolean,
+    threshold: number,
+    cooldownMs: number,
+    probe: boolean,
+  ): Promise<BreakerReport> {
+    return this.attempt(
+      (s) => s.breakerReport(key, ok, threshold, cooldownMs, probe),
+      async () =>
+        this.fallback
+          ? this.fallback.breakerReport(key, ok, threshold, cooldownMs, probe)
+          : { state: 'closed', from: 'closed', changed: false },
+    );
   }
 }
