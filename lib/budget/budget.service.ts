@@ -1,4 +1,4 @@
-import { Inject, Injectable, Logger } from '@nestjs/common';
+import { Inject, Injectable, Logger, type BeforeApplicationShutdown } from '@nestjs/common';
 import { Subject, type Observable } from 'rxjs';
 import type { CallReservation, OpenAICallHook, SettledCall, UpstreamCall } from '../call/upstream-call.js';
 import { RequestContextStore } from '../request-context/request-context.js';
@@ -9,14 +9,15 @@ import { PricingService } from '../pricing/pricing.service.js';
 import {
   keyPart,
   subjectKey,
-  type ConsumeResult,
   type OpenAIStore,
   type WindowLimit,
+  type WindowState,
 } from '../storage/openai-store.interface.js';
 import { StoreDegradedError } from '../storage/resilient.store.js';
 import { StorageUnavailableException, storageUnavailable } from '../throttling/rate-limit.exceptions.js';
 import type { BudgetAlertEvent } from './budget-alert.event.js';
 import { BudgetExceededException, UnpricedModelException } from './budget.exceptions.js';
+import { ProjectLeases } from './project-leases.js';
 
 /** Budgets are counted in micro-USD (integers), so concurrent updates stay exact. */
 const MICRO = 1e6;
@@ -44,6 +45,23 @@ interface Subject_ {
   key: string;
   windows: WindowLimit[];
 }
+
+/** A call's hold on one subject's budget. */
+interface Held {
+  subject: Subject_;
+  /** Adds the settlement's difference to the hold (negative: gives back). */
+  adjust(delta: number): Promise<void>;
+  /** Held on this instance's project lease: alerts follow the lease's operations. */
+  leased?: boolean;
+}
+
+/** The outcome of holding on one subject: held, or refused by a window. */
+type HoldOutcome = { held: Held } | { subject: Subject_; blockedBy: WindowState };
+
+/** What the alert check needs of a window: its period and the spend counted in it. */
+type SpendWindow = Pick<WindowState, 'name' | 'limit' | 'used' | 'start'>;
+
+const PROJECT_KEY = 'budget:project';
 
 /** The UTC calendar windows (day and/or month) of a spend limit, in micro-USD. */
 export function budgetWindows(limit: SpendLimit, now = new Date()): WindowLimit[] {
@@ -78,19 +96,41 @@ export function budgetWindows(limit: SpendLimit, now = new Date()): WindowLimit[
  * and releases the hold on every other ending. Alerts fire once per threshold, period and subject.
  */
 @Injectable()
-export class BudgetService implements OpenAICallHook {
+export class BudgetService implements OpenAICallHook, BeforeApplicationShutdown {
   private readonly logger = new Logger('OpenAIBudget');
   private readonly alertSubject = new Subject<BudgetAlertEvent>();
   /** Budget alerts, as they fire on this instance. */
   readonly alerts$: Observable<BudgetAlertEvent> = this.alertSubject.asObservable();
   private readonly pending = new Set<Promise<void>>();
+  /** The project budget's leases (a store that has them, leases enabled); else per call. */
+  private readonly leases?: ProjectLeases;
+  /** Alert ids this instance already saw set (fired here or elsewhere): not asked for again. */
+  private readonly alerted = new Set<string>();
 
   constructor(
     @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
     @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
     private readonly pricing: PricingService,
     private readonly metrics: OpenAIMetricsService,
-  ) {}
+  ) {
+    const lease = options.budgets.projectLeases;
+    if (lease && ProjectLeases.supported(store, lease))
+      this.leases = new ProjectLeases(
+        store,
+        PROJECT_KEY,
+        { ...lease, instances: options.storage?.instances ?? 1 },
+        (windows) => this.projectState(windows),
+        (what, err) => this.logger.warn(`${what} failed: ${(err as Error)?.message ?? String(err)}`),
+      );
+  }
+
+  /**
+   * Returns this instance's project lease before the app's server closes (calls still in flight then
+   * settle on the project counter itself); later calls reserve per call.
+   */
+  async beforeApplicationShutdown(): Promise<void> {
+    await this.leases?.close();
+  }
 
   /** The spend limit of `user` (its own, else the configured per-user one). */
   async userLimit(user: string): Promise<SpendLimit> {
@@ -104,7 +144,7 @@ export class BudgetService implements OpenAICallHook {
       if (windows.length) out.push({ scope: 'user', user, key: subjectKey(user, 'budget'), windows });
     }
     const project = budgetWindows(this.options.budgets.project, now);
-    if (project.length) out.push({ scope: 'project', key: 'budget:project', windows: project });
+    if (project.length) out.push({ scope: 'project', key: PROJECT_KEY, windows: project });
     return out;
   }
 
@@ -149,8 +189,8 @@ export class BudgetService implements OpenAICallHook {
     const subjects = await this.subjects(user ?? undefined, now);
     const subject = subjects.find((s) => (user === null ? s.scope === 'project' : s.scope === 'user'));
     if (!subject) return [];
-    const peek = await this.store.consume(subject.key, subject.windows, 0).catch(storageUnavailable);
-    return peek.windows.map((w) => ({
+    const peek = await this.spend(subject).catch(storageUnavailable);
+    return peek.map((w) => ({
       period: w.name as 'day' | 'month',
       limit_usd: w.limit / MICRO,
       spent_usd: w.used / MICRO,
@@ -159,9 +199,43 @@ export class BudgetService implements OpenAICallHook {
     }));
   }
 
-  /** Waits for alert checks in flight. */
+  /** Waits for alert checks (and project lease operations) in flight. */
   async flush(): Promise<void> {
     while (this.pending.size) await Promise.all([...this.pending]);
+    await this.leases?.flush();
+    while (this.pending.size) await Promise.all([...this.pending]);
+  }
+
+  /**
+   * The spend counted in each window of `subject` (holds of calls in flight included). The project's,
+   * with leases: the counter less what live leases hold unused (after reporting this instance's use).
+   */
+  private async spend(subject: Subject_): Promise<SpendWindow[]> {
+    if (subject.scope === 'project' && this.leases) {
+      try {
+        const r = await this.leases.read(subject.windows);
+        return r.windows.map((w) => ({ ...w, used: Math.max(0, w.used - w.leased) }));
+      } catch {
+        // the store's failure policy answers below
+      }
+    }
+    return (await this.store.consume(subject.key, subject.windows, 0)).windows;
+  }
+
+  /** The project windows after a lease operation: alerts on the project's spend. */
+  private projectState(windows: ReadonlyArray<SpendWindow & { leased: number }>): void {
+    if (windows.length === 0) return;
+    const subject: Subject_ = {
+      scope: 'project',
+      key: PROJECT_KEY,
+      windows: budgetWindows(this.options.budgets.project, new Date(windows[0].start)),
+    };
+    this.track(
+      this.fireAlerts(
+        subject,
+        windows.map((w) => ({ ...w, used: Math.max(0, w.used - w.leased) })),
+      ),
+    );
   }
 
   private track(p: Promise<void>): void {
@@ -172,50 +246,49 @@ export class BudgetService implements OpenAICallHook {
     void q.finally(() => this.pending.delete(q));
   }
 
-  private async adjustAll(
-    held: Array<{ subject: Subject_; result: ConsumeResult }>,
-    delta: number,
-  ): Promise<void> {
+  private async adjustAll(held: Held[], delta: number): Promise<void> {
     if (delta === 0) return;
-    await Promise.all(
-      held.map(({ subject, result }) =>
-        this.store.adjust(
-          subject.key,
-          result.windows.map((w) => ({ name: w.name, start: w.start })),
-          delta,
-        ),
-      ),
-    );
+    await Promise.all(held.map((h) => h.adjust(delta)));
   }
 
-  private async checkAlerts(held: Array<{ subject: Subject_; result: ConsumeResult }>): Promise<void> {
+  private async checkAlerts(held: Held[]): Promise<void> {
+    for (const h of held) {
+      // a call held on the project lease: the lease's operations report the project's spend
+      if (h.leased) continue;
+      await this.fireAlerts(h.subject, await this.spend(h.subject));
+    }
+  }
+
+  /** Fires the alerts of the thresholds the spend of `subject` has reached (each once, across instances). */
+  private async fireAlerts(subject: Subject_, windows: readonly SpendWindow[]): Promise<void> {
     const thresholds = [...this.options.budgets.alertThresholds].sort((a, b) => a - b);
-    for (const { subject } of held) {
-      const peek = await this.store.consume(subject.key, subject.windows, 0);
-      for (const w of peek.windows) {
-        const window = subject.windows.find((x) => x.name === w.name)!;
-        for (const t of thresholds) {
-          if (w.used < t * w.limit) break;
-          const id = `budget:alert:${subject.scope}:${subject.user !== undefined ? keyPart(subject.user) : '-'}:${w.name}:${w.start}:${t}`;
-          const first = await this.store.setIfAbsent(
-            id,
-            '1',
-            Math.max(1, w.start + window.windowMs - Date.now()) + 60_000,
-          );
-          if (!first) continue;
-          const event: BudgetAlertEvent = {
-            scope: subject.scope,
-            user: subject.user,
-            period: w.name as 'day' | 'month',
-            threshold: t,
-            spentUsd: w.used / MICRO,
-            limitUsd: w.limit / MICRO,
-            periodStart: new Date(w.start).toISOString(),
-          };
-          this.logger.warn({ msg: 'budget alert', ...event });
-          this.alertSubject.next(event);
-          await this.options.budgets.onAlert?.(event);
-        }
+    for (const w of windows) {
+      const window = subject.windows.find((x) => x.name === w.name);
+      if (!window) continue;
+      for (const t of thresholds) {
+        if (w.used < t * w.limit) break;
+        const id = `budget:alert:${subject.scope}:${subject.user !== undefined ? keyPart(subject.user) : '-'}:${w.name}:${w.start}:${t}`;
+        if (this.alerted.has(id)) continue;
+        const first = await this.store.setIfAbsent(
+          id,
+          '1',
+          Math.max(1, w.start + window.windowMs - Date.now()) + 60_000,
+        );
+        if (this.alerted.size >= 10_000) this.alerted.clear();
+        this.alerted.add(id);
+        if (!first) continue;
+        const event: BudgetAlertEvent = {
+          scope: subject.scope,
+          user: subject.user,
+          period: w.name as 'day' | 'month',
+          threshold: t,
+          spentUsd: w.used / MICRO,
+          limitUsd: w.limit / MICRO,
+          periodStart: new Date(w.start).toISOString(),
+        };
+        this.logger.warn({ msg: 'budget alert', ...event });
+        this.alertSubject.next(event);
+        await this.options.budgets.onAlert?.(event);
       }
     }
   }
@@ -239,31 +312,48 @@ export class BudgetService implements OpenAICallHook {
     return this.hold(subjects, maxCostUsd ?? 0);
   }
 
+  /** Holds `reserved` (micro-USD) on one subject: the project's on this instance's lease when it can. */
+  private async holdOn(subject: Subject_, reserved: number): Promise<HoldOutcome> {
+    const refs = (windows: readonly WindowState[]) => windows.map((w) => ({ name: w.name, start: w.start }));
+    const onCounter = (windows: readonly WindowState[]): HoldOutcome => ({
+      held: { subject, adjust: (d) => this.store.adjust(subject.key, refs(windows), d) },
+    });
+    if (subject.scope === 'project' && this.leases) {
+      const lease = await this.leases.hold(subject.windows, reserved);
+      if (lease) return { held: { subject, adjust: (d) => lease.adjust(d), leased: true } };
+      // near the limit (or no lease to be had): reserve this call on the counter itself
+      let r;
+      try {
+        r = await this.leases.holdPerCall(subject.windows, reserved);
+      } catch {
+        r = undefined; // the store fails: `consume` below answers with the failure policy
+      }
+      if (r) return r.ok ? onCounter(r.windows) : { subject, blockedBy: r.blockedBy! };
+    }
+    const result = await this.store.consume(subject.key, subject.windows, reserved);
+    return result.allowed ? onCounter(result.windows) : { subject, blockedBy: result.blockedBy! };
+  }
+
   /** Reserves `maxCost` (USD) on every subject at once; a refusal gives back the other holds. */
   private async hold(subjects: Subject_[], maxCost: number): Promise<CallReservation> {
     const reserved = toMicro(maxCost);
     // The user's and the project's budgets are reserved at once; a refusal gives back the other hold.
-    const outcomes = await Promise.allSettled(
-      subjects.map(async (subject) => ({
-        subject,
-        result: await this.store.consume(subject.key, subject.windows, reserved),
-      })),
-    );
+    const outcomes = await Promise.allSettled(subjects.map((subject) => this.holdOn(subject, reserved)));
     const held = outcomes.flatMap((o) =>
-      o.status === 'fulfilled' && o.value.result.allowed ? [o.value] : [],
+      o.status === 'fulfilled' && 'held' in o.value ? [o.value.held] : [],
     );
     const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-    const refused = outcomes.find((o) => o.status === 'fulfilled' && !o.value.result.allowed);
+    const refused = outcomes.find(
+      (o): o is PromiseFulfilledResult<{ subject: Subject_; blockedBy: WindowState }> =>
+        o.status === 'fulfilled' && !('held' in o.value),
+    );
     if (failed || refused) {
       await this.adjustAll(held, -reserved);
       if (failed) {
         if (failed.reason instanceof StoreDegradedError) throw new StorageUnavailableException(failed.reason);
         throw failed.reason;
       }
-      const { subject, result } = (
-        refused as PromiseFulfilledResult<{ subject: Subject_; result: ConsumeResult }>
-      ).value;
-      const w = result.blockedBy!;
+      const { subject, blockedBy: w } = refused!.value;
       const period = w.name as 'day' | 'month';
       this.metrics.budgetRejected(subject.scope, period);
       const windowMs = subject.windows.find((x) => x.name === w.name)!.windowMs;

@@ -33,6 +33,7 @@ export const BASE_DEFAULTS = {
     alertThresholds: [0.5, 0.8, 1],
     unpricedModels: 'reject',
     reserveTier: 'requested',
+    projectLeases: { enabled: true, maxUsd: 1, perCallBelowUsd: 1, ttlMs: 60_000 },
   },
   metrics: {
     enabled: true,

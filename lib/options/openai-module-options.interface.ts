@@ -396,6 +396,42 @@ export interface BudgetOptions {
    * @default 'reject'
    */
   unpricedModels?: 'reject' | 'allow';
+  /**
+   * How the project budget is served on a shared store (Redis): from leases each instance takes of it,
+   * so calls do not touch the one project counter (see the README, Budgets and alerts). The memory store
+   * reserves every call on the counter (one process: nothing to spread).
+   * @default { enabled: true, maxUsd: 1, perCallBelowUsd: 1, ttlMs: 60000 }
+   */
+  projectLeases?: ProjectLeaseOptions;
+}
+
+/**
+ * Leases of the project budget. An instance takes a lease (a chunk of the remaining budget, counted as
+ * spent on the project counter at once) and serves calls from it in process; it returns what it did not
+ * use when the lease runs out, expires, the period ends, or the app shuts down. Never overspent: the
+ * counter always holds every live lease whole.
+ */
+export interface ProjectLeaseOptions {
+  /** Serve the project budget from leases where the store supports them. @default true */
+  enabled?: boolean;
+  /**
+   * Largest lease (USD). A lease is also at most the project's remaining budget divided by
+   * `storage.instances` times 4, so the instances share what is left.
+   * @default 1
+   */
+  maxUsd?: number;
+  /**
+   * While less than this (USD) remains of a project limit, every call reserves on the project counter
+   * itself, so the last cents go exactly.
+   * @default 1
+   */
+  perCallBelowUsd?: number;
+  /**
+   * Lifetime of a lease (ms) since it was taken or its cap last raised. An instance that dies without
+   * returning its lease holds at most that long the part of it that it was not yet allowed to use.
+   * @default 60000
+   */
+  ttlMs?: number;
 }
 
 /** Prometheus metrics (prom-client). */
@@ -561,8 +597,7 @@ export interface ResolvedOpenAIOptions {
   usage: Required<UsageOptions>;
   budgets: Required<
     Pick<BudgetOptions, 'user' | 'project' | 'alertThresholds' | 'unpricedModels' | 'reserveTier'>
-  > &
-    Pick<BudgetOptions, 'onAlert' | 'userLimits'>;
+  > & { projectLeases: Required<ProjectLeaseOptions> } & Pick<BudgetOptions, 'onAlert' | 'userLimits'>;
   metrics: Required<Pick<MetricsOptions, 'enabled' | 'prefix' | 'latencyBuckets' | 'overheadHeader'>> &
     Pick<MetricsOptions, 'registry'>;
   moderation: Required<Omit<ModerationOptions, 'categories' | 'fields' | 'via'>> &

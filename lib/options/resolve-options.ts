@@ -431,6 +431,19 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
     add('budgets.unpricedModels', "must be 'reject' or 'allow'", "set 'reject'");
   if (!['requested', 'dearest'].includes(o.budgets.reserveTier))
     add('budgets.reserveTier', "must be 'requested' or 'dearest'", "set 'requested'");
+  const leases = o.budgets.projectLeases;
+  if (typeof leases.enabled !== 'boolean')
+    add('budgets.projectLeases.enabled', 'must be a boolean', 'set true');
+  if (!(typeof leases.maxUsd === 'number' && Number.isFinite(leases.maxUsd) && leases.maxUsd > 0))
+    add('budgets.projectLeases.maxUsd', 'must be a positive amount in USD', 'set e.g. 1');
+  if (!(
+    typeof leases.perCallBelowUsd === 'number' &&
+    Number.isFinite(leases.perCallBelowUsd) &&
+    leases.perCallBelowUsd >= 0
+  ))
+    add('budgets.projectLeases.perCallBelowUsd', 'must be an amount in USD, 0 or more', 'set e.g. 1');
+  if (!isPositiveInt(leases.ttlMs))
+    add('budgets.projectLeases.ttlMs', 'must be a positive whole number of ms', 'set e.g. 60000');
   if (!o.metrics.prefix || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(o.metrics.prefix))
     add('metrics.prefix', 'must be a valid Prometheus name prefix', "set 'openai_'");
   const mod = o.moderation;

@@ -110,6 +110,12 @@ export interface OpenAIStore {
   ping(): Promise<void>;
   /** Releases what the store created (timers, a Redis client it opened). */
   close(): Promise<void>;
+  /**
+   * Optional. Leases of a calendar budget (the project budget, see `BudgetService`), one atomic operation
+   * on the windows of `key` and its lease records. A store without it reserves every call on `key`.
+   * Expired leases are reclaimed first (all but the cap their holder was allowed to use).
+   */
+  budgetLease?(key: string, windows: readonly WindowLimit[], op: BudgetLeaseOp): Promise<BudgetLeaseResult>;
   // High availability (in-flight slots, circuit breakers): atomic, one Lua script each on Redis.
   /**
    * Takes slot `id` of `key` for `ttlMs` when fewer than `limit` live slots are held (expired slots are
@@ -204,4 +210,52 @@ export interface BreakerReport {
   from: BreakerState;
   /** True when this report changed the state (closed -> open, half-open -> open or closed, open -> closed). */
   changed: boolean;
+}
+
+/**
+ * One operation of `OpenAIStore.budgetLease` on calendar windows (`startAt` set). A lease record holds
+ * `granted` units (counted in the windows while it lives), the `cap` its holder may use of them, the
+ * `used` it last reported, and its expiry; an expired record gives back `granted - cap`.
+ * - `take`: a new lease `id` of `min(maxAmount, floor(room / divisor))` units (room: the least room of
+ *   the windows) and a cap of a quarter of it (at least `minAmount`); refused (nothing counted) when
+ *   room < `threshold` or the lease would be under `minAmount`.
+ * - `raise`: raises the cap of live lease `id` to `cap` (at most its grant), records `used`, renews
+ *   its expiry; refused when the lease is gone.
+ * - `return`: ends lease `id`, giving back `granted - used` (when already reclaimed: `cap - used`,
+ *   `cap` as its holder knew it). `windows` carry the lease's periods; nothing is given back to a
+ *   window that has moved on to another period, and no window is reset.
+ * - `hold`: counts `cost` in every window if all have room (a per-call reservation, settled with `adjust`).
+ * - `peek`: reads the windows.
+ */
+export type BudgetLeaseOp =
+  | {
+      op: 'take';
+      id: string;
+      ttlMs: number;
+      maxAmount: number;
+      divisor: number;
+      minAmount: number;
+      threshold: number;
+    }
+  | { op: 'raise'; id: string; ttlMs: number; cap: number; used: number }
+  | { op: 'return'; id: string; used: number; cap: number }
+  | { op: 'hold'; cost: number }
+  | { op: 'peek' };
+
+/** A calendar window after a `budgetLease` operation. */
+export interface BudgetLeaseWindow extends WindowState {
+  /** Units counted for live leases but not (as last reported) used by their holders. */
+  leased: number;
+}
+
+/** Outcome of `OpenAIStore.budgetLease`. */
+export interface BudgetLeaseResult {
+  /** False: `take` or `hold` refused, or the lease of `raise` is gone. */
+  ok: boolean;
+  /** `take` and `raise`: the lease's grant and cap. */
+  granted: number;
+  cap: number;
+  windows: BudgetLeaseWindow[];
+  /** `hold`: the first window without room. */
+  blockedBy?: BudgetLeaseWindow;
 }

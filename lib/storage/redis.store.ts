@@ -790,6 +790,71 @@ export class RedisStore implements OpenAIStore {
     const from = BREAKER_STATES[Number(out[1])] ?? 'closed';
     return { state, from, changed: state !== from };
   }
+  private leaseDefined = false;
+
+  /**
+   * Leases of a calendar budget (`OpenAIStore.budgetLease`): one script on the windows of `key` (hashes
+   * `{ s, c }`, as `consume` keeps them) and its lease records (`<key>:leases`), all in the key's slot.
+   */
+  async budgetLease(
+    key: string,
+    windows: readonly WindowLimit[],
+    op: import('./openai-store.interface.js').BudgetLeaseOp,
+  ): Promise<import('./openai-store.interface.js').BudgetLeaseResult> {
+    if (!this.leaseDefined) {
+      (this.client as unknown as { defineCommand(name: string, def: { lua: string }): void }).defineCommand(
+        'openaiBudgetLease',
+        { lua: BUDGET_LEASE },
+      );
+      this.leaseDefined = true;
+    }
+    const keys = [...windows.map((w) => this.k(key, w.name)), this.k(key, 'leases')];
+    const p =
+      op.op === 'take'
+        ? [op.maxAmount, op.divisor, op.minAmount, op.threshold]
+        : op.op === 'raise'
+          ? [op.cap, op.used, 0, 0]
+          : op.op === 'return'
+            ? [op.used, op.cap, 0, 0]
+            : op.op === 'hold'
+              ? [op.cost, 0, 0, 0]
+              : [0, 0, 0, 0];
+    const argv: Array<string | number> = [
+      op.op,
+      this.now ? this.now() : -1,
+      'id' in op ? op.id : '',
+      'ttlMs' in op ? Math.max(1, Math.ceil(op.ttlMs)) : 0,
+      ...p.map((x) => Math.max(0, Math.ceil(x))),
+    ];
+    for (const w of windows) argv.push(w.name, w.limit, w.windowMs, w.startAt ?? 0);
+    const out = await this.run(keys[0], () =>
+      (
+        this.client as unknown as { openaiBudgetLease(...a: Array<string | number>): Promise<number[]> }
+      ).openaiBudgetLease(keys.length, ...keys, ...argv),
+    );
+    const now = Number(out[1]);
+    const states: Array<import('./openai-store.interface.js').BudgetLeaseWindow> = windows.map((w, i) => {
+      const start = Number(out[5 + i * 3]);
+      const used = Number(out[6 + i * 3]);
+      return {
+        name: w.name,
+        limit: w.limit,
+        start,
+        used,
+        remaining: Math.max(0, w.limit - used),
+        resetMs: Math.max(0, start + w.windowMs - now),
+        leased: Number(out[7 + i * 3]),
+      };
+    });
+    const refused = Number(out[4]);
+    return {
+      ok: Number(out[0]) === 1,
+      granted: Number(out[2]),
+      cap: Number(out[3]),
+      windows: states,
+      ...(refused > 0 ? { blockedBy: states[refused - 1] } : {}),
+    };
+  }
 }
 
 /** `CLUSTER INFO` of one node over a short-lived plain connection (a master the cluster client lost). */
@@ -830,3 +895,165 @@ async function probeNode(
     probe.disconnect();
   }
 }
+
+// Leases of a calendar budget (see `OpenAIStore.budgetLease` and BudgetService). KEYS: the hash `{ s, c }`
+// of each window (as CONSUME keeps a calendar window), then the lease records: a hash, field = lease id,
+// value = `granted,cap,used,expiresAt,<window>=<start>,...`. ARGV: op, now (< 0: Redis TIME), id, ttlMs,
+// four numbers of the op, then (name, limit, windowMs, startAt) per window. Windows of `take`, `hold`
+// and `peek` are the current periods (a stored window of another period restarts at zero, as in
+// CONSUME); those of `raise` and `return` are the lease's periods, compared, never reset. Expired
+// records are reclaimed first: `granted - cap` back to the windows still in their period.
+// Returns: ok, now, granted, cap, index of the window that refused a hold (0: none), then
+// (start, used, leased) per window.
+const BUDGET_LEASE = `
+local op = ARGV[1]
+local now = tonumber(ARGV[2])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local id = ARGV[3]
+local ttl = tonumber(ARGV[4])
+local p1, p2, p3, p4 = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local n = #KEYS - 1
+local L = KEYS[#KEYS]
+local current = op == 'take' or op == 'hold' or op == 'peek'
+local function fmt(x) return string.format('%.0f', x) end
+local names, limits, wins, given, starts, used, dirty = {}, {}, {}, {}, {}, {}, {}
+local horizon = 0
+for i = 1, n do
+  local a = 9 + (i - 1) * 4
+  names[i] = ARGV[a]
+  limits[i] = tonumber(ARGV[a + 1])
+  wins[i] = tonumber(ARGV[a + 2])
+  given[i] = tonumber(ARGV[a + 3])
+  local v = redis.call('HMGET', KEYS[i], 's', 'c')
+  local s = tonumber(v[1])
+  local c = tonumber(v[2]) or 0
+  if current and (s == nil or s ~= given[i]) then
+    s = given[i]
+    c = 0
+    dirty[i] = true
+  end
+  starts[i] = s
+  used[i] = c
+  if s ~= nil and s + wins[i] > horizon then horizon = s + wins[i] end
+end
+local function parse(v)
+  local f = {}
+  for part in string.gmatch(v, '[^,]+') do f[#f + 1] = part end
+  local r = { g = tonumber(f[1]), cap = tonumber(f[2]), u = tonumber(f[3]), exp = tonumber(f[4]), at = {}, raw = {} }
+  for j = 5, #f do
+    local e = string.find(f[j], '=', 1, true)
+    r.at[string.sub(f[j], 1, e - 1)] = tonumber(string.sub(f[j], e + 1))
+    r.raw[#r.raw + 1] = f[j]
+  end
+  return r
+end
+local function enc(r)
+  return fmt(r.g) .. ',' .. fmt(r.cap) .. ',' .. fmt(r.u) .. ',' .. fmt(r.exp) .. ',' .. table.concat(r.raw, ',')
+end
+local function giveBack(at, amount)
+  if amount <= 0 then return end
+  for i = 1, n do
+    if starts[i] ~= nil and at[names[i]] == starts[i] then
+      used[i] = math.max(0, used[i] - amount)
+      dirty[i] = true
+    end
+  end
+end
+local all = redis.call('HGETALL', L)
+local recs = {}
+for j = 1, #all, 2 do
+  local r = parse(all[j + 1])
+  if r.exp <= now then
+    giveBack(r.at, r.g - r.cap)
+    redis.call('HDEL', L, all[j])
+  else
+    recs[all[j]] = r
+  end
+end
+local ok, granted, cap, refused = 1, 0, 0, 0
+if op == 'take' then
+  local room = -1
+  for i = 1, n do
+    local r = limits[i] - used[i]
+    if room < 0 or r < room then room = r end
+  end
+  if room < 0 then room = 0 end
+  local g = math.min(p1, math.floor(room / p2))
+  if room < p4 or g < p3 or g <= 0 then
+    ok = 0
+  else
+    for i = 1, n do
+      used[i] = used[i] + g
+      dirty[i] = true
+    end
+    local r = { g = g, cap = math.min(g, math.max(math.ceil(g / 4), p3)), u = 0, exp = now + ttl, at = {}, raw = {} }
+    for i = 1, n do
+      r.at[names[i]] = starts[i]
+      r.raw[#r.raw + 1] = names[i] .. '=' .. fmt(starts[i])
+    end
+    recs[id] = r
+    redis.call('HSET', L, id, enc(r))
+    granted = g
+    cap = r.cap
+  end
+elseif op == 'raise' then
+  local r = recs[id]
+  if r == nil then
+    ok = 0
+  else
+    r.cap = math.min(r.g, math.max(r.cap, p1))
+    r.u = math.min(r.cap, p2)
+    r.exp = now + ttl
+    redis.call('HSET', L, id, enc(r))
+    granted = r.g
+    cap = r.cap
+  end
+elseif op == 'return' then
+  local r = recs[id]
+  if r ~= nil then
+    giveBack(r.at, r.g - p1)
+    recs[id] = nil
+    redis.call('HDEL', L, id)
+  else
+    local at = {}
+    for i = 1, n do at[names[i]] = given[i] end
+    giveBack(at, p2 - p1)
+  end
+elseif op == 'hold' then
+  for i = 1, n do
+    if used[i] + p1 > limits[i] then
+      refused = i
+      break
+    end
+  end
+  if refused > 0 then
+    ok = 0
+  else
+    for i = 1, n do
+      used[i] = used[i] + p1
+      dirty[i] = true
+    end
+  end
+end
+for i = 1, n do
+  if dirty[i] then
+    redis.call('HSET', KEYS[i], 's', fmt(starts[i]), 'c', fmt(used[i]))
+    redis.call('PEXPIREAT', KEYS[i], starts[i] + wins[i])
+  end
+end
+if redis.call('HLEN', L) > 0 and horizon > now then redis.call('PEXPIREAT', L, math.max(horizon, now + ttl)) end
+local out = { ok, now, granted, cap, refused }
+for i = 1, n do
+  local leased = 0
+  for _, r in pairs(recs) do
+    if starts[i] ~= nil and r.at[names[i]] == starts[i] then leased = leased + r.g - r.u end
+  end
+  out[#out + 1] = starts[i] or 0
+  out[#out + 1] = used[i]
+  out[#out + 1] = leased
+end
+return out
+`;

@@ -261,4 +261,21 @@ export class ResilientStore implements OpenAIStore {
           : { state: 'closed', from: 'closed', changed: false },
     );
   }
+  private leaseOp?: OpenAIStore['budgetLease'];
+
+  /**
+   * Budget leases, when the primary has them. While the store is down they fail (`StoreDegradedError`)
+   * whatever the policy: `BudgetService` then reserves the call on the budget's own key with `consume`,
+   * where the policy applies.
+   */
+  get budgetLease(): OpenAIStore['budgetLease'] {
+    if (!this.primary.budgetLease) return undefined;
+    return (this.leaseOp ??= (key, windows, op) =>
+      this.attempt(
+        (s) => s.budgetLease!(key, windows, op),
+        async () => {
+          throw new StoreDegradedError();
+        },
+      ));
+  }
 }
