@@ -8,6 +8,7 @@ import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { runInProcess, type VariantResult } from './support/in-process.js';
+import { GatewayProcess, UpstreamProcess } from './support/gateway.js';
 import { AppProcess, cannon, checkRoute, measure } from './support/http.js';
 import { redisCommands, type RedisCommandReport } from './support/redis-commands.js';
 import { BenchRedis } from './support/redis-server.js';
@@ -105,7 +106,12 @@ function partA(results: VariantResult[]): string {
 
 const median = (xs: number[]) => percentile(Float64Array.from(xs).sort(), 50);
 
-async function partB(app: AppProcess, routes: RouteSpec[], storage: string): Promise<RouteResult[]> {
+async function partB(
+  app: AppProcess,
+  routes: RouteSpec[],
+  storage: string,
+  connectionCounts: number[] = SETTINGS.connections,
+): Promise<RouteResult[]> {
   const out: RouteResult[] = [];
   const url = (r: RouteSpec) => `http://127.0.0.1:${app.ports[r.port]}${r.path}`;
   for (const r of routes) {
@@ -113,7 +119,7 @@ async function partB(app: AppProcess, routes: RouteSpec[], storage: string): Pro
     log(`${storage} ${r.label}: warm-up ${SETTINGS.warmupS} s`);
     await cannon(url(r), 1, { duration: SETTINGS.warmupS });
   }
-  for (const connections of SETTINGS.connections) {
+  for (const connections of connectionCounts) {
     log(
       `${storage}, ${connections} connection(s): ${SETTINGS.rounds} rounds of ${SETTINGS.roundS} s per route, interleaved`,
     );
@@ -158,9 +164,30 @@ async function partB(app: AppProcess, routes: RouteSpec[], storage: string): Pro
   return out;
 }
 
+/** Added p50 at 1 connection and requests/s at 16 connections, each against `/raw` of the same run. */
+function gatewaySummary(runs: RouteResult[]): string {
+  const at = (c: number, path: string) => runs.find((r) => r.connections === c && r.path === path)!;
+  const rows = ['/guarded', '/gateway'].map((path) => {
+    const one = at(1, path);
+    const many = at(16, path);
+    const base1 = at(1, '/raw');
+    const base16 = at(16, '/raw');
+    return [
+      path === '/guarded' ? 'ours (`/guarded`)' : 'Portkey gateway (`/gateway`)',
+      us(one.precise.p50 - base1.precise.p50, true),
+      `${Math.round(many.rps)} (${((many.rps / base16.rps) * 100).toFixed(0)}% of /raw's ${Math.round(base16.rps)})`,
+      us(one.cpuPerRequestMs - base1.cpuPerRequestMs, true),
+    ];
+  });
+  return table(
+    ['', 'added p50 at 1 conn., µs', 'req/s at 16 conn. (vs /raw)', 'added app CPU µs/req (1 conn.)'],
+    rows,
+  );
+}
+
 function partBTable(runs: RouteResult[]): string {
   const rows: Array<Array<string | number>> = [];
-  for (const connections of SETTINGS.connections) {
+  for (const connections of [...new Set(runs.map((r) => r.connections))]) {
     const at = runs.filter((r) => r.connections === connections);
     const base = at.find((r) => r.port === 'lib' && r.path === '/raw')!;
     for (const r of at) {
@@ -310,6 +337,56 @@ async function main(): Promise<void> {
       monitorClient.disconnect();
     }
     await red.stop();
+
+    log('D. the same call through the Portkey gateway (upstream and gateway in processes of their own)');
+    const upstream = await UpstreamProcess.start();
+    let gateway: GatewayProcess | undefined;
+    try {
+      gateway = await GatewayProcess.start();
+      const gw = await AppProcess.start('gateway', undefined, {
+        BENCH_UPSTREAM: upstream.baseURL,
+        BENCH_GATEWAY: gateway.url,
+      });
+      children.push(gw);
+      const gwRuns = await partB(
+        gw,
+        [
+          { label: '`/raw` (bare: SDK client to the upstream)', port: 'lib', path: '/raw' },
+          {
+            label: '`/guarded` (ours: guard, pipe, limits, budgets, usage; memory)',
+            port: 'lib',
+            path: '/guarded',
+          },
+          {
+            label: `\`/gateway\` (SDK client through Portkey gateway ${gateway.version})`,
+            port: 'lib',
+            path: '/gateway',
+          },
+        ],
+        'gateway',
+        [1, 16],
+      );
+      await gw.stop();
+      out.push(
+        `## D. Ours, bare and a gateway side by side (Express app, memory store; the fake upstream and the Portkey gateway ${gateway.version} each in a process of their own, on loopback; ${SETTINGS.rounds} interleaved rounds of ${SETTINGS.roundS} s per route)`,
+        '',
+        gatewaySummary(gwRuns),
+        '',
+        partBTable(gwRuns),
+        '',
+      );
+    } catch (err) {
+      out.push(
+        '## D. Against a gateway',
+        '',
+        `The Portkey gateway could not be measured: ${(err as Error).message}`,
+        '',
+      );
+      log(`D failed: ${(err as Error).message}`);
+    } finally {
+      await gateway?.stop();
+      await upstream.stop();
+    }
   } finally {
     for (const c of children) await c.stop();
     await redis.stop();

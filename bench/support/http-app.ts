@@ -2,7 +2,8 @@
 // (zero delay) in this same process. Talks to the parent over IPC:
 //   child -> parent: { ready: { lib: port, bare?: port } }, { cpu: { user, system } }, { reset: true }
 //   parent -> child: { cmd: 'cpu' } | { cmd: 'reset' } | { cmd: 'stop' }
-// argv[2]: 'memory' | 'redis' (REDIS_URL in the environment for 'redis').
+// argv[2]: 'memory' | 'redis' (REDIS_URL in the environment for 'redis') | 'gateway' (the upstream in
+// its own process at BENCH_UPSTREAM, the Portkey gateway at BENCH_GATEWAY, memory store; adds `/gateway`).
 import 'reflect-metadata';
 import {
   Body,
@@ -62,13 +63,31 @@ class BenchController {
   }
 }
 
+/** The same call through the Portkey gateway, by a plain SDK client (retries off) like `/raw`'s. */
+@Controller()
+class GatewayController {
+  private readonly client = new OpenAI({
+    apiKey: 'sk-bench-0000000000000000000000000000',
+    baseURL: `${process.env.BENCH_GATEWAY}/v1`,
+    maxRetries: 0,
+    defaultHeaders: { 'x-portkey-provider': 'openai', 'x-portkey-custom-host': process.env.BENCH_UPSTREAM },
+  });
+
+  @Post('gateway')
+  @HttpCode(200)
+  async gateway(@Body() body: { messages: Messages }) {
+    const c = await this.client.chat.completions.create({ model: MODEL, messages: body.messages });
+    return { content: c.choices[0]?.message?.content ?? null, usage: c.usage };
+  }
+}
+
 @Module({})
 class BenchAppModule {
-  static register(baseURL: string, redisUrl?: string): DynamicModule {
+  static register(baseURL: string, redisUrl?: string, gateway = false): DynamicModule {
     return {
       module: BenchAppModule,
       imports: [OpenAIModule.forRoot({ ...benchOptions('limited', baseURL, redisUrl), isGlobal: true })],
-      controllers: [BenchController],
+      controllers: gateway ? [BenchController, GatewayController] : [BenchController],
     };
   }
 }
@@ -112,14 +131,23 @@ async function listen(app: INestApplication): Promise<number> {
 
 async function main(): Promise<void> {
   const mode = process.argv[2];
-  if (mode !== 'memory' && mode !== 'redis') throw new Error(`usage: http-app.js memory|redis (got ${mode})`);
-  const fake = await FakeOpenAIServer.start();
-  process.env.BENCH_UPSTREAM = fake.baseURL;
-  // The fake records every request: drop them often so the heap does not grow during a run.
-  setInterval(() => fake.reset(), 200).unref();
+  if (mode !== 'memory' && mode !== 'redis' && mode !== 'gateway')
+    throw new Error(`usage: http-app.js memory|redis|gateway (got ${mode})`);
+  // 'gateway': the upstream runs in a process of its own (BENCH_UPSTREAM), as the gateway does.
+  const fake = mode === 'gateway' ? undefined : await FakeOpenAIServer.start();
+  if (fake) {
+    process.env.BENCH_UPSTREAM = fake.baseURL;
+    // The fake records every request: drop them often so the heap does not grow during a run.
+    setInterval(() => fake.reset(), 200).unref();
+  }
+  const upstream = process.env.BENCH_UPSTREAM!;
   const apps: INestApplication[] = [];
   const lib = await NestFactory.create(
-    BenchAppModule.register(fake.baseURL, mode === 'redis' ? process.env.REDIS_URL : undefined),
+    BenchAppModule.register(
+      upstream,
+      mode === 'redis' ? process.env.REDIS_URL : undefined,
+      mode === 'gateway',
+    ),
     {
       logger: false,
       abortOnError: false,
@@ -136,12 +164,12 @@ async function main(): Promise<void> {
   process.on('message', (m: { cmd?: string }) => {
     if (m.cmd === 'cpu') send({ cpu: process.cpuUsage() });
     else if (m.cmd === 'reset') {
-      fake.reset();
+      fake?.reset();
       send({ reset: true });
     } else if (m.cmd === 'stop') {
       void (async () => {
         for (const app of apps) await app.close();
-        await fake.close();
+        await fake?.close();
         process.exit(0);
       })();
     }

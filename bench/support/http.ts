@@ -23,9 +23,13 @@ export class AppProcess {
     readonly ports: { lib: number; bare?: number },
   ) {}
 
-  static async start(mode: 'memory' | 'redis', redisUrl?: string): Promise<AppProcess> {
+  static async start(
+    mode: 'memory' | 'redis' | 'gateway',
+    redisUrl?: string,
+    env: Record<string, string> = {},
+  ): Promise<AppProcess> {
     const child = fork(join(__dirname, 'http-app.js'), [mode], {
-      env: { ...process.env, ...(redisUrl ? { REDIS_URL: redisUrl } : {}) },
+      env: { ...process.env, ...(redisUrl ? { REDIS_URL: redisUrl } : {}), ...env },
       execArgv: (process.env.BENCH_CHILD_NODE_OPTIONS ?? '').split(' ').filter(Boolean),
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
