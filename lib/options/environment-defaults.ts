@@ -2,6 +2,7 @@ import type { OpenAIProfileOptions } from './openai-module-options.interface.js'
 
 /** Defaults shared by every environment. */
 export const BASE_DEFAULTS = {
+  apiKeyCacheMs: 300_000,
   defaultHeaders: {},
   models: {
     default: 'gpt-4o-mini-2024-07-18',

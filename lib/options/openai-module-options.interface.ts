@@ -512,6 +512,13 @@ export interface CacheOptions {
 /** Options a profile may override: everything but the profiles themselves and `environment`. */
 export interface OpenAIProfileOptions {
   apiKey?: string | ApiKeyProvider;
+  /**
+   * With an async key provider: how long a key it returned is reused (ms) before it is asked again. An
+   * upstream 401 asks it again at once, once for all the calls that failed with that key (single-flight),
+   * and each of those calls is sent once more with the new key. 0: ask before every request.
+   * @default 300000
+   */
+  apiKeyCacheMs?: number;
   organization?: string;
   project?: string;
   baseURL?: string;
@@ -576,6 +583,7 @@ export interface ResolvedOpenAIOptions {
   environment: string;
   hooks: OpenAICallHook[];
   apiKey: string | ApiKeyProvider;
+  apiKeyCacheMs: number;
   organization?: string;
   project?: string;
   baseURL?: string;

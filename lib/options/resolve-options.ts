@@ -15,6 +15,7 @@ import {
 
 const PROFILE_KEYS = new Set<keyof OpenAIProfileOptions>([
   'apiKey',
+  'apiKeyCacheMs',
   'organization',
   'project',
   'baseURL',
@@ -177,6 +178,12 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
       'trim the value you read from the environment or secret store',
     );
   }
+  if (!(Number.isInteger(o.apiKeyCacheMs) && o.apiKeyCacheMs >= 0))
+    add(
+      'apiKeyCacheMs',
+      `must be an integer >= 0 (ms), got ${String(o.apiKeyCacheMs)}`,
+      'set e.g. 300000, or 0 to ask the key provider before every request',
+    );
   if (o.baseURL !== undefined) {
     try {
       const u = new URL(o.baseURL);

@@ -29,7 +29,12 @@ describe.each(PLATFORMS)('API key provider on %s', (platform) => {
           calls++;
           return current;
         },
-        { retry: { maxRetries: 1 }, timeouts: { attemptMs: 300, deadlineMs: 3_000 } },
+        {
+          // Ask the provider before every request (the SDK's own behaviour), as this suite counts it.
+          apiKeyCacheMs: 0,
+          retry: { maxRetries: 1 },
+          timeouts: { attemptMs: 300, deadlineMs: 3_000 },
+        },
       ),
     );
   });
@@ -124,6 +129,65 @@ describe.each(PLATFORMS)('API key provider on %s', (platform) => {
     expect(logs).toContain('openai call failed');
     expect(logs).not.toContain(KEY_1);
     expect(logs).not.toContain('rotation-FIRST');
+  });
+});
+
+describe.each(PLATFORMS)('key refresh on 401 on %s', (platform) => {
+  let fake: FakeOpenAIServer;
+  let h: FixtureHandle;
+  let current = KEY_1;
+  let calls = 0;
+  beforeAll(async () => {
+    fake = await FakeOpenAIServer.start({ apiKeys: [KEY_1] });
+    h = await startFixtureApp(
+      platform,
+      fixtureOptions(fake.baseURL, async () => {
+        calls++;
+        // A secret store that takes a moment, so the 401s of a burst overlap the refresh.
+        await new Promise((r) => setTimeout(r, 20));
+        return current;
+      }),
+    );
+  });
+  afterAll(async () => {
+    await h.close();
+    await fake.close();
+  });
+
+  it('the key is cached; after a rotation 20 concurrent 401s refresh it once and every call succeeds', async () => {
+    await request(h.server).post('/chat').send(body).expect(200);
+    await request(h.server).post('/chat').send(body).expect(200);
+    expect(calls).toBe(1);
+
+    current = KEY_2;
+    fake.setApiKeys([KEY_2]);
+    fake.reset();
+    const before = calls;
+    const res = await Promise.all(
+      Array.from({ length: 20 }, () => request(h.server).post('/chat').send(body)),
+    );
+    expect(res.map((r) => r.status)).toEqual(Array(20).fill(200));
+    expect(calls - before).toBe(1);
+    const auth = fake.requestsTo('/v1/chat/completions').map((r) => r.headers.authorization);
+    expect(auth.filter((a) => a === `Bearer ${KEY_2}`)).toHaveLength(20);
+    // Every request refused with the old key was sent once more, never twice.
+    expect(auth.filter((a) => a === `Bearer ${KEY_1}`).length).toBeLessThanOrEqual(20);
+    const refreshed = h.logger.records('api key refreshed after an upstream 401');
+    expect(refreshed).toHaveLength(1);
+    expect(refreshed[0]).toMatchObject({ key: fingerprintKey(KEY_2), changed: true });
+    expect(h.logger.text()).not.toContain(KEY_2);
+  });
+
+  it('a provider that still returns the refused key: one refresh, no resend, 502 upstream_auth_error', async () => {
+    current = KEY_2; // the cached key: the provider has nothing newer
+    fake.setApiKeys(['sk-proj-a-key-nobody-has-000000000000003']);
+    fake.reset();
+    const before = calls;
+    const res = await request(h.server).post('/chat').send(body);
+    expect(res.status).toBe(502);
+    expect(res.body.error).toBe('upstream_auth_error');
+    expect(calls - before).toBe(1);
+    expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(1);
   });
 });
 
