@@ -57,6 +57,7 @@ import { RefusalRecorder } from './call/refusal.recorder.js';
 import { OpenAIBatchService } from './batch/batch.service.js';
 import { CircuitBreakerService } from './breaker/circuit-breaker.service.js';
 import { ConcurrencyLimitHook } from './concurrency/concurrency-limit.hook.js';
+import { PacingService } from './pacing/pacing.service.js';
 
 /**
  * Connects the store's outage transitions to the metrics, and on shutdown writes pending usage and
@@ -124,6 +125,7 @@ const providers: Provider[] = [
   TokenLimitHook,
   UsageHook,
   CircuitBreakerService,
+  PacingService,
   ConcurrencyLimitHook,
   CallPipeline,
   ...exported,

@@ -18,6 +18,7 @@ import type { Attempt, SentReply } from './endpoint-adapter.js';
 import type { ExecutedCall, PreparedCall } from './prepared-call.js';
 import type { BreakerTicket, CircuitBreakerService } from '../breaker/circuit-breaker.service.js';
 import { UpstreamUnavailableException } from '../breaker/breaker.exceptions.js';
+import type { PacingService } from '../pacing/pacing.service.js';
 
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve, reject) => {
@@ -56,6 +57,7 @@ function breakerOk(err: unknown): boolean {
 /** What the execute step consults besides the retry policy (all optional). */
 export interface ExecutorGuards {
   breaker?: Pick<CircuitBreakerService, 'enabled' | 'admit' | 'report'>;
+  pacing?: Pick<PacingService, 'mode' | 'observe' | 'waitFor'>;
 }
 
 /**
@@ -98,8 +100,35 @@ export class CallExecutor {
     /** Models skipped by an open breaker, and the soonest one's wait. */
     let breakerSkips = 0;
     let breakerWaitMs = Infinity;
+    const pacing = this.guards.pacing;
+    /** Models skipped because OpenAI's remaining budget for them was spent, and the soonest reset. */
+    let pacedSkips = 0;
+    let pacedWaitMs = Infinity;
+    let pacedModel = prep.call.model;
 
     outer: for (const model of models) {
+      // Pacing first: a model that must wait does not take a half-open breaker's probe.
+      if (pacing && pacing.mode !== 'off') {
+        const wait = await pacing.waitFor(model, prep.call.promptTokens + prep.call.maxOutputTokens);
+        if (wait > 0) {
+          const fits =
+            pacing.mode === 'queue' &&
+            wait <= this.options.retry.maxRetryAfterMs &&
+            performance.now() + wait < deadlineAt;
+          if (!fits) {
+            if (wait < pacedWaitMs) [pacedWaitMs, pacedModel] = [wait, model];
+            pacedSkips++;
+            continue;
+          }
+          try {
+            const slept = performance.now();
+            await sleep(wait, options.signal);
+            upstreamMs += performance.now() - slept;
+          } catch (e) {
+            throw new CallAbortedException(e);
+          }
+        }
+      }
       let ticket: BreakerTicket | undefined;
       if (breaker) {
         ticket = await breaker.admit(model, attemptMs + 1_000);
@@ -161,6 +190,7 @@ export class CallExecutor {
             timeoutMs: Math.ceil(timeoutMs),
           });
           upstreamMs += performance.now() - sent;
+          pacing?.observe(model, response.headers);
           this.metrics.attempt(prep.call, model, '2xx', retry > 0);
           if (ticket) await breaker!.report(ticket, true);
           return {
@@ -177,6 +207,7 @@ export class CallExecutor {
           upstreamMs += performance.now() - sent;
           if (options.signal?.aborted) throw new CallAbortedException(err);
           const error = timedOut && err instanceof APIUserAbortError ? timedOut : err;
+          if (error instanceof APIError) pacing?.observe(model, error.headers);
           this.metrics.attempt(prep.call, model, statusClassOf(error), retry > 0);
           if (error instanceof HttpException) throw error;
           lastErr = error;
@@ -204,6 +235,10 @@ export class CallExecutor {
     }
     if (attempts === 0 && breakerSkips > 0) {
       throw Object.assign(new UpstreamUnavailableException(models, breakerWaitMs), { attempts });
+    }
+    if (attempts === 0 && pacedSkips > 0) {
+      // Nothing sent: OpenAI's own limit for every candidate is spent until its reset.
+      throw Object.assign(new UpstreamRetryLaterException(429, pacedWaitMs, pacedModel), { attempts });
     }
     if (longWait && longWait.err === lastErr && lastErr instanceof APIError && lastErr.status) {
       throw Object.assign(

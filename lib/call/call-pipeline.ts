@@ -25,6 +25,7 @@ import type { EndpointAdapter, StreamAdapter } from './endpoint-adapter.js';
 import type { ExecutedCall, PreparedCall } from './prepared-call.js';
 import { RefusalRecorder } from './refusal.recorder.js';
 import { CircuitBreakerService } from '../breaker/circuit-breaker.service.js';
+import { PacingService } from '../pacing/pacing.service.js';
 import type {
   CallOptions,
   CallReservation,
@@ -102,10 +103,11 @@ export class CallPipeline {
     @Optional() private readonly cache?: ResponseCacheService,
     @Optional() private readonly refusals?: RefusalRecorder,
     @Optional() breaker?: CircuitBreakerService,
+    @Optional() pacing?: PacingService,
   ) {
     this.policy = new ModelPolicy(options.models);
     this.hooks = hooks ?? [];
-    this.executor = new CallExecutor(options, this.metrics, { breaker });
+    this.executor = new CallExecutor(options, this.metrics, { breaker, pacing });
   }
 
   /**

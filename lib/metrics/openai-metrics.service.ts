@@ -79,6 +79,8 @@ export class OpenAIMetricsService {
   private readonly cacheLookups: Counter<'outcome'>;
   private readonly breakerStateGauge: Gauge<'model'>;
   private readonly breakerTransitions: Counter<'model' | 'to'>;
+  private readonly upstreamRemainingRequests: Gauge<'model'>;
+  private readonly upstreamRemainingTokens: Gauge<'model'>;
 
   constructor(@Inject(OPENAI_RESOLVED_OPTIONS) options: ResolvedOpenAIOptions) {
     const m = options.metrics;
@@ -243,7 +245,25 @@ export class OpenAIMetricsService {
       'Circuit breaker state changes made by this instance, by the state entered',
       ['model', 'to'],
     );
+    this.upstreamRemainingRequests = gauge(
+      'upstream_remaining_requests',
+      "OpenAI's x-ratelimit-remaining-requests of a model, from its last reply",
+      ['model'],
+    );
+    this.upstreamRemainingTokens = gauge(
+      'upstream_remaining_tokens',
+      "OpenAI's x-ratelimit-remaining-tokens of a model, from its last reply",
+      ['model'],
+    );
     if (problems.length) throw new OpenAIConfigError(options.environment, problems);
+  }
+
+  /** OpenAI's remaining requests and tokens of a model, from a reply's `x-ratelimit-*` headers. */
+  upstreamRemaining(model: string, requests: number | undefined, tokens: number | undefined): void {
+    if (!this.enabled) return;
+    const ml = this.modelLabel(model);
+    if (requests !== undefined) this.upstreamRemainingRequests.set({ model: ml }, requests);
+    if (tokens !== undefined) this.upstreamRemainingTokens.set({ model: ml }, tokens);
   }
 
   /** A circuit breaker's state as seen; `changed`: this instance made the transition (counted). */

@@ -56,6 +56,7 @@ export const BASE_DEFAULTS = {
   input: { maxMessages: 50, maxChars: 32_000, maxPromptTokens: 8_000 },
   cache: { ttlMs: 0, perUser: false, maxEntryBytes: 262_144 },
   breaker: { failures: 0, cooldownMs: 30_000 },
+  pacing: { mode: 'off', minRemainingRequests: 0, minRemainingTokens: 0 },
 } satisfies OpenAIProfileOptions;
 
 /**
@@ -70,12 +71,14 @@ export const ENVIRONMENT_DEFAULTS: Record<string, OpenAIProfileOptions> = {
     models: { pinning: 'enforce', requested: 'configured' },
     moderation: { onError: 'fail-closed' },
     breaker: { failures: 5 },
+    pacing: { mode: 'queue' },
   },
   production: {
     models: { pinning: 'enforce', requested: 'configured' },
     logging: { prompts: false },
     moderation: { onError: 'fail-closed' },
     breaker: { failures: 5 },
+    pacing: { mode: 'queue' },
   },
 };
 

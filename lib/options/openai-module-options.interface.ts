@@ -509,6 +509,33 @@ export interface CacheOptions {
   maxEntryBytes?: number;
 }
 
+/**
+ * Pacing by OpenAI's own `x-ratelimit-*` headers, read from every reply and kept per model and project
+ * in the store: when the organization's remaining requests or tokens of a model are nearly spent, a call
+ * to it waits for the reported reset (`queue`) or skips that model for its fallbacks and, with none left,
+ * is refused at once with 429 `upstream_rate_limited` (`refuse`), instead of being sent to come back 429.
+ */
+export interface PacingOptions {
+  /**
+   * `off`: the headers only feed the metrics. `queue`: wait until the reported reset, when that fits in
+   * the call's deadline and `retry.maxRetryAfterMs` (else as `refuse`). `refuse`: skip the model.
+   * @default 'queue' in staging and production, 'off' elsewhere
+   */
+  mode?: 'off' | 'queue' | 'refuse';
+  /**
+   * Pace a model while its `x-ratelimit-remaining-requests` is at or below this (until
+   * `x-ratelimit-reset-requests`).
+   * @default 0
+   */
+  minRemainingRequests?: number;
+  /**
+   * Pace a model while its `x-ratelimit-remaining-tokens` is at or below this, or below what the call
+   * reserves (prompt tokens plus its output cap), until `x-ratelimit-reset-tokens`.
+   * @default 0
+   */
+  minRemainingTokens?: number;
+}
+
 /** Options a profile may override: everything but the profiles themselves and `environment`. */
 export interface OpenAIProfileOptions {
   apiKey?: string | ApiKeyProvider;
@@ -539,6 +566,7 @@ export interface OpenAIProfileOptions {
   input?: InputLimitsOptions;
   cache?: CacheOptions;
   breaker?: BreakerOptions;
+  pacing?: PacingOptions;
 }
 
 /**
@@ -613,4 +641,5 @@ export interface ResolvedOpenAIOptions {
   input: Required<InputLimitsOptions>;
   cache: Required<CacheOptions>;
   breaker: Required<BreakerOptions>;
+  pacing: Required<PacingOptions>;
 }

@@ -36,6 +36,7 @@ const PROFILE_KEYS = new Set<keyof OpenAIProfileOptions>([
   'input',
   'cache',
   'breaker',
+  'pacing',
 ]);
 
 /**
@@ -378,6 +379,12 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
       `must be a positive integer (ms), got ${String(br.cooldownMs)}`,
       'set e.g. 30000',
     );
+  const pc = o.pacing;
+  if (!['off', 'queue', 'refuse'].includes(pc.mode))
+    add('pacing.mode', `must be 'off', 'queue' or 'refuse', got ${String(pc.mode)}`, "set 'queue'");
+  for (const key of ['minRemainingRequests', 'minRemainingTokens'] as const)
+    if (!(Number.isInteger(pc[key]) && pc[key] >= 0))
+      add(`pacing.${key}`, `must be an integer >= 0, got ${String(pc[key])}`, 'set e.g. 0');
   const st = o.storage;
   if (st.type !== 'memory' && st.type !== 'redis')
     add('storage.type', `must be 'memory' or 'redis', got ${String(st.type)}`, "set 'memory' or 'redis'");
