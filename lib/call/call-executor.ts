@@ -34,6 +34,20 @@ const sleep = (ms: number, signal?: AbortSignal) =>
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 
+/**
+ * A wait the retry policy asks for (backoff, Retry-After, pacing): the time slept (ms), counted as
+ * upstream time rather than pipeline overhead. @throws CallAbortedException when the caller aborts.
+ */
+async function policyWait(ms: number, signal: AbortSignal | undefined): Promise<number> {
+  const started = performance.now();
+  try {
+    await sleep(ms, signal);
+  } catch (e) {
+    throw new CallAbortedException(e);
+  }
+  return performance.now() - started;
+}
+
 /** Status class of a failed attempt, for metrics. */
 function statusClassOf(err: unknown): StatusClass {
   if (err instanceof AttemptTimeoutError || err instanceof APIConnectionTimeoutError) return 'timeout';
@@ -120,13 +134,7 @@ export class CallExecutor {
             pacedSkips++;
             continue;
           }
-          try {
-            const slept = performance.now();
-            await sleep(wait, options.signal);
-            upstreamMs += performance.now() - slept;
-          } catch (e) {
-            throw new CallAbortedException(e);
-          }
+          upstreamMs += await policyWait(wait, options.signal);
         }
       }
       let ticket: BreakerTicket | undefined;
@@ -154,13 +162,7 @@ export class CallExecutor {
           const wait = server ?? retryDelayMs(retry, lastErr, this.options.retry);
           // No time left to wait for this model: the next one (a fallback) needs no wait, try it.
           if (performance.now() + wait >= deadlineAt) break;
-          try {
-            const slept = performance.now();
-            await sleep(wait, options.signal);
-            upstreamMs += performance.now() - slept;
-          } catch (e) {
-            throw new CallAbortedException(e);
-          }
+          upstreamMs += await policyWait(wait, options.signal);
         }
         const remaining = deadlineAt - performance.now();
         if (remaining <= 0) break outer;
