@@ -504,7 +504,7 @@ export class CallPipeline {
         ...this.baseLine(prep),
         latency_ms: Math.round(performance.now() - prep.started),
         attempts,
-        retries: attempts === undefined ? undefined : attempts - 1,
+        retries: attempts === undefined ? undefined : Math.max(0, attempts - 1),
       },
       fingerprintKey(this.client.apiKey),
     );

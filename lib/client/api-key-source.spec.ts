@@ -1,3 +1,4 @@
+import { Logger, type LoggerService } from '@nestjs/common';
 import { describe, expect, it, vi } from 'vitest';
 import { ApiKeySource, keyRefreshFetch } from './api-key-source.js';
 
@@ -31,6 +32,26 @@ describe('ApiKeySource', () => {
     // A 401 of a request sent with the old key, arriving after the refresh: no new provider call.
     expect(await source.refresh('old')).toBe('new');
     expect(provider).toHaveBeenCalledTimes(2);
+  });
+
+  it('a failing provider is logged as such (error name only: its message may quote a secret)', async () => {
+    const lines: unknown[] = [];
+    const capture: LoggerService = {
+      log: () => {},
+      warn: () => {},
+      error: (m: unknown) => void lines.push(m),
+    };
+    Logger.overrideLogger(capture);
+    try {
+      const provider = vi
+        .fn()
+        .mockRejectedValue(new TypeError('vault down: token=sk-proj-SECRETSECRETSECRET'));
+      await expect(new ApiKeySource(provider, 60_000).get()).rejects.toThrow('vault down');
+      expect(lines).toEqual([{ msg: 'the API key provider failed', error: 'TypeError' }]);
+      expect(JSON.stringify(lines)).not.toContain('SECRET');
+    } finally {
+      Logger.overrideLogger(false);
+    }
   });
 
   it('a failing provider is asked again next time (the failure is not cached)', async () => {

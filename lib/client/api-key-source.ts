@@ -54,6 +54,12 @@ export class ApiKeySource {
       },
       (err: unknown) => {
         this.pending = undefined;
+        // Say that the secret store failed (not the key): on-call would otherwise chase a bad key. The
+        // provider's message may quote a secret: only the error's name is logged.
+        this.logger.error({
+          msg: 'the API key provider failed',
+          error: err instanceof Error ? err.name : typeof err,
+        });
         throw err;
       },
     );

@@ -39,3 +39,12 @@ describe('readRateLimitHeaders', () => {
     expect(readRateLimitHeaders(new Headers(), 0)).toBeUndefined();
   });
 });
+
+describe('parseResetDuration bounds', () => {
+  it('a reset longer than a day is no information (a hostile or broken upstream cannot pin a model)', () => {
+    expect(parseResetDuration('99999999h')).toBeUndefined();
+    expect(parseResetDuration('25h')).toBeUndefined();
+    expect(parseResetDuration('24h')).toBe(86_400_000);
+    expect(parseResetDuration('6m0s')).toBe(360_000);
+  });
+});

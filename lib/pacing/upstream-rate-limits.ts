@@ -17,8 +17,13 @@ export function parseResetDuration(text: string | null | undefined): number | un
   };
   let ms = 0;
   for (const [, n, u] of t.matchAll(/(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)/g)) ms += Number(n) * unit[u];
-  return ms;
+  // OpenAI's windows reset within a day: a longer reset (a proxy's bug, a hostile upstream) would pin a
+  // model for every instance for as long: it is no information.
+  return Number.isFinite(ms) && ms <= MAX_RESET_MS ? ms : undefined;
 }
+
+/** Longest reset taken from `x-ratelimit-reset-*` (ms): one day, OpenAI's longest limit window. */
+export const MAX_RESET_MS = 86_400_000;
 
 /** What one reply said of the organization's limits of a model. */
 export interface UpstreamRateLimits {

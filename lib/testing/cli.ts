@@ -63,10 +63,6 @@ async function main(): Promise<void> {
     streamChunkDelayMs: integer('stream-chunk-delay-ms', values['stream-chunk-delay-ms'], 0),
     ...(values['api-key'] ? { apiKeys: values['api-key'] } : {}),
   });
-  process.stdout.write(`${server.baseURL}\n`);
-  process.stderr.write(
-    `Fake OpenAI server listening; control API at ${server.baseURL.replace(/\/v1$/, '/_control/')}\n`,
-  );
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
     if (stopping) return;
@@ -74,8 +70,13 @@ async function main(): Promise<void> {
     process.stderr.write(`${signal}: stopping the fake OpenAI server\n`);
     void server.close().then(() => process.exit(0));
   };
+  // Handlers first: a supervisor may send SIGINT as soon as it reads the base URL.
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
+  process.stdout.write(`${server.baseURL}\n`);
+  process.stderr.write(
+    `Fake OpenAI server listening; control API at ${server.baseURL.replace(/\/v1$/, '/_control/')}\n`,
+  );
 }
 
 main().catch((err: unknown) => {
