@@ -72,6 +72,18 @@ export interface RedisStoreOptions {
 type RedisCtor = new (url: string, opts: RedisOptions) => Redis;
 type ClusterCtor = new (nodes: Array<{ host: string; port: number }>, opts: ClusterOptions) => Cluster;
 
+/**
+ * Lua lines that set `now` (epoch ms) from `ARGV[argv]`, or from Redis' own clock (`TIME`) when it is
+ * negative (tests pass a clock; production lets Redis decide, so instances never disagree).
+ */
+function luaNow(argv: number): string {
+  return `local now = tonumber(ARGV[${argv}])
+if now < 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end`;
+}
+
 // Time comes from Redis (TIME), so instances with skewed clocks agree (ARGV[2] >= 0 overrides it, for
 // tests that control time). ARGV: cost, now, then (limit, windowMs, startAt or -1, blockMs, slotMs) per
 // window; KEYS: two per window.
@@ -84,11 +96,7 @@ type ClusterCtor = new (nodes: Array<{ host: string; port: number }>, opts: Clus
 // resetMs) per window.
 const CONSUME = `
 local cost = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+${luaNow(2)}
 local function fmt(x) return string.format('%.0f', x) end
 local function parse(e)
   local c = string.find(e, ':', 1, true)
@@ -309,11 +317,7 @@ return 1
 // ttlMs, now (-1: Redis' TIME). Expired slots are dropped first; an id already held is renewed. The key
 // expires with its last slot. Returns: acquired (0/1), live slots, ms until the earliest slot expires.
 const ACQUIRE_SLOT = `
-local now = tonumber(ARGV[4])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+${luaNow(4)}
 local k = KEYS[1]
 local limit = tonumber(ARGV[2])
 local exp = now + tonumber(ARGV[3])
@@ -335,11 +339,7 @@ return { 1, redis.call('ZCARD', k), 0 }
 // u: open until, p: probe lease until } (epoch ms), kept a day after its last change.
 // BREAKER_ADMIT ARGV: probeLeaseMs, now. Returns: state, allowed, probe, failures, retryAfterMs, changed.
 const BREAKER_ADMIT = `
-local now = tonumber(ARGV[2])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+${luaNow(2)}
 local k = KEYS[1]
 local v = redis.call('HMGET', k, 's', 'f', 'u', 'p')
 local s = tonumber(v[1]) or 0
@@ -364,11 +364,7 @@ return { 0, 1, 0, f, 0, 0 }
 
 // BREAKER_REPORT ARGV: ok (0/1), threshold, cooldownMs, probe (0/1), now. Returns: state, previous state.
 const BREAKER_REPORT = `
-local now = tonumber(ARGV[5])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+${luaNow(5)}
 local k = KEYS[1]
 local v = redis.call('HMGET', k, 's', 'f')
 local s = tonumber(v[1]) or 0
@@ -907,11 +903,7 @@ async function probeNode(
 // (start, used, leased) per window.
 const BUDGET_LEASE = `
 local op = ARGV[1]
-local now = tonumber(ARGV[2])
-if now < 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+${luaNow(2)}
 local id = ARGV[3]
 local ttl = tonumber(ARGV[4])
 local p1, p2, p3, p4 = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
