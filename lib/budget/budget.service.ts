@@ -9,12 +9,13 @@ import { PricingService } from '../pricing/pricing.service.js';
 import {
   keyPart,
   subjectKey,
+  type AdjustOp,
   type OpenAIStore,
   type WindowLimit,
   type WindowState,
 } from '../storage/openai-store.interface.js';
-import { StoreDegradedError } from '../storage/resilient.store.js';
-import { StorageUnavailableException, storageUnavailable } from '../throttling/rate-limit.exceptions.js';
+import { storageUnavailable } from '../throttling/rate-limit.exceptions.js';
+import { holdOne, type HoldPlan, type PlannedHook } from '../call/reservation-plan.js';
 import type { BudgetAlertEvent } from './budget-alert.event.js';
 import { BudgetExceededException, UnpricedModelException } from './budget.exceptions.js';
 import { ProjectLeases } from './project-leases.js';
@@ -55,9 +56,6 @@ interface Held {
   leased?: boolean;
 }
 
-/** The outcome of holding on one subject: held, or refused by a window. */
-type HoldOutcome = { held: Held } | { subject: Subject_; blockedBy: WindowState };
-
 /** What the alert check needs of a window: its period and the spend counted in it. */
 type SpendWindow = Pick<WindowState, 'name' | 'limit' | 'used' | 'start'>;
 
@@ -96,7 +94,7 @@ export function budgetWindows(limit: SpendLimit, now = new Date()): WindowLimit[
  * and releases the hold on every other ending. Alerts fire once per threshold, period and subject.
  */
 @Injectable()
-export class BudgetService implements OpenAICallHook, BeforeApplicationShutdown {
+export class BudgetService implements OpenAICallHook, PlannedHook, BeforeApplicationShutdown {
   private readonly logger = new Logger('OpenAIBudget');
   private readonly alertSubject = new Subject<BudgetAlertEvent>();
   /** Budget alerts, as they fire on this instance. */
@@ -148,11 +146,21 @@ export class BudgetService implements OpenAICallHook, BeforeApplicationShutdown 
     return out;
   }
 
+  /** Reserves alone (outside the call pipeline, which joins `plan` with the token limits' hold). */
   async reserve(call: UpstreamCall): Promise<CallReservation | void> {
-    if (call.endpoint === 'moderations') return;
+    return holdOne(this.store, await this.plan(call));
+  }
+
+  /**
+   * The budget holds of `call`: its highest possible cost against the user's and the project's budgets
+   * (the project's on this instance's lease when it can, else a store consume).
+   * @throws UnpricedModelException, BudgetExceededException (429, from a per-call project hold).
+   */
+  async plan(call: UpstreamCall): Promise<HoldPlan | undefined> {
+    if (call.endpoint === 'moderations') return undefined;
     const now = new Date();
     const subjects = await this.subjects(call.user, now);
-    if (subjects.length === 0) return;
+    if (subjects.length === 0) return undefined;
     let maxCost = 0;
     for (const model of call.candidates) {
       // Reserve at the tier the call may be billed at: Priority when asked for. When no tier (or `auto`)
@@ -181,7 +189,7 @@ export class BudgetService implements OpenAICallHook, BeforeApplicationShutdown 
       }
       maxCost = Math.max(maxCost, c);
     }
-    return this.hold(subjects, maxCost);
+    return this.planHold(subjects, maxCost);
   }
 
   /** Budget state of `user` (or of the project when `user` is null), per period that has a limit. */
@@ -309,77 +317,106 @@ export class BudgetService implements OpenAICallHook, BeforeApplicationShutdown 
     if (subjects.length === 0) return;
     if (maxCostUsd === null && this.options.budgets.unpricedModels === 'reject')
       throw new UnpricedModelException(model);
-    return this.hold(subjects, maxCostUsd ?? 0);
+    return holdOne(this.store, await this.planHold(subjects, maxCostUsd ?? 0));
   }
 
-  /** Holds `reserved` (micro-USD) on one subject: the project's on this instance's lease when it can. */
-  private async holdOn(subject: Subject_, reserved: number): Promise<HoldOutcome> {
-    const refs = (windows: readonly WindowState[]) => windows.map((w) => ({ name: w.name, start: w.start }));
-    const onCounter = (windows: readonly WindowState[]): HoldOutcome => ({
-      held: { subject, adjust: (d) => this.store.adjust(subject.key, refs(windows), d) },
-    });
-    if (subject.scope === 'project' && this.leases) {
-      const lease = await this.leases.hold(subject.windows, reserved);
-      if (lease) return { held: { subject, adjust: (d) => lease.adjust(d), leased: true } };
-      // near the limit (or no lease to be had): reserve this call on the counter itself
-      let r;
-      try {
-        r = await this.leases.holdPerCall(subject.windows, reserved);
-      } catch {
-        r = undefined; // the store fails: `consume` below answers with the failure policy
-      }
-      if (r) return r.ok ? onCounter(r.windows) : { subject, blockedBy: r.blockedBy! };
-    }
-    const result = await this.store.consume(subject.key, subject.windows, reserved);
-    return result.allowed ? onCounter(result.windows) : { subject, blockedBy: result.blockedBy! };
-  }
-
-  /** Reserves `maxCost` (USD) on every subject at once; a refusal gives back the other holds. */
-  private async hold(subjects: Subject_[], maxCost: number): Promise<CallReservation> {
+  /**
+   * The holds of `maxCost` (USD) on every subject: the project's taken now on this instance's lease (or,
+   * near its limit, per call on the counter), the others as store consumes the pipeline runs with the
+   * token limits' in one operation. A refusal gives back every hold.
+   */
+  private async planHold(subjects: Subject_[], maxCost: number): Promise<HoldPlan> {
     const reserved = toMicro(maxCost);
-    // The user's and the project's budgets are reserved at once; a refusal gives back the other hold.
-    const outcomes = await Promise.allSettled(subjects.map((subject) => this.holdOn(subject, reserved)));
-    const held = outcomes.flatMap((o) =>
-      o.status === 'fulfilled' && 'held' in o.value ? [o.value.held] : [],
-    );
-    const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-    const refused = outcomes.find(
-      (o): o is PromiseFulfilledResult<{ subject: Subject_; blockedBy: WindowState }> =>
-        o.status === 'fulfilled' && !('held' in o.value),
-    );
-    if (failed || refused) {
-      await this.adjustAll(held, -reserved);
-      if (failed) {
-        if (failed.reason instanceof StoreDegradedError) throw new StorageUnavailableException(failed.reason);
-        throw failed.reason;
+    /** Holds taken before the joint operation (project lease, per-call project hold). */
+    const pre: Held[] = [];
+    const onOps: Subject_[] = [];
+    const counter = (subject: Subject_, windows: readonly WindowState[]): Held => {
+      const refs = windows.map((w) => ({ name: w.name, start: w.start }));
+      return { subject, adjust: (d) => this.store.adjust(subject.key, refs, d) };
+    };
+    for (const subject of subjects) {
+      if (subject.scope === 'project' && this.leases) {
+        const lease = await this.leases.hold(subject.windows, reserved);
+        if (lease) {
+          pre.push({ subject, adjust: (d) => lease.adjust(d), leased: true });
+          continue;
+        }
+        // near the limit (or no lease to be had): reserve this call on the counter itself
+        let r;
+        try {
+          r = await this.leases.holdPerCall(subject.windows, reserved);
+        } catch {
+          r = undefined; // the store fails: the joint consume answers with the failure policy
+        }
+        if (r) {
+          if (r.ok) {
+            pre.push(counter(subject, r.windows));
+            continue;
+          }
+          this.giveBack(pre, reserved);
+          throw this.refused(subject, r.blockedBy!);
+        }
       }
-      const { subject, blockedBy: w } = refused!.value;
-      const period = w.name as 'day' | 'month';
-      this.metrics.budgetRejected(subject.scope, period);
-      const windowMs = subject.windows.find((x) => x.name === w.name)!.windowMs;
-      const ex = new BudgetExceededException(
-        subject.scope,
-        period,
-        w.limit / MICRO,
-        new Date(w.start + windowMs),
-      );
-      RequestContextStore.setHeader('retry-after', ex.headers['retry-after']);
-      throw ex;
+      onOps.push(subject);
     }
-    let done = false;
     return {
-      settle: async (s: SettledCall) => {
-        if (done) return;
-        done = true;
-        const actual = (s.costUsd !== undefined ? s.costUsd : this.pricing.cost(s.model, s.usage)) ?? maxCost;
-        await this.adjustAll(held, toMicro(actual) - reserved);
-        this.track(this.checkAlerts(held));
-      },
-      release: async () => {
-        if (done) return;
-        done = true;
-        await this.adjustAll(held, -reserved);
+      ops: onOps.map((subject) => ({ key: subject.key, windows: subject.windows, cost: reserved })),
+      abort: () => this.giveBack(pre, reserved),
+      refusal: (i, result) => this.refused(onOps[i], result.blockedBy!),
+      admitted: (results) => {
+        const refs = results.map((r) => r.windows.map((w) => ({ name: w.name, start: w.start })));
+        const ops = (delta: number, read: boolean): AdjustOp[] =>
+          onOps.map((subject, i) => ({ key: subject.key, windows: refs[i], delta, read }));
+        return {
+          settle: (s: SettledCall) => {
+            const actual =
+              (s.costUsd !== undefined ? s.costUsd : this.pricing.cost(s.model, s.usage)) ?? maxCost;
+            const delta = toMicro(actual) - reserved;
+            if (pre.length) this.track(this.adjustAll(pre, delta).then(() => this.checkAlerts(pre)));
+            return ops(delta, true);
+          },
+          release: () => {
+            this.giveBack(pre, reserved);
+            return ops(-reserved, false);
+          },
+          settled: (counts) =>
+            onOps.forEach((subject, i) => {
+              const used = counts[i];
+              if (!used || used.some((u) => u === undefined)) {
+                // a store that reports no counts: read the spend
+                this.track(this.checkAlerts([counter(subject, results[i].windows)]));
+                return;
+              }
+              const windows = results[i].windows.map((w, j) => ({
+                name: w.name,
+                limit: w.limit,
+                used: used[j]!,
+                start: w.start,
+              }));
+              this.track(this.fireAlerts(subject, windows));
+            }),
+        };
       },
     };
+  }
+
+  /** Gives back holds taken before the joint operation (off the request path, errors logged). */
+  private giveBack(held: Held[], reserved: number): void {
+    if (held.length) this.track(this.adjustAll(held, -reserved));
+  }
+
+  /** The refusal of `subject`'s budget by window `w`: counted, `retry-after` set. */
+  private refused(subject: Subject_, w: WindowState): BudgetExceededException {
+    const period = w.name as 'day' | 'month';
+    this.metrics.budgetRejected(subject.scope, period);
+    const windowMs = subject.windows.find((x) => x.name === w.name)!.windowMs;
+    const ex = new BudgetExceededException(
+      subject.scope,
+      period,
+      w.limit / MICRO,
+      new Date(w.start + windowMs),
+    );
+    RequestContextStore.setHeader('retry-after', ex.headers['retry-after']);
+    return ex;
   }
 }

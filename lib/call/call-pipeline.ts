@@ -13,7 +13,9 @@ import { fingerprintKey, redactSecrets, redactText } from '../logging/redact.js'
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { ModelPolicy } from '../models/model-policy.js';
 import { validateModerationReply } from '../moderation/moderation-reply.schema.js';
-import { OPENAI_CALL_HOOKS, OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
+import { OPENAI_CALL_HOOKS, OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
+import type { OpenAIStore } from '../storage/openai-store.interface.js';
+import { holdAll, isPlannedHook, type HoldPlan, type PlannedHook } from './reservation-plan.js';
 import { enforceInputLimits } from './input-limits.js';
 import { PricingService, priceTierOf } from '../pricing/pricing.service.js';
 import type { CountableChatMessage } from '../tokens/token-counter.js';
@@ -51,6 +53,48 @@ export function estimateUsage(promptTokens: number, output: string): NormalizedU
   };
 }
 
+/**
+ * The reservation steps of `hooks`, in order: the planned hooks (token limits, budgets) joined into one
+ * step at the first one's place, whose holds are one store operation; every other hook its own step.
+ * Without a store, each hook reserves alone.
+ */
+function joinPlannedHooks(
+  hooks: readonly OpenAICallHook[],
+  store: OpenAIStore | undefined,
+): Array<(call: UpstreamCall) => Promise<CallReservation | void>> {
+  const planned: PlannedHook[] = store
+    ? hooks.filter((h): h is OpenAICallHook & PlannedHook => isPlannedHook(h))
+    : [];
+  const steps: Array<(call: UpstreamCall) => Promise<CallReservation | void>> = [];
+  for (const hook of hooks) {
+    if (planned.length && isPlannedHook(hook)) {
+      if (hook === planned[0]) steps.push((call) => holdPlanned(planned, store!, call));
+      continue;
+    }
+    steps.push(async (call) => hook.reserve(call));
+  }
+  return steps;
+}
+
+/** Runs the plans of `hooks` (a failing plan aborts the others) and takes their holds as one operation. */
+async function holdPlanned(
+  hooks: readonly PlannedHook[],
+  store: OpenAIStore,
+  call: UpstreamCall,
+): Promise<CallReservation | void> {
+  if (hooks.length === 1) return holdAll(store, [await hooks[0].plan(call)]);
+  const outcomes = await Promise.allSettled(hooks.map(async (h) => h.plan(call)));
+  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  if (failed) {
+    for (const o of outcomes) if (o.status === 'fulfilled') o.value?.abort?.();
+    throw failed.reason;
+  }
+  return holdAll(
+    store,
+    outcomes.map((o) => (o as PromiseFulfilledResult<HoldPlan | undefined>).value),
+  );
+}
+
 /** Drops undefined fields so log lines stay short. */
 function compact<T extends Record<string, unknown>>(line: T): T {
   for (const k of Object.keys(line)) if (line[k] === undefined) delete line[k];
@@ -85,6 +129,8 @@ export class CallPipeline {
   private readonly logger = new Logger('OpenAI');
   private readonly policy: ModelPolicy;
   private readonly hooks: OpenAICallHook[];
+  /** The hooks' reservations, those that hold on the store (token limits, budgets) joined into one. */
+  private readonly reservers: Array<(call: UpstreamCall) => Promise<CallReservation | void>>;
   private readonly executor: CallExecutor;
   private readonly pendingSettlements = new Set<Promise<void>>();
   /** Models whose replies came without usage, warned about once each. */
@@ -104,9 +150,11 @@ export class CallPipeline {
     @Optional() private readonly refusals?: RefusalRecorder,
     @Optional() breaker?: CircuitBreakerService,
     @Optional() pacing?: PacingService,
+    @Optional() @Inject(OPENAI_STORE) store?: OpenAIStore,
   ) {
     this.policy = new ModelPolicy(options.models);
     this.hooks = hooks ?? [];
+    this.reservers = joinPlannedHooks(this.hooks, store);
     this.executor = new CallExecutor(options, this.metrics, { breaker, pacing });
   }
 
@@ -371,12 +419,13 @@ export class CallPipeline {
   }
 
   /**
-   * Every hook reserves at once (on Redis: one round trip of waiting, not one per hook). If one
-   * refuses, the holds of the others are released and the first refusal, in hook order, is thrown.
+   * Every hook reserves at once; the hooks that hold on the store (token limits, budgets) as one atomic
+   * store operation (on Redis: one script, one round trip). If one refuses, the holds of the others are
+   * released and the first refusal, in hook order, is thrown.
    */
   async reserve(call: UpstreamCall): Promise<CallReservation[]> {
-    if (this.hooks.length === 0) return [];
-    const outcomes = await Promise.allSettled(this.hooks.map(async (hook) => hook.reserve(call)));
+    if (this.reservers.length === 0) return [];
+    const outcomes = await Promise.allSettled(this.reservers.map(async (reserve) => reserve(call)));
     const held = outcomes.flatMap((o) => (o.status === 'fulfilled' && o.value ? [o.value] : []));
     const refused = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
     if (refused) {

@@ -1,6 +1,10 @@
 import type {
+  AdjustManyResult,
+  AdjustOp,
   BreakerAdmission,
   BreakerReport,
+  ConsumeManyResult,
+  ConsumeOp,
   ConsumeResult,
   SlotResult,
   OpenAIStore,
@@ -57,6 +61,13 @@ interface BreakerEntry {
 }
 
 const BREAKER_STATES = ['closed', 'open', 'half-open'] as const;
+
+/** A consume's windows as read before counting: their states, their logs, the first without room. */
+interface Checked {
+  states: WindowState[];
+  logs: Array<SlidingLog | undefined>;
+  blockedBy?: WindowState;
+}
 
 /**
  * The default store: exact within one process, O(1) per operation (amortized for sliding windows),
@@ -132,6 +143,37 @@ export class MemoryStore implements OpenAIStore {
 
   async consume(key: string, windows: readonly WindowLimit[], cost: number): Promise<ConsumeResult> {
     const now = this.now();
+    const checked = this.check(key, windows, cost, now);
+    if (checked.blockedBy) {
+      this.refuse(key, windows, cost, checked, now);
+      return { allowed: false, windows: checked.states, blockedBy: checked.blockedBy };
+    }
+    this.apply(key, windows, cost, checked, now);
+    this.trim();
+    return { allowed: true, windows: checked.states };
+  }
+
+  /** The consumes of `ops` as one atomic operation: all counted, or none (see `OpenAIStore.consumeMany`). */
+  async consumeMany(ops: readonly ConsumeOp[]): Promise<ConsumeManyResult> {
+    const now = this.now();
+    const checks = ops.map((op) => this.check(op.key, op.windows, op.cost, now));
+    const refused = checks.findIndex((c) => c.blockedBy !== undefined);
+    if (refused >= 0) {
+      ops.forEach((op, i) => this.refuse(op.key, op.windows, op.cost, checks[i], now));
+      const results = checks.map((c) => ({
+        allowed: false,
+        windows: c.states,
+        ...(c.blockedBy ? { blockedBy: c.blockedBy } : {}),
+      }));
+      return { allowed: false, results, refused };
+    }
+    ops.forEach((op, i) => this.apply(op.key, op.windows, op.cost, checks[i], now));
+    this.trim();
+    return { allowed: true, results: checks.map((c) => ({ allowed: true, windows: c.states })) };
+  }
+
+  /** Reads the windows of `key` for a consume of `cost` (no count added; old log entries freed). */
+  private check(key: string, windows: readonly WindowLimit[], cost: number, now: number): Checked {
     const states: WindowState[] = [];
     const logs: Array<SlidingLog | undefined> = [];
     let blockedBy: WindowState | undefined;
@@ -182,25 +224,33 @@ export class MemoryStore implements OpenAIStore {
       if (used + cost > w.limit && !blockedBy) blockedBy = st;
       states.push(st);
     }
-    if (blockedBy) {
-      // Nothing is counted; the windows without room start their block.
-      for (let i = 0; i < windows.length; i++) {
-        const w = windows[i];
-        const log = logs[i];
-        const st = states[i];
-        if (!log || !w.blockMs || w.blockMs <= 0) continue;
-        if (log.blockedUntil <= now && log.total + cost <= w.limit) continue;
-        if (log.blockedUntil <= now) log.blockedUntil = now + w.blockMs;
-        st.remaining = 0;
-        st.resetMs = Math.max(st.resetMs, log.blockedUntil - now);
-        this.expire(`${key}:${w.name}`, log, w.windowMs);
-      }
-      for (let i = 0; i < windows.length; i++) {
-        const log = logs[i];
-        if (log && log.length === 0 && log.blockedUntil <= now) this.map.delete(`${key}:${windows[i].name}`);
-      }
-      return { allowed: false, windows: states, blockedBy };
+    return { states, logs, blockedBy };
+  }
+
+  /** A refused consume: nothing is counted; the windows without room start their block. */
+  private refuse(key: string, windows: readonly WindowLimit[], cost: number, c: Checked, now: number): void {
+    const { states, logs } = c;
+    // Nothing is counted; the windows without room start their block.
+    for (let i = 0; i < windows.length; i++) {
+      const w = windows[i];
+      const log = logs[i];
+      const st = states[i];
+      if (!log || !w.blockMs || w.blockMs <= 0) continue;
+      if (log.blockedUntil <= now && log.total + cost <= w.limit) continue;
+      if (log.blockedUntil <= now) log.blockedUntil = now + w.blockMs;
+      st.remaining = 0;
+      st.resetMs = Math.max(st.resetMs, log.blockedUntil - now);
+      this.expire(`${key}:${w.name}`, log, w.windowMs);
     }
+    for (let i = 0; i < windows.length; i++) {
+      const log = logs[i];
+      if (log && log.length === 0 && log.blockedUntil <= now) this.map.delete(`${key}:${windows[i].name}`);
+    }
+  }
+
+  /** An admitted consume: `cost` added to every window. */
+  private apply(key: string, windows: readonly WindowLimit[], cost: number, c: Checked, now: number): void {
+    const { states, logs } = c;
     for (let i = 0; i < windows.length; i++) {
       const w = windows[i];
       const st = states[i];
@@ -218,8 +268,6 @@ export class MemoryStore implements OpenAIStore {
       }
       this.put(`${key}:${w.name}`, { s: st.start, c: st.used, exp: st.start + w.windowMs });
     }
-    this.trim();
-    return { allowed: true, windows: states };
   }
 
   /** Keeps a sliding log until its newest entry is freed and its block is over. */
@@ -229,13 +277,32 @@ export class MemoryStore implements OpenAIStore {
   }
 
   async adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void> {
+    this.adjustNow(key, windows, delta, this.now());
+  }
+
+  /** The adjusts of `ops`, with the windows' counts after them (see `OpenAIStore.adjustMany`). */
+  async adjustMany(ops: readonly AdjustOp[]): Promise<AdjustManyResult> {
     const now = this.now();
-    for (const w of windows) {
+    return ops.map((op) => this.adjustNow(op.key, op.windows, op.delta, now));
+  }
+
+  private adjustNow(
+    key: string,
+    windows: readonly WindowRef[],
+    delta: number,
+    now: number,
+  ): Array<number | undefined> {
+    return windows.map((w) => {
       const e = this.live(`${key}:${w.name}`, now);
-      if (!e) continue;
-      if (e.l) e.l.adjust(w.start, delta);
-      else if (e.s === w.start) e.c = Math.max(0, (e.c ?? 0) + delta);
-    }
+      if (!e) return undefined;
+      if (e.l) {
+        if (delta !== 0) e.l.adjust(w.start, delta);
+        return e.l.total;
+      }
+      if (e.s !== w.start) return undefined;
+      e.c = Math.max(0, (e.c ?? 0) + delta);
+      return e.c;
+    });
   }
 
   async incrementFields(key: string, fields: Readonly<Record<string, number>>, ttlMs: number): Promise<void> {

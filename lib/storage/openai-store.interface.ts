@@ -73,6 +73,43 @@ export interface WindowRef {
   start: number;
 }
 
+/** One consume of a multi-key operation (`OpenAIStore.consumeMany`, `consumeAll`). */
+export interface ConsumeOp {
+  key: string;
+  windows: readonly WindowLimit[];
+  /** Units to add to every window of `key` (requests, tokens, micro-USD). */
+  cost: number;
+}
+
+/** Outcome of a multi-key consume: one result per op, in order. */
+export interface ConsumeManyResult {
+  /** True when every window of every op had room: all were counted. False: nothing was counted. */
+  allowed: boolean;
+  /** Per op: its windows (each `allowed` equals the whole operation's); `blockedBy` on the op that refused. */
+  results: ConsumeResult[];
+  /** Index of the first op that refused. */
+  refused?: number;
+  /** When the store could not be reached and the failure policy decided. */
+  degraded?: boolean;
+}
+
+/** One adjust of a multi-key operation (`OpenAIStore.adjustMany`, `adjustAll`). */
+export interface AdjustOp {
+  key: string;
+  windows: readonly WindowRef[];
+  /** Units to add (negative: give back) to what an earlier consume counted. */
+  delta: number;
+  /** Read the windows' counts back even when `delta` is 0 (a settlement that needs them for alerts). */
+  read?: boolean;
+}
+
+/**
+ * Counts after a multi-key adjust, per op and window (in order): the units counted in the window (a
+ * calendar window: its period's count, holds of calls in flight included), or `undefined` when the
+ * referenced period or log entry is gone (or the store does not report counts).
+ */
+export type AdjustManyResult = Array<Array<number | undefined>>;
+
 /**
  * The one storage interface for state shared between app instances: limits, budgets, usage, caches.
  * Every operation is atomic and costs O(1) (amortized, for sliding windows; one round trip on Redis). Keys are given without the
@@ -96,6 +133,19 @@ export interface OpenAIStore {
    * zero. Settles a token reservation to the real usage, or gives it back.
    */
   adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void>;
+  /**
+   * Optional. Several `consume`s as one atomic operation (one round trip, one Lua script on Redis): every
+   * op is counted if all have room, else none is (and the windows without room start their `blockMs`).
+   * The ops' keys must be distinct. On a Redis Cluster the keys must share a slot for one script (keys of
+   * one user do: `subjectKey`); otherwise the store runs one consume per key and gives back the admitted
+   * ones when one refuses. A store without it is used through `consumeAll`, which does the same.
+   */
+  consumeMany?(ops: readonly ConsumeOp[]): Promise<ConsumeManyResult>;
+  /**
+   * Optional. Several `adjust`s as one operation (one round trip), returning the windows' counts after it
+   * (see `AdjustManyResult`). A store without it is used through `adjustAll` (one `adjust` per op, no counts).
+   */
+  adjustMany?(ops: readonly AdjustOp[]): Promise<AdjustManyResult>;
   /** Adds to numeric fields of a record kept `ttlMs` after its creation. */
   incrementFields(key: string, fields: Readonly<Record<string, number>>, ttlMs: number): Promise<void>;
   /** The numeric fields of a record (empty when absent). */
@@ -141,6 +191,32 @@ export interface OpenAIStore {
     cooldownMs: number,
     probe: boolean,
   ): Promise<BreakerReport>;
+
+  // State broadcast between instances (optional; the local views of the circuit breakers and of
+  // pacing, see CircuitBreakerService and PacingService). A store without them: those views re-read
+  // the store at most once per sync interval.
+  /**
+   * Optional. Sends `message` to every subscriber of `channel` (a name under the store's key prefix),
+   * this instance's own included: at most once, not kept (a subscriber not connected then misses it).
+   * On Redis: one PUBLISH (a Redis Cluster forwards it to every node).
+   */
+  publish?(channel: string, message: string): Promise<void>;
+  /**
+   * Optional. Delivers the messages published on `channel` to `listener.message` until the returned
+   * subscription is closed. `lost`: the subscription's connection closed (messages are missed until
+   * `resumed`, called once it is subscribed again: re-read the state they would have carried).
+   * @throws when the subscription cannot be made.
+   */
+  subscribe?(
+    channel: string,
+    listener: { message(message: string): void; lost?(): void; resumed?(): void },
+  ): Promise<{ close(): Promise<void> }>;
+  /**
+   * Optional. A circuit breaker as stored, without changing it (no probe is taken): its state, the
+   * consecutive failures counted, and for an open breaker the ms until its cool-down ends (for a
+   * half-open one, until its probe's lease ends; 0 when over).
+   */
+  breakerPeek?(key: string): Promise<Pick<BreakerAdmission, 'state' | 'failures' | 'retryAfterMs'>>;
 }
 
 /**

@@ -1,9 +1,13 @@
 import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis';
 import { OpenAIProductionError } from '../errors/openai-production.error.js';
 import type {
+  AdjustManyResult,
+  AdjustOp,
   BreakerAdmission,
   BreakerReport,
   BreakerState,
+  ConsumeManyResult,
+  ConsumeOp,
   ConsumeResult,
   SlotResult,
   OpenAIStore,
@@ -22,6 +26,16 @@ import {
   type RedisClusterConfig,
 } from './redis-cluster.js';
 import { slotMs } from './sliding-window.js';
+import { RedisChannels, peekBreaker, type ChannelListener } from './redis-channels.js';
+import { clusterKeySlot } from './cluster-slot.js';
+import { consumeEach } from './multi-key.js';
+
+/** True when every key (prefixed) hashes to one Redis Cluster slot. */
+function sameSlot(keys: readonly string[]): boolean {
+  if (keys.length < 2) return true;
+  const first = clusterKeySlot(keys[0]);
+  return keys.every((k) => clusterKeySlot(k) === first);
+}
 
 /** Options of the Redis store: exactly one of `client`, `url`, `cluster`. */
 export interface RedisStoreOptions {
@@ -85,8 +99,9 @@ end`;
 }
 
 // Time comes from Redis (TIME), so instances with skewed clocks agree (ARGV[2] >= 0 overrides it, for
-// tests that control time). ARGV: cost, now, then (limit, windowMs, startAt or -1, blockMs, slotMs) per
-// window; KEYS: two per window.
+// tests that control time). ARGV: now, then (cost, limit, windowMs, startAt or -1, blockMs, slotMs) per
+// window; KEYS: two per window. The windows may belong to several keys (`consumeMany`: each op's windows
+// with its cost): all are counted, or none.
 // - Sliding window (startAt -1; see sliding-window.ts): KEYS `<k>:sw`, a hash { n: units counted,
 //   b: blocked until, <id>: units of entry <id> }, and `<k>:sl`, a list of the entries `<id>:<stamp>`,
 //   oldest first. Freed entries are popped from the head (O(1) amortized); both keys expire one window
@@ -95,8 +110,7 @@ end`;
 // Returns: index of the first window that refused (0: admitted), now, then (start, used, remaining,
 // resetMs) per window.
 const CONSUME = `
-local cost = tonumber(ARGV[1])
-${luaNow(2)}
+${luaNow(1)}
 local function fmt(x) return string.format('%.0f', x) end
 local function parse(e)
   local c = string.find(e, ':', 1, true)
@@ -106,7 +120,8 @@ local n = #KEYS / 2
 local starts, useds, rems, resets, room = {}, {}, {}, {}, {}
 local refused = 0
 for i = 1, n do
-  local a = i * 5 - 2
+  local a = i * 6 - 3
+  local cost = tonumber(ARGV[a - 1])
   local limit = tonumber(ARGV[a])
   local win = tonumber(ARGV[a + 1])
   local fixed = tonumber(ARGV[a + 2])
@@ -214,7 +229,7 @@ end
 if refused > 0 then
   -- nothing is counted; the sliding windows without room start their block
   for i = 1, n do
-    local a = i * 5 - 2
+    local a = i * 6 - 3
     local block = tonumber(ARGV[a + 3])
     if tonumber(ARGV[a + 2]) < 0 and not room[i] and block > 0 then
       local h, l = KEYS[i * 2 - 1], KEYS[i * 2]
@@ -236,7 +251,8 @@ if refused > 0 then
   end
 else
   for i = 1, n do
-    local a = i * 5 - 2
+    local a = i * 6 - 3
+    local cost = tonumber(ARGV[a - 1])
     local win = tonumber(ARGV[a + 1])
     local h, l = KEYS[i * 2 - 1], KEYS[i * 2]
     useds[i] = useds[i] + cost
@@ -276,32 +292,40 @@ end
 return out
 `;
 
-// ARGV: delta, then the referenced start per window; KEYS per window: `<k>` (calendar window) and
-// `<k>:sw` (sliding window: the units of the referenced entry).
+// ARGV: (delta, referenced start) per window; KEYS per window: `<k>` (calendar window) and `<k>:sw`
+// (sliding window: the units of the referenced entry). The windows may belong to several keys
+// (`adjustMany`). Returns per window the units counted after it (a calendar window: its period's count; a
+// sliding window: the window's total), or -1 when the referenced period or entry is gone.
 const ADJUST = `
-local delta = tonumber(ARGV[1])
+local out = {}
 for i = 1, #KEYS / 2 do
-  local ref = tonumber(ARGV[i + 1])
+  local delta = tonumber(ARGV[i * 2 - 1])
+  local ref = tonumber(ARGV[i * 2])
   local kf, kh = KEYS[i * 2 - 1], KEYS[i * 2]
   local v = redis.call('HMGET', kf, 's', 'c')
+  out[i] = -1
   if v[1] and tonumber(v[1]) == ref then
     local c = (tonumber(v[2]) or 0) + delta
     if c < 0 then c = 0 end
-    redis.call('HSET', kf, 'c', string.format('%.0f', c))
+    if delta ~= 0 then redis.call('HSET', kf, 'c', string.format('%.0f', c)) end
+    out[i] = c
   else
     local f = string.format('%.0f', ref)
     local c = tonumber(redis.call('HGET', kh, f))
     if c then
       local nv = c + delta
       if nv < 0 then nv = 0 end
-      redis.call('HSET', kh, f, string.format('%.0f', nv))
       local total = (tonumber(redis.call('HGET', kh, 'n')) or 0) + nv - c
       if total < 0 then total = 0 end
-      redis.call('HSET', kh, 'n', string.format('%.0f', total))
+      if delta ~= 0 then
+        redis.call('HSET', kh, f, string.format('%.0f', nv))
+        redis.call('HSET', kh, 'n', string.format('%.0f', total))
+      end
+      out[i] = total
     end
   end
 end
-return 1
+return out
 `;
 
 // ARGV: ttlMs, then field, value pairs.
@@ -401,7 +425,7 @@ interface ScriptedClient {
   openaiBreakerAdmit(...args: Array<string | number>): Promise<number[]>;
   openaiBreakerReport(...args: Array<string | number>): Promise<number[]>;
   openaiConsume(...args: Array<string | number>): Promise<number[]>;
-  openaiAdjust(...args: Array<string | number>): Promise<number>;
+  openaiAdjust(...args: Array<string | number>): Promise<number[]>;
   openaiIncrementFields(...args: Array<string | number>): Promise<number>;
 }
 
@@ -558,38 +582,100 @@ export class RedisStore implements OpenAIStore {
   }
 
   async consume(key: string, windows: readonly WindowLimit[], cost: number): Promise<ConsumeResult> {
+    const r = await this.consumeScript([{ key, windows, cost }]);
+    return r.results[0];
+  }
+
+  /**
+   * The consumes of `ops` as one atomic operation: one script, one round trip (see
+   * `OpenAIStore.consumeMany`). On a cluster, ops whose keys span several slots run as one consume per
+   * key, the admitted ones given back when one refuses (`consumeEach`).
+   */
+  consumeMany(ops: readonly ConsumeOp[]): Promise<ConsumeManyResult> {
+    if (this.monitor && !sameSlot(ops.map((op) => this.k(op.key)))) return consumeEach(this, ops);
+    return this.consumeScript(ops);
+  }
+
+  private async consumeScript(ops: readonly ConsumeOp[]): Promise<ConsumeManyResult> {
     const keys: string[] = [];
-    const argv: Array<string | number> = [Math.ceil(cost), this.now ? this.now() : -1];
-    for (const w of windows) {
-      const k = this.k(key, w.name);
-      if (w.startAt === undefined) keys.push(`${k}:sw`, `${k}:sl`);
-      else keys.push(k, k);
-      argv.push(w.limit, w.windowMs, w.startAt ?? -1, Math.max(0, Math.ceil(w.blockMs ?? 0)), slotMs(w));
-    }
+    const argv: Array<string | number> = [this.now ? this.now() : -1];
+    for (const { key, windows, cost } of ops)
+      for (const w of windows) {
+        const k = this.k(key, w.name);
+        if (w.startAt === undefined) keys.push(`${k}:sw`, `${k}:sl`);
+        else keys.push(k, k);
+        argv.push(
+          Math.ceil(cost),
+          w.limit,
+          w.windowMs,
+          w.startAt ?? -1,
+          Math.max(0, Math.ceil(w.blockMs ?? 0)),
+          slotMs(w),
+        );
+      }
+    if (keys.length === 0) return { allowed: true, results: ops.map(() => ({ allowed: true, windows: [] })) };
     const out = await this.run(keys[0], () => this.scripted.openaiConsume(keys.length, ...keys, ...argv));
-    const refused = Number(out[0]);
-    const states: WindowState[] = windows.map((w, i) => ({
-      name: w.name,
-      limit: w.limit,
-      start: Number(out[2 + i * 4]),
-      used: Number(out[3 + i * 4]),
-      remaining: Number(out[4 + i * 4]),
-      resetMs: Number(out[5 + i * 4]),
-    }));
-    return refused === 0
-      ? { allowed: true, windows: states }
-      : { allowed: false, windows: states, blockedBy: states[refused - 1] };
+    /** 1-based index of the first window (over all ops) that refused; 0: admitted. */
+    const refusedAt = Number(out[0]);
+    const allowed = refusedAt === 0;
+    let at = 0;
+    let refused: number | undefined;
+    const results = ops.map(({ windows }, o): ConsumeResult => {
+      let blockedBy: WindowState | undefined;
+      const states = windows.map((w): WindowState => {
+        const j = at++;
+        const st = {
+          name: w.name,
+          limit: w.limit,
+          start: Number(out[2 + j * 4]),
+          used: Number(out[3 + j * 4]),
+          remaining: Number(out[4 + j * 4]),
+          resetMs: Number(out[5 + j * 4]),
+        };
+        if (j === refusedAt - 1) {
+          blockedBy = st;
+          refused = o;
+        }
+        return st;
+      });
+      return blockedBy ? { allowed, windows: states, blockedBy } : { allowed, windows: states };
+    });
+    return allowed ? { allowed, results } : { allowed, results, refused };
   }
 
   async adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void> {
     if (windows.length === 0 || delta === 0) return;
-    const d = delta > 0 ? Math.ceil(delta) : -Math.ceil(-delta);
-    const keys = windows.flatMap((w) => {
-      const k = this.k(key, w.name);
-      return [k, `${k}:sw`];
-    });
-    await this.run(keys[0], () =>
-      this.scripted.openaiAdjust(keys.length, ...keys, d, ...windows.map((w) => w.start)),
+    await this.adjustScript([{ key, windows, delta }]);
+  }
+
+  /**
+   * The adjusts of `ops` in one script (one round trip), with the counts after them (see
+   * `OpenAIStore.adjustMany`); on a cluster, one script per slot when the keys span several.
+   */
+  async adjustMany(ops: readonly AdjustOp[]): Promise<AdjustManyResult> {
+    if (!this.monitor || sameSlot(ops.map((op) => this.k(op.key)))) return this.adjustScript(ops);
+    return Promise.all(ops.map(async (op) => (await this.adjustScript([op]))[0]));
+  }
+
+  private async adjustScript(ops: readonly AdjustOp[]): Promise<AdjustManyResult> {
+    const keys: string[] = [];
+    const argv: number[] = [];
+    for (const { key, windows, delta } of ops) {
+      const d = delta > 0 ? Math.ceil(delta) : -Math.ceil(-delta);
+      for (const w of windows) {
+        const k = this.k(key, w.name);
+        keys.push(k, `${k}:sw`);
+        argv.push(d, w.start);
+      }
+    }
+    if (keys.length === 0) return ops.map(() => []);
+    const out = await this.run(keys[0], () => this.scripted.openaiAdjust(keys.length, ...keys, ...argv));
+    let at = 0;
+    return ops.map(({ windows }) =>
+      windows.map(() => {
+        const v = Number(out[at++]);
+        return v < 0 ? undefined : v;
+      }),
     );
   }
 
@@ -709,6 +795,7 @@ export class RedisStore implements OpenAIStore {
   }
 
   async close(): Promise<void> {
+    await this.channels?.close();
     this.monitor?.stop();
     if (this.owned) {
       try {
@@ -849,6 +936,31 @@ export class RedisStore implements OpenAIStore {
       cap: Number(out[3]),
       windows: states,
       ...(refused > 0 ? { blockedBy: states[refused - 1] } : {}),
+    };
+  }
+
+  // State broadcast and breaker reads (the optional OpenAIStore operations; see redis-channels.ts).
+  private channels?: RedisChannels;
+
+  /** `OpenAIStore.publish`: one PUBLISH on `<keyPrefix><channel>`. */
+  async publish(channel: string, message: string): Promise<void> {
+    await this.run(undefined, () => this.client.publish(`${this.prefix}${channel}`, message));
+  }
+
+  /** `OpenAIStore.subscribe`, on a subscriber connection of the store's own (closed with the store). */
+  subscribe(channel: string, listener: ChannelListener): Promise<{ close(): Promise<void> }> {
+    this.channels ??= new RedisChannels(this.client, Math.max(this.timeoutMs, 5_000));
+    return this.channels.subscribe(`${this.prefix}${channel}`, listener);
+  }
+
+  /** `OpenAIStore.breakerPeek`: one read-only script on the breaker's hash. */
+  async breakerPeek(key: string): Promise<Pick<BreakerAdmission, 'state' | 'failures' | 'retryAfterMs'>> {
+    const k = this.k(key);
+    const out = await this.run(k, () => peekBreaker(this.client, k, this.now ? this.now() : -1));
+    return {
+      state: BREAKER_STATES[Number(out[0])] ?? 'closed',
+      failures: Number(out[1]),
+      retryAfterMs: Math.max(0, Number(out[2])),
     };
   }
 }

@@ -1,9 +1,14 @@
 import { Logger } from '@nestjs/common';
 import { MemoryStore } from './memory.store.js';
 import type { ClusterHealth } from './redis-cluster.js';
+import { adjustAll, consumeAll } from './multi-key.js';
 import type {
+  AdjustManyResult,
+  AdjustOp,
   BreakerAdmission,
   BreakerReport,
+  ConsumeManyResult,
+  ConsumeOp,
   ConsumeResult,
   SlotResult,
   OpenAIStore,
@@ -150,6 +155,48 @@ export class ResilientStore implements OpenAIStore {
     );
   }
 
+  /** Several consumes as one operation (the primary's, else one per key); the policy when it fails. */
+  consumeMany(ops: readonly ConsumeOp[]): Promise<ConsumeManyResult> {
+    return this.attempt(
+      (s) => consumeAll(s, ops),
+      async (): Promise<ConsumeManyResult> => {
+        if (this.policy === 'fail-closed') this.fail();
+        if (this.policy === 'fail-open') {
+          return {
+            allowed: true,
+            degraded: true,
+            results: ops.map(({ windows }) => ({
+              allowed: true,
+              degraded: true,
+              windows: windows.map((w) => ({
+                name: w.name,
+                limit: w.limit,
+                used: 0,
+                remaining: w.limit,
+                start: -1,
+                resetMs: w.windowMs,
+              })),
+            })),
+          };
+        }
+        const scaled = ops.map((op) => ({
+          ...op,
+          windows: op.windows.map((w) => ({ ...w, limit: Math.max(1, Math.ceil(w.limit / this.instances)) })),
+        }));
+        return { ...(await this.fallback!.consumeMany(scaled)), degraded: true };
+      },
+    );
+  }
+
+  /** Several adjusts as one operation, with the counts after them; while degraded, on the fallback. */
+  adjustMany(ops: readonly AdjustOp[]): Promise<AdjustManyResult> {
+    return this.attempt(
+      (s) => adjustAll(s, ops),
+      async () =>
+        this.fallback ? this.fallback.adjustMany(ops) : ops.map((op) => op.windows.map(() => undefined)),
+    );
+  }
+
   adjust(key: string, windows: readonly WindowRef[], delta: number): Promise<void> {
     // A window taken while degraded has start -1 (fail-open) or lives in the fallback.
     return this.attempt(
@@ -277,5 +324,32 @@ export class ResilientStore implements OpenAIStore {
           throw new StoreDegradedError();
         },
       ));
+  }
+
+  // State broadcast and breaker reads (optional; see OpenAIStore): the primary's, when it has them.
+  // While the store is down a publish is dropped and a read fails: the breaker and pacing views re-sync
+  // once it is back (the subscription, on a connection of its own, resumes by itself).
+  get publish(): OpenAIStore['publish'] {
+    if (!this.primary.publish) return undefined;
+    return (channel, message) =>
+      this.attempt(
+        (s) => s.publish!(channel, message),
+        async () => undefined,
+      );
+  }
+
+  get subscribe(): OpenAIStore['subscribe'] {
+    return this.primary.subscribe?.bind(this.primary);
+  }
+
+  get breakerPeek(): OpenAIStore['breakerPeek'] {
+    if (!this.primary.breakerPeek) return undefined;
+    return (key) =>
+      this.attempt(
+        (s) => s.breakerPeek!(key),
+        async () => {
+          throw new StoreDegradedError();
+        },
+      );
   }
 }

@@ -8,6 +8,8 @@ import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import {
   subjectKey,
   trackerKey,
+  type AdjustOp,
+  type ConsumeOp,
   type ConsumeResult,
   type OpenAIStore,
   type WindowLimit,
@@ -69,6 +71,20 @@ export class RateLimitService {
    */
   reserveTokens(user: string, tokens: number, windows: readonly ThrottleWindow[]): Promise<ConsumeResult> {
     return this.consume(subjectKey(user, 'rl:tok'), toLimits(windows), tokens);
+  }
+
+  /** The store consume of a token reservation (for the call pipeline's joint reservation). @internal */
+  tokenOp(user: string, tokens: number, windows: readonly ThrottleWindow[]): ConsumeOp {
+    return { key: subjectKey(user, 'rl:tok'), windows: toLimits(windows), cost: tokens };
+  }
+
+  /** The store adjust that corrects a token reservation by `delta` tokens. @internal */
+  tokenAdjustOp(user: string, result: ConsumeResult, delta: number): AdjustOp {
+    return {
+      key: subjectKey(user, 'rl:tok'),
+      windows: result.windows.map((w) => ({ name: w.name, start: w.start })),
+      delta,
+    };
   }
 
   /**

@@ -42,15 +42,13 @@ describe('TokenLimitHook', () => {
   let rejections: Array<[string, string]>;
   const used = async (user = 'u1') => (await limits.reserveTokens(user, 0, TOKENS)).windows[0].used;
   const setup = (l: LimitsOptions = { tokens: TOKENS }) => {
-    limits = new RateLimitService(
-      store,
-      resolveOpenAIOptions({ environment: 'test', apiKey: 'sk-test', limits: l }),
-    );
+    const options = resolveOpenAIOptions({ environment: 'test', apiKey: 'sk-test', limits: l });
+    limits = new RateLimitService(store, options);
     rejections = [];
     const metrics = {
       rateLimited: (kind: string, window: string) => rejections.push([kind, window]),
     } as unknown as OpenAIMetricsService;
-    hook = new TokenLimitHook(limits, metrics);
+    hook = new TokenLimitHook(limits, metrics, store, options);
   };
   beforeEach(() => {
     store = new MemoryStore();
