@@ -2,6 +2,8 @@
 // (zero delay) in this same process. Talks to the parent over IPC:
 //   child -> parent: { ready: { lib: port, bare?: port } }, { cpu: { user, system } }, { reset: true }
 //   parent -> child: { cmd: 'cpu' } | { cmd: 'reset' } | { cmd: 'stop' }
+//                    | { cmd: 'prof-start' } | { cmd: 'prof-stop', file } (a V8 CPU profile of the window
+//                    between them, written to `file`; child -> parent: { prof: true })
 // argv[2]: 'memory' | 'redis' (REDIS_URL in the environment for 'redis') | 'gateway' (the upstream in
 // its own process at BENCH_UPSTREAM, the Portkey gateway at BENCH_GATEWAY, memory store; adds `/gateway`).
 import 'reflect-metadata';
@@ -16,6 +18,8 @@ import {
   type INestApplication,
 } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
+import { writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
 import OpenAI from 'openai';
 import {
   ChatRequestPipe,
@@ -161,8 +165,29 @@ async function main(): Promise<void> {
     ports.bare = await listen(bare);
   }
   const send = (m: unknown) => process.send!(m);
-  process.on('message', (m: { cmd?: string }) => {
-    if (m.cmd === 'cpu') send({ cpu: process.cpuUsage() });
+  let session: Session | undefined;
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) =>
+      session!.post(method, params, (err, res) => (err ? reject(err) : resolve(res))),
+    );
+  process.on('message', (m: { cmd?: string; file?: string }) => {
+    if (m.cmd === 'prof-start') {
+      void (async () => {
+        session = new Session();
+        session.connect();
+        await post('Profiler.enable');
+        await post('Profiler.setSamplingInterval', { interval: 100 });
+        await post('Profiler.start');
+        send({ prof: true });
+      })();
+    } else if (m.cmd === 'prof-stop') {
+      void (async () => {
+        const { profile } = (await post('Profiler.stop')) as { profile: unknown };
+        writeFileSync(m.file!, JSON.stringify(profile));
+        session!.disconnect();
+        send({ prof: true });
+      })();
+    } else if (m.cmd === 'cpu') send({ cpu: process.cpuUsage() });
     else if (m.cmd === 'reset') {
       fake?.reset();
       send({ reset: true });

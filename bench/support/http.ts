@@ -66,6 +66,25 @@ export class AppProcess {
     return this.ask('reset', 'reset');
   }
 
+  /** Starts a V8 CPU profile of the app process (100 µs sampling). */
+  async profileStart(): Promise<void> {
+    await this.ask('prof-start', 'prof');
+  }
+
+  /** Stops the profile and writes it (a `.cpuprofile`) to `file`. */
+  async profileStop(file: string): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const onMessage = (m: Record<string, unknown>) => {
+        if ('prof' in m) {
+          this.child.off('message', onMessage);
+          resolve();
+        }
+      };
+      this.child.on('message', onMessage);
+      this.child.send({ cmd: 'prof-stop', file });
+    });
+  }
+
   async stop(): Promise<void> {
     if (this.child.exitCode !== null) return;
     const exited = new Promise((r) => this.child.once('exit', r));

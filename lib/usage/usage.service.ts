@@ -83,37 +83,70 @@ const roundUsd = (usd: number) => Math.round(usd * 1e9) / 1e9;
 
 const label = (s: unknown) => String(s).replace(/[|]/g, '_').slice(0, 120);
 
-/** The fields one call adds to a usage record (zeros left out). */
-function usageFields(entry: UsageEntry): Record<string, number> {
-  const u = entry.usage;
-  const cost = entry.costUsd ?? 0;
-  const model = label(entry.model);
-  const route = label(entry.route ?? 'none');
-  const tier = label(entry.serviceTier ?? 'default');
-  const fields: Record<string, number> = {
-    requests: 1,
-    prompt_tokens: u.prompt_tokens,
-    cached_tokens: u.cached_tokens,
-    completion_tokens: u.completion_tokens,
-    reasoning_tokens: u.reasoning_tokens,
-    cost_usd: cost,
-    unpriced_requests: entry.costUsd === null ? 1 : 0,
-    estimated_requests: u.estimated ? 1 : 0,
-    [`m|${model}|requests`]: 1,
-    [`m|${model}|total_tokens`]: u.total_tokens,
-    [`m|${model}|cost_usd`]: cost,
-    [`m|${model}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
-    [`r|${route}|requests`]: 1,
-    [`r|${route}|total_tokens`]: u.total_tokens,
-    [`r|${route}|cost_usd`]: cost,
-    [`r|${route}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
-    [`t|${tier}|requests`]: 1,
-    [`t|${tier}|total_tokens`]: u.total_tokens,
-    [`t|${tier}|cost_usd`]: cost,
-    [`t|${tier}|unpriced_requests`]: entry.costUsd === null ? 1 : 0,
-  };
-  for (const k of Object.keys(fields)) if (fields[k] === 0) delete fields[k];
-  return fields;
+/** Sums of one breakdown line (a model, a route or a service tier). */
+interface LineSums {
+  requests: number;
+  total_tokens: number;
+  cost_usd: number;
+  unpriced_requests: number;
+}
+
+/**
+ * The calls summed in process for one ledger key until its next write: the totals as plain numbers and
+ * the breakdown lines in maps, so recording a call is a few additions (the record's field names, e.g.
+ * `m|<model>|cost_usd`, are built once per key and write by `toFields`).
+ */
+class UsageSums {
+  requests = 0;
+  prompt_tokens = 0;
+  cached_tokens = 0;
+  completion_tokens = 0;
+  reasoning_tokens = 0;
+  cost_usd = 0;
+  unpriced_requests = 0;
+  estimated_requests = 0;
+  readonly lines = new Map<string, LineSums>();
+
+  constructor(readonly ttlMs: number) {}
+
+  add(entry: UsageEntry, model: string, route: string, tier: string): void {
+    const u = entry.usage;
+    const cost = entry.costUsd ?? 0;
+    const unpriced = entry.costUsd === null ? 1 : 0;
+    this.requests++;
+    this.prompt_tokens += u.prompt_tokens;
+    this.cached_tokens += u.cached_tokens;
+    this.completion_tokens += u.completion_tokens;
+    this.reasoning_tokens += u.reasoning_tokens;
+    this.cost_usd += cost;
+    this.unpriced_requests += unpriced;
+    if (u.estimated) this.estimated_requests++;
+    this.line(model, u.total_tokens, cost, unpriced);
+    this.line(route, u.total_tokens, cost, unpriced);
+    this.line(tier, u.total_tokens, cost, unpriced);
+  }
+
+  private line(key: string, tokens: number, cost: number, unpriced: number): void {
+    let l = this.lines.get(key);
+    if (!l) this.lines.set(key, (l = { requests: 0, total_tokens: 0, cost_usd: 0, unpriced_requests: 0 }));
+    l.requests++;
+    l.total_tokens += tokens;
+    l.cost_usd += cost;
+    l.unpriced_requests += unpriced;
+  }
+
+  /** The record's fields (zeros left out): totals, then `m|`, `r|` and `t|` lines. */
+  toFields(): Record<string, number> {
+    const fields: Record<string, number> = {};
+    for (const f of TOTAL_FIELDS) if (this[f] !== 0) fields[f] = this[f];
+    for (const [prefix, l] of this.lines) {
+      if (l.requests) fields[`${prefix}|requests`] = l.requests;
+      if (l.total_tokens) fields[`${prefix}|total_tokens`] = l.total_tokens;
+      if (l.cost_usd) fields[`${prefix}|cost_usd`] = l.cost_usd;
+      if (l.unpriced_requests) fields[`${prefix}|unpriced_requests`] = l.unpriced_requests;
+    }
+    return fields;
+  }
 }
 
 /** A key's summed fields in a batch, with what is known of its write. */
@@ -172,7 +205,10 @@ export class UsageService implements OnApplicationShutdown {
   /** This process's write counter field (see the class comment). */
   private readonly marker = `w|${randomBytes(6).toString('hex')}`;
   /** Calls summed since the last freeze. */
-  private current = new Map<string, { fields: Record<string, number>; ttlMs: number }>();
+  private current = new Map<string, UsageSums>();
+  /** The UTC day the cached period keys are of (epoch ms of its start), and those keys. */
+  private periodStart = -1;
+  private periods = { day: '', month: '' };
   private currentRecords = 0;
   /** The batch being written, or kept after a failure. */
   private batch: Batch | null = null;
@@ -228,22 +264,29 @@ export class UsageService implements OnApplicationShutdown {
    */
   record(entry: UsageEntry, at = new Date()): void {
     if (!this.options.usage.enabled) return;
-    let fields: Record<string, number>;
+    let model: string, route: string, tier: string;
     try {
-      fields = usageFields(entry);
+      model = `m|${label(entry.model)}`;
+      route = `r|${label(entry.route ?? 'none')}`;
+      tier = `t|${label(entry.serviceTier ?? 'default')}`;
     } catch (err) {
       // One bad record is logged and skipped: it must not fail the call that settled it.
       this.logger.error(`a usage record could not be read: ${(err as Error)?.message ?? String(err)}`);
       return;
     }
-    const dayTtl = this.options.usage.dailyRetentionDays * DAY_MS;
-    const monthTtl = this.options.usage.monthlyRetentionDays * DAY_MS;
-    const { day, month } = periodKeys(at);
-    this.add(this.key(null, day), fields, dayTtl);
-    this.add(this.key(null, month), fields, monthTtl);
+    const { day, month } = this.periodsOf(at);
+    this.add(this.key(null, day), entry, model, route, tier, this.options.usage.dailyRetentionDays);
+    this.add(this.key(null, month), entry, model, route, tier, this.options.usage.monthlyRetentionDays);
     if (entry.user !== undefined) {
-      this.add(this.key(entry.user, day), fields, dayTtl);
-      this.add(this.key(entry.user, month), fields, monthTtl);
+      this.add(this.key(entry.user, day), entry, model, route, tier, this.options.usage.dailyRetentionDays);
+      this.add(
+        this.key(entry.user, month),
+        entry,
+        model,
+        route,
+        tier,
+        this.options.usage.monthlyRetentionDays,
+      );
     }
     this.currentRecords++;
     this.pendingGauge?.inc();
@@ -251,10 +294,27 @@ export class UsageService implements OnApplicationShutdown {
     else this.arm(this.options.usage.flushIntervalMs);
   }
 
-  private add(key: string, fields: Record<string, number>, ttlMs: number): void {
-    const e = this.current.get(key);
-    if (!e) this.current.set(key, { fields: { ...fields }, ttlMs });
-    else for (const k in fields) e.fields[k] = (e.fields[k] ?? 0) + fields[k];
+  /** The period keys of `at`, computed once per UTC day. */
+  private periodsOf(at: Date): { day: string; month: string } {
+    const t = at.getTime();
+    if (t < this.periodStart || t >= this.periodStart + DAY_MS) {
+      this.periods = periodKeys(at);
+      this.periodStart = t - (t % DAY_MS);
+    }
+    return this.periods;
+  }
+
+  private add(
+    key: string,
+    entry: UsageEntry,
+    model: string,
+    route: string,
+    tier: string,
+    retentionDays: number,
+  ): void {
+    let sums = this.current.get(key);
+    if (!sums) this.current.set(key, (sums = new UsageSums(retentionDays * DAY_MS)));
+    sums.add(entry, model, route, tier);
   }
 
   /** Over the bound: drop the oldest batch (kept after a failure), or write the current one now. */
@@ -355,7 +415,7 @@ export class UsageService implements OnApplicationShutdown {
       // This process's counter field is its own: a key it never wrote has 0.
       const known = this.counters.has(key) ? this.counters.get(key)! : this.countersComplete ? 0 : null;
       writes.set(key, {
-        fields: e.fields,
+        fields: e.toFields(),
         ttlMs: e.ttlMs,
         seq: known === null ? undefined : known + 1,
         sent: false,
