@@ -79,6 +79,8 @@ interface CountedWindow extends ThrottleWindow {
  */
 @Injectable()
 export class OpenAIThrottlerGuard extends ThrottlerGuard {
+  /** The counted windows per route (handler, class) and set of request limits, when fixed. */
+  private readonly routeWindows = new WeakMap<object, WeakMap<object, WeakMap<object, CountedWindow[]>>>();
   /** Read at boot to check the routes' `@Throttle`/`@SkipThrottle` against the configured windows. */
   @Optional() @Inject(ModulesContainer) private readonly modulesContainer?: ModulesContainer;
 
@@ -189,14 +191,35 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
   ): Promise<CountedWindow[]> {
     const handler = context.getHandler();
     const classRef = context.getClass();
+    // Decorator metadata is fixed once the app is built: the windows of a route (for one set of limits)
+    // are computed once, unless an override is a function of the request.
+    let byClass = this.routeWindows.get(handler);
+    if (!byClass) this.routeWindows.set(handler, (byClass = new WeakMap()));
+    let byLimits = byClass.get(classRef);
+    if (!byLimits) byClass.set(classRef, (byLimits = new WeakMap()));
+    const known = byLimits.get(requests);
+    if (known) return known;
+    const computed = await this.computeWindows(context, handler, classRef, requests);
+    if (computed.static) byLimits.set(requests, computed.windows);
+    return computed.windows;
+  }
+
+  private async computeWindows(
+    context: ExecutionContext,
+    handler: object,
+    classRef: { name: string },
+    requests: readonly ThrottleWindow[],
+  ): Promise<{ windows: CountedWindow[]; static: boolean }> {
     const meta = (key: string): unknown =>
-      this.reflector.getAllAndOverride<unknown>(key, [handler, classRef]);
+      this.reflector.getAllAndOverride<unknown>(key, [handler as () => void, classRef as new () => unknown]);
+    const handlerName = (handler as { name?: string }).name;
     const hasDefault = requests.some((w) => w.name === DEFAULT);
     const defaultSkip = hasDefault ? undefined : (meta(THROTTLER_SKIP + DEFAULT) as boolean | undefined);
     const defaultOverride = hasDefault ? undefined : this.overrideOf(meta, DEFAULT);
     const routeScope = (this.openaiOptions.limits.overrideScope ?? 'route') === 'route';
-    const route = `${classRef.name}.${handler.name}`;
+    const route = `${classRef.name}.${handlerName}`;
     const out: CountedWindow[] = [];
+    let isStatic = true;
     for (const w of requests) {
       // a window's own setting wins over `default` (`@SkipThrottle()` on the class, `{ minute: false }` on a handler)
       if ((meta(THROTTLER_SKIP + w.name) as boolean | undefined) ?? defaultSkip) continue;
@@ -210,6 +233,8 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
       const replacesAll = !own && defaultOverride?.limit !== undefined && defaultOverride.ttl !== undefined;
       const shown = replacesAll ? DEFAULT : w.name;
       if (replacesAll && out.some((c) => c.shown === DEFAULT)) continue;
+      for (const v of [override.limit, override.ttl, override.blockDuration])
+        if (typeof v === 'function') isStatic = false;
       const limit = await this.resolve(context, override.limit ?? w.limit, 'limit', shown, route);
       const ttl = await this.resolve(context, override.ttl ?? w.ttl, 'ttl', shown, route);
       const block = override.blockDuration ?? w.blockDuration;
@@ -224,7 +249,7 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
           : `${shown}@${ttl}ms`;
       out.push({ name, limit, ttl, ...(blockDuration !== undefined && { blockDuration }), shown });
     }
-    return out;
+    return { windows: out, static: isStatic };
   }
 
   private overrideOf(meta: (key: string) => unknown, name: string): Override | undefined {
