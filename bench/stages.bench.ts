@@ -157,8 +157,8 @@ async function main(): Promise<void> {
       wrap(proto('models/model-policy.js', 'ModelPolicy'), 'resolve', '  ModelPolicy.resolve');
       wrap(proto('models/model-policy.js', 'ModelPolicy'), 'fallbacksFor', '  ModelPolicy.fallbacksFor');
       wrap(svc, 'reserve', 'reserve (all hooks)');
-      wrap(proto('throttling/token-limit.hook.js', 'TokenLimitHook'), 'reserve', '  TokenLimitHook.reserve');
-      wrap(proto('budget/budget.service.js', 'BudgetService'), 'reserve', '  BudgetService.reserve');
+      wrap(proto('throttling/token-limit.hook.js', 'TokenLimitHook'), 'plan', '  TokenLimitHook.plan');
+      wrap(proto('budget/budget.service.js', 'BudgetService'), 'plan', '  BudgetService.plan');
       wrap(proto('usage/usage.hook.js', 'UsageHook'), 'reserve', '  UsageHook.reserve');
       wrap(executor, 'execute', 'execute (attempt loop + upstream call)');
       // The SDK call inside execute (create → withResponse resolved), to separate the attempt loop's own cost.
@@ -192,10 +192,9 @@ async function main(): Promise<void> {
       wrap(svc, 'settle', 'settle (all reservations)');
       wrap(proto('usage/usage.service.js', 'UsageService'), 'record', '  UsageService.record (sync part)');
       wrap(svc, 'logCall', 'logCall');
-      wrap(svc, 'moderateChatOutput', 'moderateChatOutput');
       const store = mode === 'redis' ? 'storage/resilient.store.js' : 'storage/memory.store.js';
       const storeCls = mode === 'redis' ? 'ResilientStore' : 'MemoryStore';
-      for (const m of ['consume', 'adjust', 'incrementFields'])
+      for (const m of ['consume', 'consumeMany', 'adjustMany', 'incrementFields'])
         wrap(proto(store, storeCls), m, `(inside the steps above) store.${m}, ${storeCls}`);
     }
     const chatMs = new Samples(calls);
