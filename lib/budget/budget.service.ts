@@ -104,6 +104,9 @@ export class BudgetService implements OpenAICallHook, PlannedHook, BeforeApplica
   private readonly leases?: ProjectLeases;
   /** Alert ids this instance already saw set (fired here or elsewhere): not asked for again. */
   private readonly alerted = new Set<string>();
+  /** Windows per spend limit for the UTC day starting at `windowsDay` (epoch ms). */
+  private windowsCache = new WeakMap<SpendLimit, WindowLimit[]>();
+  private windowsDay = -1;
 
   constructor(
     @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
@@ -138,12 +141,25 @@ export class BudgetService implements OpenAICallHook, PlannedHook, BeforeApplica
   private async subjects(user: string | undefined, now: Date): Promise<Subject_[]> {
     const out: Subject_[] = [];
     if (user !== undefined) {
-      const windows = budgetWindows(await this.userLimit(user), now);
+      const limit = this.options.budgets.userLimits ? await this.userLimit(user) : this.options.budgets.user;
+      const windows = this.windowsOf(limit, now);
       if (windows.length) out.push({ scope: 'user', user, key: subjectKey(user, 'budget'), windows });
     }
-    const project = budgetWindows(this.options.budgets.project, now);
+    const project = this.windowsOf(this.options.budgets.project, now);
     if (project.length) out.push({ scope: 'project', key: PROJECT_KEY, windows: project });
     return out;
+  }
+
+  /** The windows of `limit` at `now`: computed once per limit and UTC day (they change only when it turns). */
+  private windowsOf(limit: SpendLimit, now: Date): WindowLimit[] {
+    const t = now.getTime();
+    if (t < this.windowsDay || t >= this.windowsDay + 86_400_000) {
+      this.windowsCache = new WeakMap();
+      this.windowsDay = t - (t % 86_400_000);
+    }
+    let w = this.windowsCache.get(limit);
+    if (!w) this.windowsCache.set(limit, (w = budgetWindows(limit, now)));
+    return w;
   }
 
   /** Reserves alone (outside the call pipeline, which joins `plan` with the token limits' hold). */
