@@ -121,9 +121,10 @@ export class CallExecutor {
     let pacedModel = prep.call.model;
 
     outer: for (const model of models) {
-      // Pacing first: a model that must wait does not take a half-open breaker's probe.
+      // Pacing first: a model that must wait does not take a half-open breaker's probe. Both answer from
+      // their instance's view (no store round trip) unless the breaker's view says ask the store.
       if (pacing && pacing.mode !== 'off') {
-        const wait = await pacing.waitFor(model, prep.call.promptTokens + prep.call.maxOutputTokens);
+        const wait = pacing.waitFor(model, prep.call.promptTokens + prep.call.maxOutputTokens);
         if (wait > 0) {
           const fits =
             pacing.mode === 'queue' &&
@@ -139,7 +140,8 @@ export class CallExecutor {
       }
       let ticket: BreakerTicket | undefined;
       if (breaker) {
-        ticket = await breaker.admit(model, attemptMs + 1_000);
+        const admitted = breaker.admit(model, attemptMs + 1_000);
+        ticket = admitted instanceof Promise ? await admitted : admitted;
         if (!ticket.allowed) {
           breakerSkips++;
           breakerWaitMs = Math.min(breakerWaitMs, ticket.retryAfterMs);
@@ -194,7 +196,11 @@ export class CallExecutor {
           upstreamMs += performance.now() - sent;
           pacing?.observe(model, response.headers);
           this.metrics.attempt(prep.call, model, '2xx', retry > 0);
-          if (ticket) await breaker!.report(ticket, true);
+          if (ticket) {
+            // Nothing to write (no failure counted, not the probe): no promise, no await.
+            const reported = breaker!.report(ticket, true);
+            if (reported instanceof Promise) await reported;
+          }
           return {
             data,
             response,

@@ -10,8 +10,9 @@ export interface OpenAIHealth {
   up: boolean;
   storage: StoreHealth;
   /**
-   * Circuit breakers of the models this instance called, as it last saw them (`closed`, `open`,
-   * `half-open`): an open breaker does not make the library down (calls use the fallbacks).
+   * Circuit breakers as this instance's view has them (`closed`, `open`, `half-open`): the configured
+   * models' and those it called or heard of from other instances. An open breaker does not make the
+   * library down (calls use the fallbacks).
    */
   breakers: Record<string, BreakerHealth>;
 }

@@ -8,3 +8,20 @@ const SNAPSHOT = /(?:-\d{4}-\d{2}-\d{2}|-\d{4})$/;
 export function isPinnedModel(model: string): boolean {
   return model.startsWith('ft:') || SNAPSHOT.test(model);
 }
+
+/**
+ * The models the options name (default, fallbacks, alias targets, moderation, embedding), through the
+ * aliases, once each: those whose shared state (breaker, pacing) an instance reads at boot.
+ */
+export function configuredModels(models: {
+  default: string;
+  fallbacks: readonly string[];
+  aliases: Readonly<Record<string, string>>;
+  moderation?: string;
+  embedding?: string;
+}): Set<string> {
+  const names = [models.default, ...models.fallbacks, ...Object.values(models.aliases)];
+  if (models.moderation) names.push(models.moderation);
+  if (models.embedding) names.push(models.embedding);
+  return new Set(names.filter(Boolean).map((n) => models.aliases[n] ?? n));
+}

@@ -55,8 +55,8 @@ export const BASE_DEFAULTS = {
   },
   input: { maxMessages: 50, maxChars: 32_000, maxPromptTokens: 8_000 },
   cache: { ttlMs: 0, perUser: false, maxEntryBytes: 262_144 },
-  breaker: { failures: 0, cooldownMs: 30_000 },
-  pacing: { mode: 'off', minRemainingRequests: 0, minRemainingTokens: 0 },
+  breaker: { failures: 0, cooldownMs: 30_000, syncIntervalMs: 5_000 },
+  pacing: { mode: 'off', minRemainingRequests: 0, minRemainingTokens: 0, syncIntervalMs: 5_000 },
 } satisfies OpenAIProfileOptions;
 
 /**

@@ -296,6 +296,15 @@ export interface BreakerOptions {
    * @default 30000
    */
   cooldownMs?: number;
+  /**
+   * Each instance keeps its own view of the breakers, read on the call path without a store round
+   * trip; transitions reach the other instances at once through the store's pub/sub (Redis). This is
+   * the interval (ms) at which each instance also re-reads the breakers it knows from the store (in the
+   * background), so a missed message is healed within it; with a store without pub/sub, a call re-reads
+   * its model's breaker when its view is older than this.
+   * @default 5000
+   */
+  syncIntervalMs?: number;
 }
 
 /** Where shared state (limits, budgets, usage, caches) lives. */
@@ -534,6 +543,13 @@ export interface PacingOptions {
    * @default 0
    */
   minRemainingTokens?: number;
+  /**
+   * Interval (ms) at which each instance re-reads from the store the paced state of the models it
+   * knows (in the background), so a missed pub/sub message, or one sent before the instance started,
+   * is healed within it.
+   * @default 5000
+   */
+  syncIntervalMs?: number;
 }
 
 /** Options a profile may override: everything but the profiles themselves and `environment`. */

@@ -379,12 +379,24 @@ function validate(o: ResolvedOpenAIOptions, problems: ConfigProblem[]): void {
       `must be a positive integer (ms), got ${String(br.cooldownMs)}`,
       'set e.g. 30000',
     );
+  if (!isPositiveInt(br.syncIntervalMs))
+    add(
+      'breaker.syncIntervalMs',
+      `must be a positive integer (ms), got ${String(br.syncIntervalMs)}`,
+      'set e.g. 5000',
+    );
   const pc = o.pacing;
   if (!['off', 'queue', 'refuse'].includes(pc.mode))
     add('pacing.mode', `must be 'off', 'queue' or 'refuse', got ${String(pc.mode)}`, "set 'queue'");
   for (const key of ['minRemainingRequests', 'minRemainingTokens'] as const)
     if (!(Number.isInteger(pc[key]) && pc[key] >= 0))
       add(`pacing.${key}`, `must be an integer >= 0, got ${String(pc[key])}`, 'set e.g. 0');
+  if (!isPositiveInt(pc.syncIntervalMs))
+    add(
+      'pacing.syncIntervalMs',
+      `must be a positive integer (ms), got ${String(pc.syncIntervalMs)}`,
+      'set e.g. 5000',
+    );
   const st = o.storage;
   if (st.type !== 'memory' && st.type !== 'redis')
     add('storage.type', `must be 'memory' or 'redis', got ${String(st.type)}`, "set 'memory' or 'redis'");

@@ -197,8 +197,9 @@ export interface OpenAIStore {
   // the store at most once per sync interval.
   /**
    * Optional. Sends `message` to every subscriber of `channel` (a name under the store's key prefix),
-   * this instance's own included: at most once, not kept (a subscriber not connected then misses it).
-   * On Redis: one PUBLISH (a Redis Cluster forwards it to every node).
+   * this instance's own included: at most once, not kept (a subscriber not connected then misses it),
+   * and not necessarily in order (on a Redis Cluster each PUBLISH may go through another node, which
+   * forwards it to every node). On Redis: one PUBLISH.
    */
   publish?(channel: string, message: string): Promise<void>;
   /**

@@ -18,6 +18,10 @@ async function gauge(h: FixtureHandle, model: string): Promise<number | undefine
   return m?.values.find((v) => v.labels.model === model)?.value;
 }
 
+/** The breaker of `model` as one instance's view has it (its /health). */
+const breakerOf = async (h: FixtureHandle, model: string) =>
+  (await h.app.get(OpenAIHealthService).check()).breakers[model]?.state;
+
 const transitions = (hs: FixtureHandle[], model: string) =>
   hs.flatMap((h) => h.logger.records('circuit breaker')).filter((l) => l.model === model);
 
@@ -64,6 +68,13 @@ describe.skipIf(!redisUrl)('circuit breaker across two instances on one Redis', 
     expect(await gauge(a, PRIMARY)).toBe(1);
 
     // B never saw a failure trip it, yet skips the primary: straight to the fallback, no upstream attempt.
+    // A's transition reaches B's view through the store's pub/sub (B reads no store per call): wait for it.
+    await waitFor(
+      'B to learn that the breaker opened',
+      async () => (await breakerOf(b, PRIMARY)) === 'open',
+      2_000,
+      10,
+    );
     const skipped = await request(b.server).post('/chat').send(body).expect(200);
     expect(skipped.body).toMatchObject({ model: FB, fallback_from: PRIMARY, attempts: 1 });
     expect(primaryCalls()).toBe(3);
@@ -100,6 +111,13 @@ describe.skipIf(!redisUrl)('circuit breaker across two instances on one Redis', 
         .expect(502);
     const sent = fake.requestsTo(CHAT).length;
     expect(sent).toBe(6);
+    // B made both transitions; A learns them through the store's pub/sub.
+    await waitFor(
+      'A to learn that both breakers opened',
+      async () => (await breakerOf(a, PRIMARY)) === 'open' && (await breakerOf(a, FB)) === 'open',
+      2_000,
+      10,
+    );
 
     const res = await request(a.server).post('/chat').set('x-request-id', 'all-open').send(body);
     expect(res.status).toBe(503);

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { OpenAIMetricsService } from '../../lib/index.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
-import { sharedRedisUrl, uniquePrefix } from '../support/redis.js';
+import { sharedRedisUrl, uniquePrefix, waitFor } from '../support/redis.js';
 
 const CHAT = '/v1/chat/completions';
 const PRIMARY = 'gpt-4o-2024-08-06';
@@ -45,6 +45,13 @@ describe.skipIf(!redisUrl)('pacing by x-ratelimit-* across two instances on one 
     await request(a.server).post('/chat').send(body).expect(200);
     await request(b.server).post('/chat').send(body).expect(200); // remaining: 0
     expect(await gauge(b, 'openai_upstream_remaining_requests', PRIMARY)).toBe(0);
+    // B's reply (nothing left) reaches A's view through the store's pub/sub (A reads no store per call).
+    await waitFor(
+      'A to learn that no request is left',
+      async () => (await gauge(a, 'openai_upstream_remaining_requests', PRIMARY)) === 0,
+      2_000,
+      10,
+    );
 
     const res = await request(a.server).post('/chat').set('x-request-id', 'paced-1').send(body);
     expect(res.status).toBe(429);
