@@ -116,7 +116,7 @@ async function main(): Promise<void> {
     const runs: Record<string, { file: string; ok: number; dir: string }> = {};
     for (const route of ['raw', 'guarded']) {
       process.stderr.write(`profiling /${route} (${seconds} s at ${connections} connections)...\n`);
-      runs[route] = await profileRoute(route, `${upstream.baseURL}`, seconds, connections);
+      runs[route] = await profileRoute(route, upstream.baseURL, seconds, connections);
     }
     const raw = selfTimes(runs.raw.file);
     const ours = selfTimes(runs.guarded.file);

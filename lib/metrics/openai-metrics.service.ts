@@ -1,4 +1,4 @@
-import { Inject, Injectable } from '@nestjs/common';
+import { Inject, Injectable, type OnModuleDestroy } from '@nestjs/common';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { NormalizedUsage, UpstreamCall } from '../call/upstream-call.js';
 import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
@@ -44,6 +44,67 @@ const tierLabel = (t: string | undefined) =>
 const OVERHEAD_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05];
 
 /**
+ * The increments of one call's series (endpoint, model, route, service tier), summed in process and
+ * applied to prom-client when the registry is read (`collect`): a call costs a few additions instead of
+ * a dozen label lookups. Label objects are built once per series.
+ */
+class PendingSeries {
+  attempts = 0;
+  calls = 0;
+  costUsd = 0;
+  priced = false;
+  prompt = 0;
+  cached = 0;
+  completion = 0;
+  reasoning = 0;
+  /** Latencies (s) and pipeline overheads (s) observed since the last flush. */
+  readonly latencies: number[] = [];
+  readonly overheads: number[] = [];
+  readonly attemptLabels: { endpoint: string; model: string; status_class: '2xx' };
+  readonly latencyLabels: { endpoint: string; model: string };
+  readonly tierLabels: { service_tier: string };
+  readonly costLabels: { model: string; route: string };
+  readonly tokenLabels: Array<{ model: string; route: string; type: string }>;
+  readonly overheadLabels: { endpoint: string };
+
+  constructor(endpoint: string, model: string, route: string, tier: string) {
+    this.attemptLabels = { endpoint, model, status_class: '2xx' };
+    this.latencyLabels = { endpoint, model };
+    this.tierLabels = { service_tier: tier };
+    this.costLabels = { model, route };
+    this.tokenLabels = ['prompt', 'cached', 'completion', 'reasoning'].map((type) => ({
+      model,
+      route,
+      type,
+    }));
+    this.overheadLabels = { endpoint };
+  }
+}
+
+/** Most observations kept per series between two reads of the registry (then applied at once). */
+const MAX_PENDING_OBSERVATIONS = 256;
+
+/** Per collector: the flushes to run before prom-client reads it (one per module instance using it). */
+const COLLECT_HOOKS = new WeakMap<object, Set<() => void>>();
+
+/** Makes `collector` run `flush` before each read (`get()`, the registry's `metrics()`). */
+function flushBeforeCollect(collector: object, flush: () => void): void {
+  let hooks = COLLECT_HOOKS.get(collector);
+  if (!hooks) {
+    const set = new Set<() => void>();
+    hooks = set;
+    COLLECT_HOOKS.set(collector, set);
+    const target = collector as { collect?: (...args: unknown[]) => unknown };
+    const previous = target.collect;
+    target.collect = function (this: unknown, ...args: unknown[]) {
+      for (const f of set) f();
+      return previous?.apply(this, args);
+    };
+  }
+  hooks.add(flush);
+}
+
+/**
  * The library's Prometheus metrics (prom-client). Labels are low-cardinality by construction: model
  * (a configured or priced model, else `other`), route (the route pattern), status class, window and
  * category names; never users or request IDs. Disabled (`metrics.enabled: false`): every method is a no-op.
@@ -52,7 +113,7 @@ const OVERHEAD_BUCKETS = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005
  * @example @Get('metrics') async metrics(@Res() res) { res.type(this.metrics.contentType).send(await this.metrics.metrics()); }
  */
 @Injectable()
-export class OpenAIMetricsService {
+export class OpenAIMetricsService implements OnModuleDestroy {
   /** The registry holding the metrics. */
   readonly registry: Registry;
   private readonly enabled: boolean;
@@ -81,6 +142,13 @@ export class OpenAIMetricsService {
   private readonly breakerTransitions: Counter<'model' | 'to'>;
   private readonly upstreamRemainingRequests: Gauge<'model'>;
   private readonly upstreamRemainingTokens: Gauge<'model'>;
+  /** Per-call increments not yet applied to prom-client, by series. */
+  private readonly pending = new Map<string, PendingSeries>();
+  /** The last remaining requests/tokens per model label, not yet set on the gauges. */
+  private readonly pendingRemaining = new Map<string, { requests?: number; tokens?: number }>();
+  private readonly flushHook = () => this.flush();
+  /** The collectors whose reads flush the pending increments. */
+  private readonly buffered: object[];
 
   constructor(@Inject(OPENAI_RESOLVED_OPTIONS) options: ResolvedOpenAIOptions) {
     const m = options.metrics;
@@ -256,14 +324,67 @@ export class OpenAIMetricsService {
       ['model'],
     );
     if (problems.length) throw new OpenAIConfigError(options.environment, problems);
+    this.buffered = [
+      this.upstreamRequests,
+      this.upstreamLatency,
+      this.tokens,
+      this.cost,
+      this.tierCalls,
+      this.tierCost,
+      this.overheadSeconds,
+      this.upstreamRemainingRequests,
+      this.upstreamRemainingTokens,
+    ];
+    if (this.enabled) for (const c of this.buffered) flushBeforeCollect(c, this.flushHook);
+  }
+
+  /** Applies the increments summed in process to the prom-client collectors (run before each read). */
+  flush(): void {
+    for (const s of this.pending.values()) {
+      if (s.attempts) this.upstreamRequests.inc(s.attemptLabels, s.attempts);
+      if (s.calls) this.tierCalls.inc(s.tierLabels, s.calls);
+      if (s.priced) {
+        this.tierCost.inc(s.tierLabels, s.costUsd);
+        this.cost.inc(s.costLabels, s.costUsd);
+      }
+      const tokens = [s.prompt, s.cached, s.completion, s.reasoning];
+      for (let i = 0; i < 4; i++) this.tokens.inc(s.tokenLabels[i], tokens[i]);
+      for (const v of s.latencies) this.upstreamLatency.observe(s.latencyLabels, v);
+      for (const v of s.overheads) this.overheadSeconds.observe(s.overheadLabels, v);
+      s.attempts = s.calls = s.costUsd = s.prompt = s.cached = s.completion = s.reasoning = 0;
+      s.priced = false;
+      s.latencies.length = 0;
+      s.overheads.length = 0;
+    }
+    for (const [model, r] of this.pendingRemaining) {
+      if (r.requests !== undefined) this.upstreamRemainingRequests.set({ model }, r.requests);
+      if (r.tokens !== undefined) this.upstreamRemainingTokens.set({ model }, r.tokens);
+    }
+    this.pendingRemaining.clear();
+  }
+
+  /** Applies what is pending and stops flushing into shared collectors (another module may keep them). */
+  onModuleDestroy(): void {
+    this.flush();
+    for (const c of this.buffered) COLLECT_HOOKS.get(c)?.delete(this.flushHook);
+  }
+
+  /** The pending series of a call (labels built once per series; bounded by the labels' cardinality). */
+  private series(endpoint: string, model: string, route: string, tier: string): PendingSeries {
+    const key = `${endpoint}\u0000${model}\u0000${route}\u0000${tier}`;
+    let s = this.pending.get(key);
+    if (!s) this.pending.set(key, (s = new PendingSeries(endpoint, model, route, tier)));
+    return s;
   }
 
   /** OpenAI's remaining requests and tokens of a model, from a reply's `x-ratelimit-*` headers. */
   upstreamRemaining(model: string, requests: number | undefined, tokens: number | undefined): void {
     if (!this.enabled) return;
     const ml = this.modelLabel(model);
-    if (requests !== undefined) this.upstreamRemainingRequests.set({ model: ml }, requests);
-    if (tokens !== undefined) this.upstreamRemainingTokens.set({ model: ml }, tokens);
+    let r = this.pendingRemaining.get(ml);
+    if (!r) this.pendingRemaining.set(ml, (r = {}));
+    if (requests !== undefined) r.requests = requests;
+    if (tokens !== undefined) r.tokens = tokens;
   }
 
   /** A circuit breaker's state as seen; `changed`: this instance made the transition (counted). */
@@ -297,6 +418,10 @@ export class OpenAIMetricsService {
 
   attempt(call: UpstreamCall, model: string, status: StatusClass, retry: boolean): void {
     if (!this.enabled) return;
+    if (status === '2xx' && !retry) {
+      this.series(call.endpoint, this.modelLabel(model), call.route ?? 'none', 'default').attempts++;
+      return;
+    }
     this.upstreamRequests.inc({
       endpoint: call.endpoint,
       model: this.modelLabel(model),
@@ -316,15 +441,18 @@ export class OpenAIMetricsService {
   ): void {
     if (!this.enabled) return;
     const ml = this.modelLabel(model);
-    const route = call.route ?? 'none';
-    this.tierCalls.inc({ service_tier: tierLabel(serviceTier) });
-    if (costUsd !== null) this.tierCost.inc({ service_tier: tierLabel(serviceTier) }, costUsd);
-    this.upstreamLatency.observe({ endpoint: call.endpoint, model: ml }, latencyMs / 1000);
-    this.tokens.inc({ model: ml, route, type: 'prompt' }, usage.prompt_tokens);
-    this.tokens.inc({ model: ml, route, type: 'cached' }, usage.cached_tokens);
-    this.tokens.inc({ model: ml, route, type: 'completion' }, usage.completion_tokens);
-    this.tokens.inc({ model: ml, route, type: 'reasoning' }, usage.reasoning_tokens);
-    if (costUsd !== null) this.cost.inc({ model: ml, route }, costUsd);
+    const s = this.series(call.endpoint, ml, call.route ?? 'none', tierLabel(serviceTier));
+    s.calls++;
+    if (costUsd !== null) {
+      s.costUsd += costUsd;
+      s.priced = true;
+    }
+    s.latencies.push(latencyMs / 1000);
+    s.prompt += usage.prompt_tokens;
+    s.cached += usage.cached_tokens;
+    s.completion += usage.completion_tokens;
+    s.reasoning += usage.reasoning_tokens;
+    if (s.latencies.length >= MAX_PENDING_OBSERVATIONS) this.flush();
     if (usage.estimated) this.estimatedUsage.inc({ model: ml });
     if (fallbackFrom) this.fallbacks.inc({ from: this.modelLabel(fallbackFrom), to: ml });
   }
@@ -364,7 +492,10 @@ export class OpenAIMetricsService {
 
   /** The pipeline's own time of one call (ms). */
   overhead(call: UpstreamCall, ms: number): void {
-    if (this.enabled) this.overheadSeconds.observe({ endpoint: call.endpoint }, ms / 1000);
+    if (!this.enabled) return;
+    const s = this.series(call.endpoint, this.modelLabel(call.model), call.route ?? 'none', 'default');
+    s.overheads.push(ms / 1000);
+    if (s.overheads.length >= MAX_PENDING_OBSERVATIONS) this.flush();
   }
 
   /** A request refused by the library (429, 413, 422, 503), by the error code it was answered with. */
