@@ -54,7 +54,7 @@ function setup(options: OpenAIModuleOptions = {}, callOptions: CallOptions = {},
 
 /** An attempt that never answers until its signal aborts (our timer or the caller). */
 const hang = (a: Attempt) =>
-  new Promise<never>((_, reject) => a.signal.addEventListener('abort', () => reject(a.signal.reason)));
+  new Promise<never>((_, reject) => a.signal!.addEventListener('abort', () => reject(a.signal!.reason)));
 
 describe('CallExecutor', () => {
   beforeEach(() => {
@@ -179,6 +179,6 @@ describe('CallExecutor', () => {
     await vi.runAllTimersAsync();
     expect(await failed).toMatchObject({ status: 504 });
     expect(seen?.timeoutMs).toBe(400);
-    expect(seen?.signal.reason).toBeInstanceOf(AttemptTimeoutError);
+    expect(seen?.signal?.reason).toBeInstanceOf(AttemptTimeoutError);
   });
 });

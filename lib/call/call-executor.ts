@@ -97,6 +97,13 @@ export class CallExecutor {
   async execute<T>(
     prep: PreparedCall,
     attemptFn: (model: string, attempt: Attempt) => Promise<SentReply<T>>,
+    /**
+     * True (streams): each attempt gets an AbortController and timer of the executor's own, and the
+     * controller outlives the attempt (the stream reads under it). False (a reply read whole): the SDK's
+     * own timeout (`timeout`, over the headers and the body) and the caller's signal, nothing more per
+     * attempt; an SDK timeout is reported as the attempt's or the deadline's, as with a controller.
+     */
+    controlled = true,
   ): Promise<ExecutedCall<T>> {
     const { options, started } = prep;
     const maxRetries = options.maxRetries ?? this.options.retry.maxRetries;
@@ -170,26 +177,27 @@ export class CallExecutor {
         if (remaining <= 0) break outer;
         attempts++;
         lastModel = model;
-        const controller = new AbortController();
         const timeoutMs = Math.min(attemptMs, remaining);
+        const timeoutError = () =>
+          new AttemptTimeoutError(timeoutMs < attemptMs ? 'deadline' : 'attempt', Math.round(timeoutMs));
+        if (options.signal?.aborted) throw new CallAbortedException(options.signal.reason);
+        let controller: AbortController | undefined;
+        let timer: NodeJS.Timeout | undefined;
         let timedOut: AttemptTimeoutError | undefined;
-        const timer = setTimeout(() => {
-          timedOut = new AttemptTimeoutError(
-            timeoutMs < attemptMs ? 'deadline' : 'attempt',
-            Math.round(timeoutMs),
-          );
-          controller.abort(timedOut);
-        }, timeoutMs);
-        const onCallerAbort = () => controller.abort(options.signal?.reason);
-        if (options.signal?.aborted) {
-          clearTimeout(timer);
-          throw new CallAbortedException(options.signal.reason);
+        let onCallerAbort: (() => void) | undefined;
+        if (controlled) {
+          const c = (controller = new AbortController());
+          timer = setTimeout(() => {
+            timedOut = timeoutError();
+            c.abort(timedOut);
+          }, timeoutMs);
+          onCallerAbort = () => c.abort(options.signal?.reason);
+          options.signal?.addEventListener('abort', onCallerAbort, { once: true });
         }
-        options.signal?.addEventListener('abort', onCallerAbort, { once: true });
         const sent = performance.now();
         try {
           const { data, response, request_id } = await attemptFn(model, {
-            signal: controller.signal,
+            signal: controller ? controller.signal : options.signal,
             controller,
             timeoutMs: Math.ceil(timeoutMs),
           });
@@ -214,7 +222,12 @@ export class CallExecutor {
         } catch (err) {
           upstreamMs += performance.now() - sent;
           if (options.signal?.aborted) throw new CallAbortedException(err);
-          const error = timedOut && err instanceof APIUserAbortError ? timedOut : err;
+          const error =
+            timedOut && err instanceof APIUserAbortError
+              ? timedOut
+              : !controlled && err instanceof APIConnectionTimeoutError
+                ? Object.assign(timeoutError(), { cause: err })
+                : err;
           if (error instanceof APIError) pacing?.observe(model, error.headers);
           this.metrics.attempt(prep.call, model, statusClassOf(error), retry > 0);
           if (error instanceof HttpException) throw error;
@@ -236,8 +249,8 @@ export class CallExecutor {
           });
           if (tripped) continue outer;
         } finally {
-          clearTimeout(timer);
-          options.signal?.removeEventListener('abort', onCallerAbort);
+          if (timer) clearTimeout(timer);
+          if (onCallerAbort) options.signal?.removeEventListener('abort', onCallerAbort);
         }
       }
     }

@@ -227,8 +227,10 @@ export class CallPipeline {
     const reservations = adapter.metered ? await this.reserve(prep.call) : [];
     const span = startCallSpan(prep.call);
     try {
-      const ok = await this.executor.execute(prep, (model, a) =>
-        adapter.send(this.client, prep.body, model, a),
+      const ok = await this.executor.execute(
+        prep,
+        (model, a) => adapter.send(this.client, prep.body, model, a),
+        false,
       );
       check?.(ok.data, ok);
       const text = adapter.text(ok.data);

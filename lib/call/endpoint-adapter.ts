@@ -1,10 +1,14 @@
 import type OpenAI from 'openai';
 import type { NormalizedUsage, UpstreamEndpoint } from './upstream-call.js';
 
-/** One upstream attempt: its abort signal and timeout (whole ms, also given to the SDK). */
+/**
+ * One upstream attempt: its abort signal (the executor's controller for a stream, else the caller's
+ * signal, if any) and its timeout (whole ms, given to the SDK).
+ */
 export interface Attempt {
-  signal: AbortSignal;
-  controller: AbortController;
+  signal?: AbortSignal;
+  /** Streams only: the controller the stream is read under (aborted on a stall, a cut, the caller). */
+  controller?: AbortController;
   timeoutMs: number;
 }
 

@@ -38,6 +38,8 @@ export interface StreamSummary extends CallResultMeta {
  * consumer that stops iterating aborts it too. Idle and deadline timers, accumulation, and one settlement.
  */
 export class ModelStream<Event> implements AsyncIterable<Event> {
+  /** The controller the upstream stream is read under. */
+  private readonly controller: AbortController;
   /** Model that answers (a fallback's when `fallbackFrom` is set). */
   readonly model: string;
   readonly fallbackFrom?: string;
@@ -65,6 +67,8 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
     private readonly outputCheck?: StreamOutputCheck,
     private readonly span?: Span,
   ) {
+    // A stream is opened in the executor's controlled mode: its controller is the one it is read under.
+    this.controller = ok.controller ?? new AbortController();
     this.model = ok.model;
     this.fallbackFrom = ok.fallbackFrom;
     this.openaiRequestId = ok.openaiRequestId;
@@ -80,7 +84,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
     this.unconsumedTimer = setTimeout(() => {
       if (this.consumed) return;
       const reason = new AttemptTimeoutError('idle', idleMs);
-      ok.controller.abort(reason);
+      this.controller.abort(reason);
       void this.end(false, reason);
     }, idleMs);
     this.unconsumedTimer.unref();
@@ -98,7 +102,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
 
   /** Cancels the upstream request. Iteration ends; what was received is accounted. */
   abort(): void {
-    this.ok.controller.abort(new CallAbortedException());
+    this.controller.abort(new CallAbortedException());
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<Event> {
@@ -106,7 +110,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
     this.consumed = true;
     clearTimeout(this.unconsumedTimer);
     if (this.ended) throw this.mapStreamError(new AttemptTimeoutError('idle', 0));
-    const { controller } = this.ok;
+    const { controller } = this;
     const options = this.service.options;
     const idleMs = this.prep.options.attemptTimeoutMs ?? options.timeouts.attemptMs;
     const deadlineAt = this.prep.started + (this.prep.options.deadlineMs ?? options.timeouts.deadlineMs);

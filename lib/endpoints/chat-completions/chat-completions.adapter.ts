@@ -42,7 +42,7 @@ function chatOutputText(c: ChatCompletion): string {
   return parts.join('\n');
 }
 
-const sdkOptions = (a: { signal: AbortSignal; timeoutMs: number }) => ({
+const sdkOptions = (a: { signal?: AbortSignal; timeoutMs: number }) => ({
   signal: a.signal,
   timeout: a.timeoutMs,
   maxRetries: 0,

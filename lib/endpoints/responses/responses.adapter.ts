@@ -69,7 +69,7 @@ export function responsesInputMessages(body: {
   return out;
 }
 
-const sdkOptions = (a: { signal: AbortSignal; timeoutMs: number }) => ({
+const sdkOptions = (a: { signal?: AbortSignal; timeoutMs: number }) => ({
   signal: a.signal,
   timeout: a.timeoutMs,
   maxRetries: 0,
