@@ -55,6 +55,9 @@ describe.skipIf(!redisUrl)('Redis round trips of a guarded, metered request', ()
           },
           budgets: { user: { dailyUsd: 100 }, project: { monthlyUsd: 1_000 } },
           usage: { enabled: true },
+          // the production profile's circuit breaker and pacing: no store round trip per call
+          breaker: { failures: 5 },
+          pacing: { mode: 'queue' },
           storage: { type: 'redis', redis: { url: redisUrl, keyPrefix: prefix }, onFailure: 'fail-closed' },
         }),
         { controllers: [GuardedController] },
@@ -66,7 +69,7 @@ describe.skipIf(!redisUrl)('Redis round trips of a guarded, metered request', ()
       await fake?.close();
     });
 
-    it('the guard, then one script reserving the token limit and the user budget together, one settlement write', async () => {
+    it('the guard, then one script reserving the token limit and the user budget together, one settlement write; breaker and pacing read nothing', async () => {
       const send = (user: string) =>
         request(h.server)
           .post('/chat')
@@ -115,6 +118,7 @@ describe.skipIf(!redisUrl)('Redis round trips of a guarded, metered request', ()
       expect(budgetOnly).toEqual([]);
       const other = seen.filter((s) => !has(s, 'rl:req') && !has(s, 'rl:tok'));
       expect(other.length).toBeLessThan(N / 2);
+      expect(seen.filter((s) => has(s, 'breaker') || has(s, 'pace'))).toEqual([]);
       expect(fake.requestsTo('/v1/chat/completions').length).toBe(N + 3);
     });
   });
