@@ -42,8 +42,9 @@ export interface Classified {
 }
 
 /**
- * Classifies a client command by key and script shape: CONSUME has ARGV cost + 3 per key, ADJUST has
- * delta + 1 per key, INCREMENT_FIELDS has one key and ttl + field/value pairs.
+ * Classifies a client command by key and script shape (see lib/storage/redis.store.ts): CONSUME has ARGV
+ * now + 6 per window (2 keys per window: 1 + 3 per key), its windows possibly of several keys (the joint
+ * reservation); ADJUST has 2 ARGV per window (as many as keys); INCREMENT_FIELDS one key, ttl + pairs.
  */
 export function classify(args: string[]): Classified {
   const cmd = args[0]!.toLowerCase();
@@ -51,34 +52,39 @@ export function classify(args: string[]): Classified {
     const numkeys = Number(args[2]);
     const keys = args.slice(3, 3 + numkeys);
     const argv = args.slice(3 + numkeys);
-    const key = keys[0] ?? '';
+    const has = (re: RegExp) => keys.some((k) => re.test(k));
     const consume = argv.length === 1 + 3 * numkeys;
-    const cost = Number(argv[0]);
-    if (key.includes('{rl:req:') || key.includes(':rl:req:'))
+    const adjust = argv.length === numkeys;
+    const cost = Number(argv[1]);
+    if (has(/rl:req:/))
       return consume
         ? { what: 'request window, consume (guard)', onPath: true, order: 1 }
         : { what: 'request window, adjust', onPath: true, order: 1.5 };
-    if (key.includes(':rl:tok:')) {
-      return consume
-        ? { what: 'token window, reserve', onPath: true, order: 2 }
-        : { what: 'token window, settle (adjust; issued, not awaited)', onPath: false, order: 5 };
+    if (has(/:leases$/) || (has(/\{budget:project\}/) && !consume && !adjust))
+      return { what: 'project budget lease (take, raise or return)', onPath: false, order: 7 };
+    const parts = [
+      has(/:rl:tok:/) && 'token window',
+      has(/\}:budget:/) && 'user budget',
+      has(/\{budget:project\}/) && 'project budget',
+    ].filter(Boolean);
+    if (parts.length && (consume || adjust)) {
+      const what = parts.join(' + ');
+      if (consume && cost > 0) return { what: `${what}: reserve (one script)`, onPath: true, order: 2 };
+      if (consume) return { what: `${what}: read (cost 0)`, onPath: false, order: 8 };
+      return { what: `${what}: settle (one script; issued, not awaited)`, onPath: false, order: 5 };
     }
-    if (key.includes('{budget:') || key.includes('}:budget:')) {
-      const who = key.includes('{budget:project}') ? 'project' : 'user';
-      if (consume && cost > 0)
-        return { what: `budget ${who}, reserve`, onPath: true, order: who === 'user' ? 3 : 4 };
-      if (consume) return { what: `budget ${who}, alert check (peek, cost 0)`, onPath: false, order: 8 };
-      return { what: `budget ${who}, settle (adjust; issued, not awaited)`, onPath: false, order: 6 };
+    if (has(/usage:/)) {
+      const who = has(/\{usage:project:/) ? 'project' : 'user';
+      const period = has(/:\d{4}-\d{2}-\d{2}\}?$/) ? 'day' : 'month';
+      return { what: `usage ledger ${who}/${period} (flushed once per interval)`, onPath: false, order: 9 };
     }
-    if (key.includes('{usage:') || key.includes('}:usage:')) {
-      const who = key.includes('{usage:project:') ? 'project' : 'user';
-      const period = /:\d{4}-\d{2}-\d{2}\}?$/.test(key) ? 'day' : 'month';
-      return { what: `usage ledger ${who}/${period} (HINCRBYFLOAT script)`, onPath: false, order: 9 };
-    }
-    return { what: `${cmd} ${key}`, onPath: true, order: 10 };
+    if (has(/breaker/)) return { what: `breaker ${cmd} (state read or report)`, onPath: false, order: 9.5 };
+    return { what: `${cmd} ${keys[0] ?? ''}`, onPath: true, order: 10 };
   }
   if (cmd === 'set' && args.some((a) => a.toUpperCase() === 'NX'))
     return { what: 'budget alert, SET NX', onPath: false, order: 8.5 };
+  if (cmd === 'subscribe' || cmd === 'publish' || cmd === 'ping')
+    return { what: `${cmd} (breaker/pacing broadcast)`, onPath: false, order: 11 };
   return { what: `${cmd} ${args[1] ?? ''}`.trim(), onPath: true, order: 10 };
 }
 
