@@ -107,6 +107,8 @@ export class BudgetService implements OpenAICallHook, PlannedHook, BeforeApplica
   /** Windows per spend limit for the UTC day starting at `windowsDay` (epoch ms). */
   private windowsCache = new WeakMap<SpendLimit, WindowLimit[]>();
   private windowsDay = -1;
+  /** `budgets.alertThresholds`, ascending. */
+  private thresholds?: number[];
 
   constructor(
     @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
@@ -285,7 +287,7 @@ export class BudgetService implements OpenAICallHook, PlannedHook, BeforeApplica
 
   /** Fires the alerts of the thresholds the spend of `subject` has reached (each once, across instances). */
   private async fireAlerts(subject: Subject_, windows: readonly SpendWindow[]): Promise<void> {
-    const thresholds = [...this.options.budgets.alertThresholds].sort((a, b) => a - b);
+    const thresholds = (this.thresholds ??= [...this.options.budgets.alertThresholds].sort((a, b) => a - b));
     for (const w of windows) {
       const window = subject.windows.find((x) => x.name === w.name);
       if (!window) continue;

@@ -5,22 +5,37 @@
 export function parseResetDuration(text: string | null | undefined): number | undefined {
   if (!text) return undefined;
   const t = text.trim();
-  if (!/^(?:\d+(?:\.\d+)?(?:h|ms|m|s|us|µs|ns))+$/.test(t)) return undefined;
-  const unit: Record<string, number> = {
-    h: 3_600_000,
-    m: 60_000,
-    s: 1_000,
-    ms: 1,
-    us: 1e-3,
-    µs: 1e-3,
-    ns: 1e-6,
-  };
+  if (t === '') return undefined;
+  // A scanner (replies carry two of these; no RegExp or allocation): number, unit, repeated.
   let ms = 0;
-  for (const [, n, u] of t.matchAll(/(\d+(?:\.\d+)?)(h|ms|m|s|us|µs|ns)/g)) ms += Number(n) * unit[u];
+  let i = 0;
+  while (i < t.length) {
+    const from = i;
+    while (i < t.length && isDigit(t.charCodeAt(i))) i++;
+    if (i === from) return undefined;
+    if (t[i] === '.') {
+      i++;
+      const frac = i;
+      while (i < t.length && isDigit(t.charCodeAt(i))) i++;
+      if (i === frac) return undefined;
+    }
+    const n = Number(t.slice(from, i));
+    let unit: number;
+    if (t.startsWith('ms', i)) [unit, i] = [1, i + 2];
+    else if (t.startsWith('us', i) || t.startsWith('µs', i)) [unit, i] = [1e-3, i + 2];
+    else if (t.startsWith('ns', i)) [unit, i] = [1e-6, i + 2];
+    else if (t[i] === 'h') [unit, i] = [3_600_000, i + 1];
+    else if (t[i] === 'm') [unit, i] = [60_000, i + 1];
+    else if (t[i] === 's') [unit, i] = [1_000, i + 1];
+    else return undefined;
+    ms += n * unit;
+  }
   // OpenAI's windows reset within a day: a longer reset (a proxy's bug, a hostile upstream) would pin a
   // model for every instance for as long: it is no information.
   return Number.isFinite(ms) && ms <= MAX_RESET_MS ? ms : undefined;
 }
+
+const isDigit = (c: number) => c >= 48 && c <= 57;
 
 /** Longest reset taken from `x-ratelimit-reset-*` (ms): one day, OpenAI's longest limit window. */
 export const MAX_RESET_MS = 86_400_000;

@@ -39,6 +39,7 @@ export class PricingService {
   private readonly flexTable: Record<string, BatchPrice>;
   private readonly priorityTable: Record<string, BatchPrice>;
   private readonly warned = new Set<string>();
+  private readonly baseNames = new Map<string, string>();
   /** Listeners told of each call to a model without a price (metrics). */
   readonly unpricedListeners: Array<(model: string) => void> = [];
 
@@ -65,14 +66,27 @@ export class PricingService {
     if (tier === 'standard') return this.priceOf(model);
     const table = tier === 'batch' ? this.batchTable : tier === 'flex' ? this.flexTable : this.priorityTable;
     if (this.table[model]) return table[model];
-    return DATE_SUFFIX.test(model) ? table[model.replace(DATE_SUFFIX, '')] : undefined;
+    const base = this.baseName(model);
+    return base ? table[base] : undefined;
+  }
+
+  /** `model` without its snapshot date (`''` when it has none), memoized per name. */
+  private baseName(model: string): string {
+    let base = this.baseNames.get(model);
+    if (base === undefined) {
+      base = DATE_SUFFIX.test(model) ? model.replace(DATE_SUFFIX, '') : '';
+      if (this.baseNames.size >= 10_000) this.baseNames.clear();
+      this.baseNames.set(model, base);
+    }
+    return base;
   }
 
   /** The price of `model`: exact name first, then its name without the snapshot date. */
   priceOf(model: string): ModelPrice | undefined {
-    return (
-      this.table[model] ?? (DATE_SUFFIX.test(model) ? this.table[model.replace(DATE_SUFFIX, '')] : undefined)
-    );
+    const exact = this.table[model];
+    if (exact) return exact;
+    const base = this.baseName(model);
+    return base ? this.table[base] : undefined;
   }
 
   /** The Batch API price of `model`, found under the same name as its standard price. */

@@ -40,6 +40,8 @@ export interface MemoryStoreOptions {
 interface Entry {
   /** epoch ms after which the entry is gone */
   exp: number;
+  /** The LRU move count when this key was last moved to the newest end (see `MemoryStore.live`). */
+  m?: number;
   /** window start (windows) */
   s?: number;
   /** window count (windows) */
@@ -83,6 +85,8 @@ export class MemoryStore implements OpenAIStore {
   private readonly now: () => number;
   /** Sliding-log entries held over all keys. */
   private logEntries = 0;
+  /** LRU moves made (see `live`). */
+  private moves = 0;
 
   constructor(options: MemoryStoreOptions = {}) {
     this.maxKeys = options.maxKeys ?? 200_000;
@@ -119,9 +123,13 @@ export class MemoryStore implements OpenAIStore {
       this.drop(key, e);
       return undefined;
     }
-    // Move to the end: Map order is the LRU order.
-    this.map.delete(key);
-    this.map.set(key, e);
+    // Move to the end: Map order is the LRU order. A key moved since the last `map.size / 4` moves is
+    // already in the newest part: left in place (an approximate LRU, at a fraction of the Map churn).
+    if (this.moves - (e.m ?? -Infinity) > this.map.size / 4) {
+      this.map.delete(key);
+      this.map.set(key, e);
+      e.m = ++this.moves;
+    }
     return e;
   }
 
@@ -130,6 +138,7 @@ export class MemoryStore implements OpenAIStore {
     if (old && old !== e) this.drop(key, old);
     this.map.delete(key);
     this.map.set(key, e);
+    e.m = ++this.moves;
     this.trim();
   }
 
