@@ -285,9 +285,19 @@ export class BudgetService implements OpenAICallHook, PlannedHook, BeforeApplica
     }
   }
 
+  /** True when some window's spend has reached the lowest alert threshold (else no alert can fire). */
+  private alertDue(windows: readonly SpendWindow[]): boolean {
+    const lowest = this.sortedThresholds()[0];
+    return lowest !== undefined && windows.some((w) => w.used >= lowest * w.limit);
+  }
+
+  private sortedThresholds(): number[] {
+    return (this.thresholds ??= [...this.options.budgets.alertThresholds].sort((a, b) => a - b));
+  }
+
   /** Fires the alerts of the thresholds the spend of `subject` has reached (each once, across instances). */
   private async fireAlerts(subject: Subject_, windows: readonly SpendWindow[]): Promise<void> {
-    const thresholds = (this.thresholds ??= [...this.options.budgets.alertThresholds].sort((a, b) => a - b));
+    const thresholds = this.sortedThresholds();
     for (const w of windows) {
       const window = subject.windows.find((x) => x.name === w.name);
       if (!window) continue;
@@ -411,7 +421,7 @@ export class BudgetService implements OpenAICallHook, PlannedHook, BeforeApplica
                 used: used[j]!,
                 start: w.start,
               }));
-              this.track(this.fireAlerts(subject, windows));
+              if (this.alertDue(windows)) this.track(this.fireAlerts(subject, windows));
             }),
         };
       },

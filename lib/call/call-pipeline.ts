@@ -236,7 +236,7 @@ export class CallPipeline {
       const text = adapter.text(ok.data);
       const usage = adapter.usage(ok.data) ?? this.estimated(prep, ok, text);
       const meta = this.meta(prep, ok, usage, adapter.tier?.(ok.data));
-      await this.settle(reservations, meta);
+      this.settle(reservations, meta);
       this.logCall(prep, 'ok', meta, adapter.metered ? prep.body : undefined, text || null);
       endCallSpan(span, meta);
       this.overhead(prep, ok);
@@ -442,22 +442,27 @@ export class CallPipeline {
    * the same store sees them) but not awaited on the request path; `flush()` waits for them.
    * @internal
    */
-  settle(reservations: CallReservation[], result: SettledCall): Promise<void> {
-    if (reservations.length === 0) return Promise.resolve();
-    const done = Promise.all(
-      reservations.map(async (r) => {
-        try {
-          await r.settle(result);
-        } catch (err) {
-          this.logger.error(
-            `settling a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
-          );
-        }
-      }),
-    ).then(() => undefined);
+  settle(reservations: CallReservation[], result: SettledCall): void {
+    let pending: Array<Promise<void>> | undefined;
+    for (const r of reservations) {
+      try {
+        const done = r.settle(result);
+        if (done instanceof Promise)
+          (pending ??= []).push(done.catch((err: unknown) => this.settleFailed(err)));
+      } catch (err) {
+        this.settleFailed(err);
+      }
+    }
+    if (!pending) return;
+    const done = (pending.length === 1 ? pending[0] : Promise.all(pending)).then(() => undefined);
     this.pendingSettlements.add(done);
     void done.finally(() => this.pendingSettlements.delete(done));
-    return Promise.resolve();
+  }
+
+  private settleFailed(err: unknown): void {
+    this.logger.error(
+      `settling a reservation failed: ${redactSecrets(String((err as Error)?.message ?? err))}`,
+    );
   }
 
   /** @internal */

@@ -234,7 +234,7 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
       p.serviceTier,
     );
     // What was received is accounted even when the stream failed: output was produced and billed.
-    await this.service.settle(this.reservations, summary);
+    this.service.settle(this.reservations, summary);
     if (completed) {
       this.service.logCall(this.prep, 'ok', summary, this.prep.body, p.text);
       if (this.span) endCallSpan(this.span, summary);

@@ -123,9 +123,13 @@ export class MemoryStore implements OpenAIStore {
       this.drop(key, e);
       return undefined;
     }
-    // Move to the end: Map order is the LRU order. A key moved since the last `map.size / 4` moves is
-    // already in the newest part: left in place (an approximate LRU, at a fraction of the Map churn).
-    if (this.moves - (e.m ?? -Infinity) > this.map.size / 4) {
+    // Move to the end: Map order is the LRU order, which matters only once the store is half full. A key
+    // moved since the last `map.size / 4` moves is already in the newest part: left in place (an
+    // approximate LRU, at a fraction of the Map churn).
+    if (
+      (this.map.size * 2 > this.maxKeys || this.logEntries * 2 > this.maxLogEntries) &&
+      this.moves - (e.m ?? -Infinity) > this.map.size / 4
+    ) {
       this.map.delete(key);
       this.map.set(key, e);
       e.m = ++this.moves;

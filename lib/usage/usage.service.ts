@@ -209,6 +209,11 @@ export class UsageService implements OnApplicationShutdown {
   /** The UTC day the cached period keys are of (epoch ms of its start), and those keys. */
   private periodStart = -1;
   private periods = { day: '', month: '' };
+  /** Memoized line prefixes and per-user keys (see `line`, `keyOf`). */
+  private readonly models = new Map<string, string>();
+  private readonly routes = new Map<string, string>();
+  private readonly tiers = new Map<string, string>();
+  private readonly userKeys = new Map<string, Map<string, string>>();
   private currentRecords = 0;
   /** The batch being written, or kept after a failure. */
   private batch: Batch | null = null;
@@ -266,9 +271,9 @@ export class UsageService implements OnApplicationShutdown {
     if (!this.options.usage.enabled) return;
     let model: string, route: string, tier: string;
     try {
-      model = `m|${label(entry.model)}`;
-      route = `r|${label(entry.route ?? 'none')}`;
-      tier = `t|${label(entry.serviceTier ?? 'default')}`;
+      model = this.line('m|', entry.model);
+      route = this.line('r|', entry.route ?? 'none');
+      tier = this.line('t|', entry.serviceTier ?? 'default');
     } catch (err) {
       // One bad record is logged and skipped: it must not fail the call that settled it.
       this.logger.error(`a usage record could not be read: ${(err as Error)?.message ?? String(err)}`);
@@ -292,6 +297,34 @@ export class UsageService implements OnApplicationShutdown {
     this.pendingGauge?.inc();
     if (this.pendingRecords > this.options.usage.maxPendingRecords) this.overflow();
     else this.arm(this.options.usage.flushIntervalMs);
+  }
+
+  /** A breakdown line's field prefix (`m|<model>`), memoized for string names (bounded). */
+  private line(kind: 'm|' | 'r|' | 't|', name: unknown): string {
+    if (typeof name !== 'string') return `${kind}${label(name)}`;
+    const memo = kind === 'm|' ? this.models : kind === 'r|' ? this.routes : this.tiers;
+    let v = memo.get(name);
+    if (v === undefined) {
+      if (memo.size >= 1_000) memo.clear();
+      memo.set(name, (v = `${kind}${label(name)}`));
+    }
+    return v;
+  }
+
+  /** The ledger key of `user` (null: the project) for `period`, memoized for the current periods. */
+  private keyOf(user: string | null, period: string): string {
+    if (user === null) return this.key(null, period);
+    let byUser = this.userKeys.get(period);
+    if (!byUser) {
+      if (this.userKeys.size >= 4) this.userKeys.clear();
+      this.userKeys.set(period, (byUser = new Map()));
+    }
+    let k = byUser.get(user);
+    if (k === undefined) {
+      if (byUser.size >= 10_000) byUser.clear();
+      byUser.set(user, (k = this.key(user, period)));
+    }
+    return k;
   }
 
   /** The period keys of `at`, computed once per UTC day. */
