@@ -67,7 +67,12 @@ class PendingSeries {
   readonly tokenLabels: Array<{ model: string; route: string; type: string }>;
   readonly overheadLabels: { endpoint: string };
 
-  constructor(endpoint: string, model: string, route: string, tier: string) {
+  constructor(
+    readonly endpoint: string,
+    readonly model: string,
+    readonly route: string,
+    readonly tier: string,
+  ) {
     this.attemptLabels = { endpoint, model, status_class: '2xx' };
     this.latencyLabels = { endpoint, model };
     this.tierLabels = { service_tier: tier };
@@ -147,6 +152,7 @@ export class OpenAIMetricsService implements OnModuleDestroy {
   /** The last remaining requests/tokens per model label, not yet set on the gauges. */
   private readonly pendingRemaining = new Map<string, { requests?: number; tokens?: number }>();
   private readonly flushHook = () => this.flush();
+  private lastSeries?: PendingSeries;
   /** The collectors whose reads flush the pending increments. */
   private readonly buffered: object[];
 
@@ -371,9 +377,20 @@ export class OpenAIMetricsService implements OnModuleDestroy {
 
   /** The pending series of a call (labels built once per series; bounded by the labels' cardinality). */
   private series(endpoint: string, model: string, route: string, tier: string): PendingSeries {
+    // The calls of a route mostly hit the series of the one before: compared without building a key.
+    const last = this.lastSeries;
+    if (
+      last &&
+      last.endpoint === endpoint &&
+      last.model === model &&
+      last.route === route &&
+      last.tier === tier
+    )
+      return last;
     const key = `${endpoint}\u0000${model}\u0000${route}\u0000${tier}`;
     let s = this.pending.get(key);
     if (!s) this.pending.set(key, (s = new PendingSeries(endpoint, model, route, tier)));
+    this.lastSeries = s;
     return s;
   }
 

@@ -5,6 +5,8 @@ import { isPinnedModel } from './model-names.js';
 
 /** Resolves aliases and applies the allow-list and pinning rules to a requested chat model. */
 export class ModelPolicy {
+  /** Models already checked to be pinned snapshots. */
+  private readonly pinned = new Set<string>();
   private readonly logger = new Logger('OpenAIModelPolicy');
   private readonly warned = new Set<string>();
   private readonly allow?: ReadonlySet<string>;
@@ -41,7 +43,7 @@ export class ModelPolicy {
     ) {
       throw new ModelNotAllowedException(`Model "${name}" is not one of the configured models`);
     }
-    if (this.options.pinning !== 'off' && !isPinnedModel(model)) {
+    if (this.options.pinning !== 'off' && !this.pinned.has(model) && !this.checkPinned(model)) {
       if (this.options.pinning === 'enforce') {
         throw new ModelNotAllowedException(
           `Model "${name}" is not a pinned snapshot; use a dated model version`,
@@ -55,6 +57,13 @@ export class ModelPolicy {
       }
     }
     return model;
+  }
+
+  /** Whether `model` is a pinned snapshot, remembered for the pinned ones (bounded). */
+  private checkPinned(model: string): boolean {
+    if (!isPinnedModel(model)) return false;
+    if (this.pinned.size < 1_000) this.pinned.add(model);
+    return true;
   }
 
   /**

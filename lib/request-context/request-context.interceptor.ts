@@ -29,6 +29,8 @@ import { rawResponse } from '../utils/http.js';
 @Injectable()
 export class RequestContextInterceptor implements NestInterceptor {
   private readonly followMiddleware: boolean;
+  /** Route labels, interned. */
+  private readonly routes = new Map<string, string>();
 
   constructor(
     @Optional() @Inject(OPENAI_REQUEST_CONTEXT_ROUTES) routes?: RequestContextRoutes,
@@ -55,7 +57,16 @@ export class RequestContextInterceptor implements NestInterceptor {
     ctx.controller = context.getClass();
     if (!ctx.route) {
       const path = req.route?.path ?? req.routeOptions?.url;
-      if (path) ctx.route = `${req.method} ${path}`;
+      if (path) {
+        // one string per route (method and pattern), not one per request
+        const key = `${req.method} ${path}`;
+        let route = this.routes.get(key);
+        if (route === undefined) {
+          if (this.routes.size >= 10_000) this.routes.clear();
+          this.routes.set(key, (route = key));
+        }
+        ctx.route = route;
+      }
     }
     // The user, from the one identity resolver (the guard may have resolved it already: cached).
     const identity = this.identity?.resolve(req);

@@ -279,7 +279,14 @@ export class MemoryStore implements OpenAIStore {
         else this.expire(`${key}:${w.name}`, log, w.windowMs);
         continue;
       }
-      this.put(`${key}:${w.name}`, { s: st.start, c: st.used, exp: st.start + w.windowMs });
+      const k = `${key}:${w.name}`;
+      const e = this.map.get(k);
+      if (e && e.l === undefined && e.v === undefined && e.f === undefined && e.z === undefined) {
+        // the window's own entry (read by `check` just before): updated in place
+        e.s = st.start;
+        e.c = st.used;
+        e.exp = st.start + w.windowMs;
+      } else this.put(k, { s: st.start, c: st.used, exp: st.start + w.windowMs });
     }
   }
 

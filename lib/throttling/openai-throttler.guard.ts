@@ -401,6 +401,11 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
    * that hijacks the reply to stream (SSE); Node merges it into the headers Fastify writes otherwise.
    */
   protected override setResponseHeader(res: Record<string, any>, name: string, value: string | number): void {
+    // Express: the response is Node's own (express' `header()` only adds content-type handling).
+    if (res.raw === undefined && typeof res.setHeader === 'function') {
+      if (!res.headersSent) res.setHeader(name, String(value));
+      return;
+    }
     const viaFramework = typeof res.header === 'function';
     if (viaFramework) res.header(name, String(value));
     const raw = rawResponse(res);
