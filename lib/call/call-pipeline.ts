@@ -58,23 +58,23 @@ export function estimateUsage(promptTokens: number, output: string): NormalizedU
  * step at the first one's place, whose holds are one store operation; every other hook its own step.
  * Without a store, each hook reserves alone.
  */
-function joinPlannedHooks(
-  hooks: readonly OpenAICallHook[],
-  store: OpenAIStore | undefined,
-): Array<(call: UpstreamCall) => Promise<CallReservation | void>> {
+function joinPlannedHooks(hooks: readonly OpenAICallHook[], store: OpenAIStore | undefined): Reserver[] {
   const planned: PlannedHook[] = store
     ? hooks.filter((h): h is OpenAICallHook & PlannedHook => isPlannedHook(h))
     : [];
-  const steps: Array<(call: UpstreamCall) => Promise<CallReservation | void>> = [];
+  const steps: Reserver[] = [];
   for (const hook of hooks) {
     if (planned.length && isPlannedHook(hook)) {
       if (hook === planned[0]) steps.push((call) => holdPlanned(planned, store!, call));
       continue;
     }
-    steps.push(async (call) => hook.reserve(call));
+    steps.push((call) => hook.reserve(call));
   }
   return steps;
 }
+
+/** One reservation step: a hold (or nothing) now, or a promise of it. */
+type Reserver = (call: UpstreamCall) => Promise<CallReservation | void> | CallReservation | void;
 
 /** Runs the plans of `hooks` (a failing plan aborts the others) and takes their holds as one operation. */
 async function holdPlanned(
@@ -82,9 +82,21 @@ async function holdPlanned(
   store: OpenAIStore,
   call: UpstreamCall,
 ): Promise<CallReservation | void> {
-  if (hooks.length === 1) return holdAll(store, [await hooks[0].plan(call)]);
-  const outcomes = await Promise.allSettled(hooks.map(async (h) => h.plan(call)));
-  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  // Plans answer without a promise when they need no lookup (no tiers, no per-user limit function).
+  const plans: Array<HoldPlan | undefined | Promise<HoldPlan | undefined>> = [];
+  let failure: { reason: unknown } | undefined;
+  for (const h of hooks) {
+    try {
+      plans.push(h.plan(call));
+    } catch (reason) {
+      failure ??= { reason };
+      plans.push(undefined);
+    }
+  }
+  if (!failure && !plans.some((p) => p instanceof Promise))
+    return holdAll(store, plans as Array<HoldPlan | undefined>);
+  const outcomes = await Promise.allSettled(plans);
+  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected') ?? failure;
   if (failed) {
     for (const o of outcomes) if (o.status === 'fulfilled') o.value?.abort?.();
     throw failed.reason;
@@ -130,7 +142,7 @@ export class CallPipeline {
   private readonly policy: ModelPolicy;
   private readonly hooks: OpenAICallHook[];
   /** The hooks' reservations, those that hold on the store (token limits, budgets) joined into one. */
-  private readonly reservers: Array<(call: UpstreamCall) => Promise<CallReservation | void>>;
+  private readonly reservers: Reserver[];
   private readonly executor: CallExecutor;
   private readonly pendingSettlements = new Set<Promise<void>>();
   /** Models whose replies came without usage, warned about once each. */
@@ -427,7 +439,21 @@ export class CallPipeline {
    */
   async reserve(call: UpstreamCall): Promise<CallReservation[]> {
     if (this.reservers.length === 0) return [];
-    const outcomes = await Promise.allSettled(this.reservers.map(async (reserve) => reserve(call)));
+    const values: Array<Promise<CallReservation | void> | CallReservation | void> = [];
+    let pending = false;
+    for (const reserve of this.reservers) {
+      let v;
+      try {
+        v = reserve(call);
+      } catch (err) {
+        v = Promise.reject(err);
+      }
+      if (v instanceof Promise) pending = true;
+      values.push(v);
+    }
+    // Every hook answered without a promise (nothing held on a store): no waiting.
+    if (!pending) return values.filter((v): v is CallReservation => v !== undefined);
+    const outcomes = await Promise.allSettled(values);
     const held = outcomes.flatMap((o) => (o.status === 'fulfilled' && o.value ? [o.value] : []));
     const refused = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
     if (refused) {

@@ -36,9 +36,13 @@ export class ConcurrencyLimitHook implements OpenAICallHook {
     @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
   ) {}
 
-  async reserve(call: UpstreamCall): Promise<CallReservation | void> {
-    const limit = this.options.limits.maxInFlight;
-    if (!limit) return;
+  reserve(call: UpstreamCall): Promise<CallReservation | void> | void {
+    // Off (the default): no slot, no promise.
+    if (!this.options.limits.maxInFlight) return;
+    return this.take(call, this.options.limits.maxInFlight);
+  }
+
+  private async take(call: UpstreamCall, limit: number): Promise<CallReservation | void> {
     const key = call.user
       ? subjectKey(call.user, 'inflight')
       : call.tracker

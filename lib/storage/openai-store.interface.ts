@@ -230,8 +230,17 @@ export type StorageFailurePolicy = 'fail-closed' | 'fail-open' | 'memory';
 
 /** Escapes characters that would break a `{hash tag}` or a key's separators. */
 export function keyPart(part: string): string {
-  return /^[A-Za-z0-9._@-]*$/.test(part) ? part : encodeURIComponent(part).replace(/\./g, '%2E');
+  let v = KEY_PARTS.get(part);
+  if (v === undefined) {
+    v = /^[A-Za-z0-9._@-]*$/.test(part) ? part : encodeURIComponent(part).replace(/\./g, '%2E');
+    if (KEY_PARTS.size >= 10_000) KEY_PARTS.clear();
+    KEY_PARTS.set(part, v);
+  }
+  return v;
 }
+
+/** Escaped key parts (user IDs, model names), memoized: every request builds several keys of its user. */
+const KEY_PARTS = new Map<string, string>();
 
 /**
  * A key in the Redis Cluster slot of one user: every per-user key (request and token windows, budget,

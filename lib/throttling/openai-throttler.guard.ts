@@ -43,6 +43,8 @@ const COUNTED = Symbol.for('OPENAI:THROTTLE_COUNTED');
 const DEFAULT = 'default';
 /** Apps whose routes were checked already (one check per app, however many guard instances). */
 const checkedApps = new WeakSet<object>();
+/** ThrottlerGuard's own `shouldSkip` (always false): not called unless a subclass replaces it. */
+const BASE_SHOULD_SKIP = (ThrottlerGuard.prototype as unknown as { shouldSkip: unknown }).shouldSkip;
 
 type Resolvable = number | ((context: ExecutionContext) => number | Promise<number>);
 interface Override {
@@ -130,17 +132,26 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
     res: Record<string, any>,
   ): Promise<boolean> {
     if ((req as Record<symbol, unknown>)[COUNTED]) return true;
-    if (await this.shouldSkip(context)) return true;
-    const { skipIf, ignoreUserAgents } = this.openaiOptions.limits;
+    // `shouldSkip` and `getTracker` are ThrottlerGuard's extension points: a subclass's own are awaited;
+    // ours answer without a promise when they can (no await per step on the common path).
+    if (this.shouldSkip !== BASE_SHOULD_SKIP && (await this.shouldSkip(context))) return true;
+    const { skipIf, ignoreUserAgents, tiers } = this.openaiOptions.limits;
     if (skipIf && (await skipIf(context))) return true;
     const userAgent = req.headers?.['user-agent'];
     if (ignoreUserAgents?.length && typeof userAgent === 'string')
       for (const pattern of ignoreUserAgents) if (pattern.test(userAgent)) return true;
 
-    const tracker = await this.getTracker(req);
+    const tracked =
+      this.getTracker === OpenAIThrottlerGuard.prototype.getTracker
+        ? this.identity.resolve(req)
+        : this.getTracker(req).then((t) => ({ tracker: t }));
+    const tracker = (tracked instanceof Promise ? await tracked : tracked).tracker;
     const user = tracker.startsWith('user:') ? tracker.slice(5) : undefined;
-    const { requests } = await this.limiter.limitsFor(user);
-    const windows = await this.windowsOf(context, requests);
+    const requests = tiers
+      ? (await this.limiter.limitsFor(user)).requests
+      : this.openaiOptions.limits.requests;
+    const routed = this.windowsOf(context, requests);
+    const windows = routed instanceof Promise ? await routed : routed;
     if (windows.length === 0) return true;
     const result = await this.limiter.hitRequest(tracker, windows);
     (req as Record<symbol, unknown>)[COUNTED] = true;
@@ -185,10 +196,10 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
    * The windows this request counts in: the user's windows minus the skipped ones, with `@Throttle`
    * overrides applied. `default` addresses the window named `default`, else every window.
    */
-  private async windowsOf(
+  private windowsOf(
     context: ExecutionContext,
     requests: readonly ThrottleWindow[],
-  ): Promise<CountedWindow[]> {
+  ): CountedWindow[] | Promise<CountedWindow[]> {
     const handler = context.getHandler();
     const classRef = context.getClass();
     // Decorator metadata is fixed once the app is built: the windows of a route (for one set of limits)
@@ -199,9 +210,11 @@ export class OpenAIThrottlerGuard extends ThrottlerGuard {
     if (!byLimits) byClass.set(classRef, (byLimits = new WeakMap()));
     const known = byLimits.get(requests);
     if (known) return known;
-    const computed = await this.computeWindows(context, handler, classRef, requests);
-    if (computed.static) byLimits.set(requests, computed.windows);
-    return computed.windows;
+    const cache = byLimits;
+    return this.computeWindows(context, handler, classRef, requests).then((computed) => {
+      if (computed.static) cache.set(requests, computed.windows);
+      return computed.windows;
+    });
   }
 
   private async computeWindows(

@@ -1,7 +1,7 @@
 import { Inject, Injectable } from '@nestjs/common';
 import { holdOne, type HoldPlan, type PlannedHook } from '../call/reservation-plan.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
-import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
+import type { ResolvedOpenAIOptions, ThrottleWindow } from '../options/openai-module-options.interface.js';
 import type { OpenAIStore } from '../storage/openai-store.interface.js';
 import type { CallReservation, OpenAICallHook, SettledCall, UpstreamCall } from '../call/upstream-call.js';
 import { RequestContextStore } from '../request-context/request-context.js';
@@ -35,13 +35,21 @@ export class TokenLimitHook implements OpenAICallHook, PlannedHook {
    * ending. Undefined when no token limit applies.
    * @throws TokenReservationTooLargeException (429) when the reservation exceeds a window's whole limit.
    */
-  async plan(call: UpstreamCall): Promise<HoldPlan | undefined> {
+  plan(call: UpstreamCall): HoldPlan | undefined | Promise<HoldPlan | undefined> {
     // Anonymous callers are token-limited by their tracker (client IP), as request limits are.
     const subject = call.user ?? call.tracker;
     if (subject === undefined || call.endpoint === 'moderations') return undefined;
-    const { tokens } = this.options.limits.tiers
-      ? await this.limits.limitsFor(call.user)
-      : this.options.limits;
+    // Without tiers the limits are the configured ones: no lookup, no promise.
+    if (this.options.limits.tiers)
+      return this.limits.limitsFor(call.user).then(({ tokens }) => this.planTokens(call, subject, tokens));
+    return this.planTokens(call, subject, this.options.limits.tokens);
+  }
+
+  private planTokens(
+    call: UpstreamCall,
+    subject: string,
+    tokens: readonly ThrottleWindow[],
+  ): HoldPlan | undefined {
     if (tokens.length === 0) return undefined;
     const reserved = call.promptTokens + call.maxOutputTokens;
     const tooBig = tokens.find((w) => reserved > w.limit);
