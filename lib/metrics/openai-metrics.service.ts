@@ -153,6 +153,8 @@ export class OpenAIMetricsService implements OnModuleDestroy {
   private readonly pendingRemaining = new Map<string, { requests?: number; tokens?: number }>();
   private readonly flushHook = () => this.flush();
   private lastSeries?: PendingSeries;
+  /** The module was destroyed: increments go to prom-client at once (no read flushes them any more). */
+  private detached = false;
   /** The collectors whose reads flush the pending increments. */
   private readonly buffered: object[];
 
@@ -372,6 +374,9 @@ export class OpenAIMetricsService implements OnModuleDestroy {
   /** Applies what is pending and stops flushing into shared collectors (another module may keep them). */
   onModuleDestroy(): void {
     this.flush();
+    // Calls still in flight (a graceful shutdown lets them finish) are applied as they end: no read of the
+    // registry flushes this service any more.
+    this.detached = true;
     for (const c of this.buffered) COLLECT_HOOKS.get(c)?.delete(this.flushHook);
   }
 
@@ -402,6 +407,7 @@ export class OpenAIMetricsService implements OnModuleDestroy {
     if (!r) this.pendingRemaining.set(ml, (r = {}));
     if (requests !== undefined) r.requests = requests;
     if (tokens !== undefined) r.tokens = tokens;
+    if (this.detached) this.flush();
   }
 
   /** A circuit breaker's state as seen; `changed`: this instance made the transition (counted). */
@@ -437,6 +443,7 @@ export class OpenAIMetricsService implements OnModuleDestroy {
     if (!this.enabled) return;
     if (status === '2xx' && !retry) {
       this.series(call.endpoint, this.modelLabel(model), call.route ?? 'none', 'default').attempts++;
+      if (this.detached) this.flush();
       return;
     }
     this.upstreamRequests.inc({
@@ -469,7 +476,7 @@ export class OpenAIMetricsService implements OnModuleDestroy {
     s.cached += usage.cached_tokens;
     s.completion += usage.completion_tokens;
     s.reasoning += usage.reasoning_tokens;
-    if (s.latencies.length >= MAX_PENDING_OBSERVATIONS) this.flush();
+    if (this.detached || s.latencies.length >= MAX_PENDING_OBSERVATIONS) this.flush();
     if (usage.estimated) this.estimatedUsage.inc({ model: ml });
     if (fallbackFrom) this.fallbacks.inc({ from: this.modelLabel(fallbackFrom), to: ml });
   }
@@ -512,7 +519,7 @@ export class OpenAIMetricsService implements OnModuleDestroy {
     if (!this.enabled) return;
     const s = this.series(call.endpoint, this.modelLabel(call.model), call.route ?? 'none', 'default');
     s.overheads.push(ms / 1000);
-    if (s.overheads.length >= MAX_PENDING_OBSERVATIONS) this.flush();
+    if (this.detached || s.overheads.length >= MAX_PENDING_OBSERVATIONS) this.flush();
   }
 
   /** A request refused by the library (429, 413, 422, 503), by the error code it was answered with. */
