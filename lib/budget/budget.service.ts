@@ -394,7 +394,13 @@ export class BudgetService implements OpenAICallHook, PlannedHook, BeforeApplica
       admitted: (results) => {
         const refs = results.map((r) => r.windows.map((w) => ({ name: w.name, start: w.start })));
         const ops = (delta: number, read: boolean): AdjustOp[] =>
-          onOps.map((subject, i) => ({ key: subject.key, windows: refs[i], delta, read }));
+          onOps.map((subject, i) => ({
+            key: subject.key,
+            windows: refs[i],
+            delta,
+            read,
+            ...(results[i].degraded ? { degraded: true } : {}),
+          }));
         return {
           settle: (s: SettledCall) => {
             const actual =

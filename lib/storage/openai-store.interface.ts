@@ -101,6 +101,13 @@ export interface AdjustOp {
   delta: number;
   /** Read the windows' counts back even when `delta` is 0 (a settlement that needs them for alerts). */
   read?: boolean;
+  /**
+   * The consume it settles was answered by the failure policy (its result was `degraded`): a store in
+   * front of a failing one (`ResilientStore`) settles it where it was taken (its in-memory fallback; nowhere
+   * under `fail-open`), not on the primary once it is back, whose counters never had it. Other stores
+   * ignore it.
+   */
+  degraded?: boolean;
 }
 
 /**

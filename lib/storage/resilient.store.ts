@@ -183,13 +183,34 @@ export class ResilientStore implements OpenAIStore {
           ...op,
           windows: op.windows.map((w) => ({ ...w, limit: Math.max(1, Math.ceil(w.limit / this.instances)) })),
         }));
-        return { ...(await this.fallback!.consumeMany(scaled)), degraded: true };
+        const r = await this.fallback!.consumeMany(scaled);
+        // each result marked, so that its settlement (`AdjustOp.degraded`) comes back to the fallback
+        return { ...r, results: r.results.map((x) => ({ ...x, degraded: true })), degraded: true };
       },
     );
   }
 
-  /** Several adjusts as one operation, with the counts after them; while degraded, on the fallback. */
-  adjustMany(ops: readonly AdjustOp[]): Promise<AdjustManyResult> {
+  /**
+   * Several adjusts as one operation, with the counts after them; while degraded, on the fallback. An op
+   * settling a hold the failure policy answered (`degraded`) goes where that hold was taken: the fallback
+   * (nowhere under fail-open), even once the primary is back: its counters never had the hold.
+   */
+  async adjustMany(ops: readonly AdjustOp[]): Promise<AdjustManyResult> {
+    if (!ops.some((op) => op.degraded)) return this.adjustOnPrimary(ops);
+    const taken = ops.filter((op) => !op.degraded);
+    const degraded = ops.filter((op) => op.degraded);
+    const [primary, fallback] = await Promise.all([
+      taken.length ? this.adjustOnPrimary(taken) : Promise.resolve([]),
+      this.fallback
+        ? this.fallback.adjustMany(degraded)
+        : Promise.resolve(degraded.map((op) => op.windows.map(() => undefined))),
+    ]);
+    let i = 0;
+    let j = 0;
+    return ops.map((op) => (op.degraded ? fallback[j++] : primary[i++]));
+  }
+
+  private adjustOnPrimary(ops: readonly AdjustOp[]): Promise<AdjustManyResult> {
     return this.attempt(
       (s) => adjustAll(s, ops),
       async () =>

@@ -84,6 +84,7 @@ export class RateLimitService {
       key: subjectKey(user, 'rl:tok'),
       windows: result.windows.map((w) => ({ name: w.name, start: w.start })),
       delta,
+      ...(result.degraded ? { degraded: true } : {}),
     };
   }
 

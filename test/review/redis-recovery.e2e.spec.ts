@@ -1,0 +1,113 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  BudgetService,
+  OpenAIHealthService,
+  StorageUnavailableException,
+  type StorageFailurePolicy,
+} from '../../lib/index.js';
+import { FakeOpenAIServer } from '../../lib/testing/index.js';
+import { fixtureOptions, startFixtureApp, TEST_API_KEY, type FixtureHandle } from '../support/fixture-app.js';
+import { OwnRedis, sharedRedisUrl, waitFor } from '../support/redis.js';
+import { tokensUsed } from '../throttling/throttling-fixture.js';
+
+const available = sharedRedisUrl() !== '';
+const MESSAGES = [{ role: 'user' as const, content: 'hi' }];
+
+/**
+ * Redis going down or coming back while a call holds its joint reservation (token limit + budget): no
+ * crash, the policy's answer for new calls, and the store counts each call once after recovery.
+ */
+describe.skipIf(!available)('Redis down or back mid-flight, joint reservation', () => {
+  let redis: OwnRedis;
+  let fake: FakeOpenAIServer;
+  const apps: FixtureHandle[] = [];
+  beforeAll(async () => {
+    redis = await OwnRedis.start();
+    fake = await FakeOpenAIServer.start();
+  });
+  afterEach(async () => {
+    while (apps.length) await apps.pop()!.close();
+    await redis.start();
+    fake.reset();
+  });
+  afterAll(async () => {
+    await redis.stop();
+    await fake.close();
+  });
+
+  async function app(onFailure: StorageFailurePolicy): Promise<FixtureHandle> {
+    const h = await startFixtureApp(
+      'express',
+      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+        models: { default: 'gpt-4o-mini', fallbacks: [] },
+        storage: {
+          type: 'redis',
+          redis: { url: redis.url, keyPrefix: `${onFailure}:`, commandTimeoutMs: 200 },
+          onFailure,
+        },
+        limits: { tokens: [{ name: 'minute', limit: 100_000, ttl: 60_000 }] },
+        budgets: { user: { dailyUsd: 10 } },
+      }),
+    );
+    apps.push(h);
+    return h;
+  }
+  const storeUp = async (h: FixtureHandle) => (await h.app.get(OpenAIHealthService).check()).up;
+  const chat = (h: FixtureHandle, user: string) =>
+    h.openai.chat({ messages: MESSAGES, max_tokens: 500 }, { user });
+  const spentMicro = async (h: FixtureHandle, user: string) =>
+    Math.round((await h.app.get(BudgetService).status(user))[0].spent_usd * 1e6);
+
+  for (const policy of ['fail-closed', 'fail-open', 'memory'] as const)
+    it(`${policy}: Redis dies while a call holds its reservation: the call answers, new calls get the policy`, async () => {
+      const h = await app(policy);
+      fake.fault({ path: '/v1/chat/completions', delayMs: 400, times: 1 });
+      const pending = chat(h, 'u-down');
+      await waitFor('the upstream call', () => fake.requestsTo('/v1/chat/completions').length === 1);
+      await redis.stop();
+      const r = await pending;
+      expect(r.content).toBeTruthy();
+      const next = await chat(h, 'u-down').catch((e: unknown) => e);
+      const outcome =
+        next instanceof StorageUnavailableException
+          ? 503
+          : (next as { content?: string }).content
+            ? 200
+            : next;
+      expect(outcome).toBe(policy === 'fail-closed' ? 503 : 200);
+      await redis.start();
+      await waitFor('store up', async () => {
+        await chat(h, 'u-after').catch(() => undefined);
+        return storeUp(h);
+      });
+      await h.app.get(BudgetService).flush();
+    });
+
+  it('memory: a hold taken on the fallback and settled after Redis is back does not change Redis counters', async () => {
+    const h = await app('memory');
+    await redis.stop();
+    // call A reserves on the in-memory fallback (Redis down) and is slow upstream
+    fake.fault({ path: '/v1/chat/completions', delayMs: 600, times: 1 });
+    const a = chat(h, 'u-mem');
+    await waitFor('call A upstream', () => fake.requestsTo('/v1/chat/completions').length === 1);
+    expect(await storeUp(h)).toBe(false);
+    await redis.start();
+    // call B, once Redis answers again, reserves and settles on Redis
+    let b: Awaited<ReturnType<typeof chat>> | undefined;
+    await waitFor('Redis back', async () => {
+      b = await chat(h, 'u-mem');
+      return storeUp(h);
+    });
+    const before = await spentMicro(h, 'u-mem');
+    const tokensBefore = await tokensUsed(h.app, 'u-mem');
+    expect(tokensBefore).toBe(b!.usage.total_tokens);
+    // call A settles (its real cost is far below its hold): it must not take anything off Redis' counter
+    const ra = await a;
+    expect(ra.content).toBeTruthy();
+    await h.app.get(BudgetService).flush();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(b).toBeDefined();
+    expect(await spentMicro(h, 'u-mem')).toBe(before);
+    expect(await tokensUsed(h.app, 'u-mem')).toBe(tokensBefore);
+  });
+});
