@@ -8,7 +8,9 @@ import {
   fixtureOptions,
   startFixtureApp,
   type FixtureHandle,
+  type Platform,
 } from '../support/fixture-app.js';
+import { sharedRedisUrl, uniquePrefix } from '../support/redis.js';
 import { tokensUsed } from '../throttling/throttling-fixture.js';
 
 const MESSAGES = [{ role: 'user' as const, content: 'hi' }];
@@ -18,7 +20,13 @@ const micro = (maxTokens: number) => Math.ceil(PROMPT * MINI.input + maxTokens *
 const TPM = 1_000;
 
 /** The HTTP answer of each refusal of the joint reservation, and what each leaves in the other counter. */
-describe.each(PLATFORMS)('joint reservation refusals over HTTP on %s', (platform) => {
+const redisUrl = sharedRedisUrl();
+const CASES: Array<[Platform, 'memory' | 'redis']> = [
+  ...PLATFORMS.map((p): [Platform, 'memory'] => [p, 'memory']),
+  ...(redisUrl ? [['express', 'redis'] as [Platform, 'redis']] : []),
+];
+
+describe.each(CASES)('joint reservation refusals over HTTP on %s (%s store)', (platform, store) => {
   let fake: FakeOpenAIServer;
   let h: FixtureHandle;
   beforeAll(async () => {
@@ -27,6 +35,14 @@ describe.each(PLATFORMS)('joint reservation refusals over HTTP on %s', (platform
       platform,
       fixtureOptions(fake.baseURL, TEST_API_KEY, {
         models: { default: 'gpt-4o-mini' },
+        ...(store === 'redis'
+          ? {
+              storage: {
+                type: 'redis',
+                redis: { url: redisUrl, keyPrefix: uniquePrefix('review-refusals') },
+              },
+            }
+          : {}),
         identity: { resolve: (req: { headers: Record<string, string> }) => req.headers['x-user'] },
         limits: { tokens: [{ name: 'minute', limit: TPM, ttl: 60_000 }] },
         // room for 2 calls of 400 max_tokens in the user's budget; the project's is large
@@ -63,6 +79,8 @@ describe.each(PLATFORMS)('joint reservation refusals over HTTP on %s', (platform
     expect((await chat(user, 400)).status).toBe(200);
     const spentAfterOne = await spent(user);
     expect(spentAfterOne).toBe(micro(400));
+    await h.app.get(BudgetService).flush();
+    const projectBefore = await spent(null);
     // 2 x (PROMPT + 600) > 1000: the token window refuses this one
     const r = await chat(user, 600);
     expect(r.status).toBe(429);
@@ -71,6 +89,8 @@ describe.each(PLATFORMS)('joint reservation refusals over HTTP on %s', (platform
     expect(r.headers['x-ratelimit-limit']).toBe(String(TPM));
     await h.app.get(BudgetService).flush();
     expect(await spent(user)).toBe(spentAfterOne);
+    // the project's hold (taken on this instance's lease before the joint consume) is given back too
+    expect(await spent(null)).toBe(projectBefore);
     expect(await tokensUsed(h.app, user)).toBe(PROMPT + 400);
   });
 
