@@ -10,7 +10,7 @@ import {
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
-import { configuredModels } from '../models/model-names.js';
+import { configuredModels, roomForView } from '../models/model-names.js';
 import { keyPart, type BreakerState, type OpenAIStore } from '../storage/openai-store.interface.js';
 
 /** A model's admission by its breaker, for one call. */
@@ -113,7 +113,12 @@ export class CircuitBreakerService implements OnModuleInit, OnModuleDestroy {
     @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
     @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
     @Optional() private readonly metrics?: OpenAIMetricsService,
-  ) {}
+  ) {
+    this.configured = configuredModels(options.models);
+  }
+
+  /** The configured models: their views are never dropped to make room for another's. */
+  private readonly configured: ReadonlySet<string>;
 
   /** True when breakers are on (`breaker.failures` > 0). */
   get enabled(): boolean {
@@ -152,7 +157,7 @@ export class CircuitBreakerService implements OnModuleInit, OnModuleDestroy {
         );
       }
     }
-    await this.sync(configuredModels(this.options.models));
+    await this.sync(this.configured);
     this.timer = setInterval(() => void this.sync(), interval);
     this.timer.unref();
   }
@@ -261,6 +266,16 @@ export class CircuitBreakerService implements OnModuleInit, OnModuleDestroy {
     const now = Date.now();
     let v = this.views.get(model);
     if (!v) {
+      // A closed, clean view of a model not configured may go: the store keeps its state. No room: no view
+      // (the calls to this model ask the store).
+      const room = roomForView(
+        this.views,
+        (m, x) => x.state === 'closed' && !x.failures && !this.configured.has(m),
+      );
+      if (!room) {
+        this.metrics?.breakerState(model, state, changed);
+        return;
+      }
       v = { state, until: 0, failures: 0, syncedAt: now, seq: 0, since: new Date(now).toISOString() };
       this.views.set(model, v);
     } else if (v.state !== state) v.since = new Date(now).toISOString();

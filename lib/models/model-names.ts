@@ -25,3 +25,30 @@ export function configuredModels(models: {
   if (models.embedding) names.push(models.embedding);
   return new Set(names.filter(Boolean).map((n) => models.aliases[n] ?? n));
 }
+
+/**
+ * Most models an instance keeps a breaker or pacing view of. Callers may name models freely
+ * (`models.requested: 'any'`): each name must not add, for good, a view every periodic re-sync reads.
+ */
+export const MAX_MODEL_VIEWS = 1_000;
+
+/**
+ * Makes room in `views` for one more model: below `MAX_MODEL_VIEWS` there is room; at it, the oldest view
+ * that `evictable` lets go (among the first few) is dropped. False when none may go: keep no view of the
+ * new model then (its state stays in the store, read when needed).
+ */
+export function roomForView<V>(
+  views: Map<string, V>,
+  evictable: (model: string, view: V) => boolean,
+): boolean {
+  if (views.size < MAX_MODEL_VIEWS) return true;
+  let looked = 0;
+  for (const [model, view] of views) {
+    if (evictable(model, view)) {
+      views.delete(model);
+      return true;
+    }
+    if (++looked >= 32) break;
+  }
+  return false;
+}

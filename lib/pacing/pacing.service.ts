@@ -8,7 +8,7 @@ import {
   type OnModuleInit,
 } from '@nestjs/common';
 import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
-import { configuredModels } from '../models/model-names.js';
+import { configuredModels, roomForView } from '../models/model-names.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { keyPart, type OpenAIStore } from '../storage/openai-store.interface.js';
@@ -72,12 +72,21 @@ export class PacingService implements OnModuleInit, OnModuleDestroy {
   private timer?: NodeJS.Timeout;
   private syncing?: Promise<void>;
   private warned = false;
+  /** The configured models: their views are never dropped to make room for another's. */
+  private readonly configured: ReadonlySet<string>;
 
   constructor(
     @Inject(OPENAI_RESOLVED_OPTIONS) private readonly options: ResolvedOpenAIOptions,
     @Inject(OPENAI_STORE) private readonly store: OpenAIStore,
     @Optional() private readonly metrics?: OpenAIMetricsService,
-  ) {}
+  ) {
+    this.configured = configuredModels(options.models);
+  }
+
+  /** Room for a view of one more model (a view of a model not configured may go: the store keeps its state). */
+  private room(): boolean {
+    return roomForView(this.views, (model) => !this.configured.has(model));
+  }
 
   get mode(): 'off' | 'queue' | 'refuse' {
     return this.options.pacing.mode;
@@ -109,7 +118,7 @@ export class PacingService implements OnModuleInit, OnModuleDestroy {
         );
       }
     }
-    for (const model of configuredModels(this.options.models)) this.meet(model);
+    for (const model of this.configured) this.meet(model);
     await this.sync();
     this.timer = setInterval(() => void this.sync(), this.options.pacing.syncIntervalMs);
     this.timer.unref();
@@ -133,8 +142,10 @@ export class PacingService implements OnModuleInit, OnModuleDestroy {
     this.metrics?.upstreamRemaining(model, limits.remainingRequests, limits.remainingTokens);
     if (this.mode === 'off') return;
     let v = this.views.get(model);
-    if (!v) this.views.set(model, (v = { limits, at: now, shared: 0 }));
-    else [v.limits, v.at] = [limits, now];
+    if (!v) {
+      if (!this.room()) return;
+      this.views.set(model, (v = { limits, at: now, shared: 0 }));
+    } else [v.limits, v.at] = [limits, now];
     const until = this.pacedUntil(limits, now);
     if (until > now ? v.shared <= now || until > v.shared + SAME_WINDOW_MS : v.shared > now)
       this.share(model, v, until, now);
@@ -231,7 +242,7 @@ export class PacingService implements OnModuleInit, OnModuleDestroy {
 
   /** A model met for the first time: known from now on, its shared state read in the background. */
   private meet(model: string): void {
-    if (this.views.has(model)) return;
+    if (this.views.has(model) || !this.room()) return;
     this.views.set(model, { limits: {}, at: 0, shared: 0 });
     if (this.timer) void this.sync([model]);
   }
