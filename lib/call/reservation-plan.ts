@@ -72,9 +72,23 @@ export async function holdAll(
   }
   if (!outcome.allowed) {
     for (const p of live) p.abort?.();
-    let at = outcome.refused!;
+    // `refused` is optional in a (custom) store's answer: else the first op with a `blockedBy`, else the
+    // first not allowed, else the first. A refusal is always thrown: it never becomes a hold.
+    let refused = outcome.refused;
+    if (refused === undefined || !(refused >= 0 && refused < ops.length)) {
+      refused = outcome.results.findIndex((r) => r?.blockedBy !== undefined);
+      if (refused < 0)
+        refused = Math.max(
+          0,
+          outcome.results.findIndex((r) => !r?.allowed),
+        );
+    }
+    const r = outcome.results[refused] ?? { allowed: false, windows: [] };
+    const blockedBy = r.blockedBy ?? r.windows.find((w) => w.remaining <= 0) ?? r.windows[0];
+    const result = blockedBy ? { ...r, blockedBy } : r;
+    let at = refused;
     for (const p of live) {
-      if (at < p.ops.length) throw p.refusal(at, outcome.results[outcome.refused!]);
+      if (at < p.ops.length) throw p.refusal(at, result);
       at -= p.ops.length;
     }
   }
