@@ -95,7 +95,7 @@ async function holdPlanned(
   }
   if (!failure && !plans.some((p) => p instanceof Promise))
     return holdAll(store, plans as Array<HoldPlan | undefined>);
-  const outcomes = await Promise.allSettled(plans);
+  const outcomes = await Promise.allSettled(plans.map(async (p) => p));
   const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected') ?? failure;
   if (failed) {
     for (const o of outcomes) if (o.status === 'fulfilled') o.value?.abort?.();
@@ -453,7 +453,7 @@ export class CallPipeline {
     }
     // Every hook answered without a promise (nothing held on a store): no waiting.
     if (!pending) return values.filter((v): v is CallReservation => v !== undefined);
-    const outcomes = await Promise.allSettled(values);
+    const outcomes = await Promise.allSettled(values.map(async (v) => v));
     const held = outcomes.flatMap((o) => (o.status === 'fulfilled' && o.value ? [o.value] : []));
     const refused = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
     if (refused) {
