@@ -356,7 +356,7 @@ export class OpenAIMetricsService implements OnModuleDestroy {
         this.cost.inc(s.costLabels, s.costUsd);
       }
       const tokens = [s.prompt, s.cached, s.completion, s.reasoning];
-      for (let i = 0; i < 4; i++) this.tokens.inc(s.tokenLabels[i], tokens[i]);
+      if (s.calls) for (let i = 0; i < 4; i++) this.tokens.inc(s.tokenLabels[i], tokens[i]);
       for (const v of s.latencies) this.upstreamLatency.observe(s.latencyLabels, v);
       for (const v of s.overheads) this.overheadSeconds.observe(s.overheadLabels, v);
       s.attempts = s.calls = s.costUsd = s.prompt = s.cached = s.completion = s.reasoning = 0;
