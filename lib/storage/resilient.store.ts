@@ -15,6 +15,7 @@ import type {
   StorageFailurePolicy,
   WindowLimit,
   WindowRef,
+  WindowState,
 } from './openai-store.interface.js';
 
 /** Health of the shared store as `/health` and metrics report it. */
@@ -41,6 +42,18 @@ export interface HealthReportingStore {
   /** Set by `ResilientStore`: called on each change of `healthy`. */
   onHealthChange?: (healthy: boolean, reason: string) => void;
   clusterHealth?(): ClusterHealth | undefined;
+}
+
+/** The state of windows admitted by `fail-open` while the store is down: nothing counted (start -1). */
+function uncounted(windows: readonly WindowLimit[]): WindowState[] {
+  return windows.map((w) => ({
+    name: w.name,
+    limit: w.limit,
+    used: 0,
+    remaining: w.limit,
+    start: -1,
+    resetMs: w.windowMs,
+  }));
 }
 
 /** Thrown (as a 503 by the guards and hooks) when the store is down and the policy is `fail-closed`. */
@@ -123,6 +136,11 @@ export class ResilientStore implements OpenAIStore {
     }
   }
 
+  /** Windows of the memory fallback: each limit divided by `instances` (at least 1). */
+  private scaled(windows: readonly WindowLimit[]): WindowLimit[] {
+    return windows.map((w) => ({ ...w, limit: Math.max(1, Math.ceil(w.limit / this.instances)) }));
+  }
+
   private fail(): never {
     throw new StoreDegradedError();
   }
@@ -133,24 +151,9 @@ export class ResilientStore implements OpenAIStore {
       async () => {
         if (this.policy === 'fail-closed') this.fail();
         if (this.policy === 'fail-open') {
-          return {
-            allowed: true,
-            degraded: true,
-            windows: windows.map((w) => ({
-              name: w.name,
-              limit: w.limit,
-              used: 0,
-              remaining: w.limit,
-              start: -1,
-              resetMs: w.windowMs,
-            })),
-          };
+          return { allowed: true, degraded: true, windows: uncounted(windows) };
         }
-        const scaled = windows.map((w) => ({
-          ...w,
-          limit: Math.max(1, Math.ceil(w.limit / this.instances)),
-        }));
-        return { ...(await this.fallback!.consume(key, scaled, cost)), degraded: true };
+        return { ...(await this.fallback!.consume(key, this.scaled(windows), cost)), degraded: true };
       },
     );
   }
@@ -168,21 +171,11 @@ export class ResilientStore implements OpenAIStore {
             results: ops.map(({ windows }) => ({
               allowed: true,
               degraded: true,
-              windows: windows.map((w) => ({
-                name: w.name,
-                limit: w.limit,
-                used: 0,
-                remaining: w.limit,
-                start: -1,
-                resetMs: w.windowMs,
-              })),
+              windows: uncounted(windows),
             })),
           };
         }
-        const scaled = ops.map((op) => ({
-          ...op,
-          windows: op.windows.map((w) => ({ ...w, limit: Math.max(1, Math.ceil(w.limit / this.instances)) })),
-        }));
+        const scaled = ops.map((op) => ({ ...op, windows: this.scaled(op.windows) }));
         const r = await this.fallback!.consumeMany(scaled);
         // each result marked, so that its settlement (`AdjustOp.degraded`) comes back to the fallback
         return { ...r, results: r.results.map((x) => ({ ...x, degraded: true })), degraded: true };
