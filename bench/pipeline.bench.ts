@@ -1,7 +1,9 @@
 // The pipeline benchmark: `npm run bench` (compiles bench/ and lib/, then runs this file).
 // A. in-process added latency of OpenAIService.chat() over the raw SDK call;
 // B. HTTP with autocannon: /raw, /service, /guarded, memory and Redis stores, 1 and 10 connections;
-// C. Redis commands per /guarded request.
+// C. Redis commands per /guarded request;
+// D. ours, bare and the Portkey gateway side by side;
+// E. streaming: time to first chunk and per-chunk latency of stream() / streamResponse() (support/streaming.ts).
 // See bench/README.md. BENCH_QUICK=1 runs a short version (numbers not for publishing).
 import 'reflect-metadata';
 import { readFileSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -13,6 +15,7 @@ import { AppProcess, cannon, checkRoute, measure } from './support/http.js';
 import { redisCommands, type RedisCommandReport } from './support/redis-commands.js';
 import { BenchRedis } from './support/redis-server.js';
 import { ms3, percentile, Samples, summarize, table, us, type Summary } from './support/stats.js';
+import { runStreaming, streamingReport, STREAMING_DEFAULTS, STREAMING_QUICK } from './support/streaming.js';
 
 const QUICK = process.env.BENCH_QUICK === '1';
 const SETTINGS = {
@@ -24,6 +27,7 @@ const SETTINGS = {
   connections: [1, 10],
   redisRequests: QUICK ? 500 : 2_000,
   monitored: 20,
+  streaming: QUICK ? STREAMING_QUICK : STREAMING_DEFAULTS,
 };
 
 interface RouteSpec {
@@ -387,6 +391,9 @@ async function main(): Promise<void> {
       await gateway?.stop();
       await upstream.stop();
     }
+
+    log('E. streaming (the fake upstream in a child process)');
+    out.push(streamingReport(await runStreaming(SETTINGS.streaming)));
   } finally {
     for (const c of children) await c.stop();
     await redis.stop();

@@ -78,7 +78,9 @@ export function diffTables(
       })
       .sort((p, q) => q.d - p.d);
     for (const r of rows.slice(0, top))
-      lines.push(`| ${r.k} | ${r.x.toFixed(1)} | ${r.y.toFixed(1)} | ${r.d >= 0 ? '+' : ''}${r.d.toFixed(1)} |`);
+      lines.push(
+        `| ${r.k} | ${r.x.toFixed(1)} | ${r.y.toFixed(1)} | ${r.d >= 0 ? '+' : ''}${r.d.toFixed(1)} |`,
+      );
   }
   return lines.join('\n');
 }
