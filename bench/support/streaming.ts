@@ -2,7 +2,8 @@
 // Completions) and `streamResponse()` (Responses) against the same streams through a plain SDK client
 // (`stream: true`), the fake upstream in a child process (stream-upstream.ts):
 // - time to first content chunk, from before `stream()` / `create()` to the consumer's first content
-//   chunk, on streams sent with no delay;
+//   chunk, on streams sent with no delay; also less, per call, the upstream's own time (its request
+//   arrived -> that chunk written, both stamped by the upstream), so the fake server's work drops out;
 // - per-chunk latency, on streams with a delay between SSE events (each event its own socket read): the
 //   upstream stamps every content chunk with `process.hrtime.bigint()` when it writes it, the consumer
 //   subtracts it from its own clock when it receives the chunk (write -> consumer: kernel, wake-up and
@@ -10,12 +11,13 @@
 //   client read the socket data that held it (socket read -> consumer: all the JavaScript of the path,
 //   without the kernel and the wake-up, whose noise is far above the 10 µs target) and when the SDK's
 //   stream iterator yielded the chunk object (SDK yield -> consumer: the library's iterator alone).
-// Run alone: node bench/dist/bench/stream.bench.js [calls] [streams]
+// Run alone: node bench/dist/bench/stream.bench.js [calls] [streams] [options] (see its header).
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import * as inspector from 'node:inspector/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
+import { PerformanceObserver } from 'node:perf_hooks';
 import type { INestApplicationContext } from '@nestjs/common';
 import { NestFactory } from '@nestjs/core';
 import OpenAI from 'openai';
@@ -69,6 +71,8 @@ export interface TtfbResult {
   clientSide: Summary;
   /** CPU of this process per call (the whole stream consumed, off-path writes included), ms. */
   cpuPerCallMs: number;
+  /** GC pauses that began during this variant's blocks, per 100 calls. */
+  gc: Pauses;
 }
 
 export interface ChunkResult {
@@ -86,6 +90,42 @@ export interface ChunkResult {
   sharedReads: number;
   /** CPU of this process per content chunk (every event, the per-call work and off-path writes included), ms. */
   cpuPerChunkMs: number;
+  /** GC pauses that began during this variant's blocks, per 100 streams. */
+  gc: Pauses;
+}
+
+/** A count of GC pauses and their total duration (ms). */
+export interface Pauses {
+  n: number;
+  ms: number;
+}
+
+/** The GC pauses of this process (`gc` performance entries) while it observes. */
+class GcPauses {
+  private readonly entries: Array<{ start: number; ms: number }> = [];
+  private readonly observer = new PerformanceObserver((list) => this.add(list.getEntries()));
+  constructor() {
+    this.observer.observe({ entryTypes: ['gc'] });
+  }
+  private add(list: ReadonlyArray<{ startTime: number; duration: number }>): void {
+    for (const e of list) this.entries.push({ start: e.startTime, ms: e.duration });
+  }
+  stop(): void {
+    this.add(this.observer.takeRecords());
+    this.observer.disconnect();
+  }
+  /** The pauses that began within the `[start, end)` intervals (`performance.now()` ms), per `per` units. */
+  within(intervals: Array<[number, number]>, units: number, per: number): Pauses {
+    let n = 0;
+    let ms = 0;
+    for (const e of this.entries) {
+      if (intervals.some(([a, b]) => e.start >= a && e.start < b)) {
+        n++;
+        ms += e.ms;
+      }
+    }
+    return { n: (n / units) * per, ms: (ms / units) * per };
+  }
 }
 
 export interface StreamingResult {
@@ -262,6 +302,9 @@ async function runOne(v: Variant, rec: Recorder): Promise<number> {
   let previousRead = -1;
   for await (const event of events) {
     const t = nowNs();
+    const y = sdkYields.get(event as object);
+    // Deleted at once, so the weak map stays small (its entries are work for every scavenge).
+    sdkYields.delete(event as object);
     const text = textOf(v.endpoint, event);
     if (text === undefined) continue;
     const { written, received } = piece(text);
@@ -270,7 +313,6 @@ async function runOne(v: Variant, rec: Recorder): Promise<number> {
       rec.ttfbClient?.push((t - t0 - (written - received)) / NS_PER_MS);
     }
     rec.wire?.push((t - written) / NS_PER_MS);
-    const y = sdkYields.get(event as object);
     if (y === undefined) throw new Error(`${v.name}: a chunk the SDK's stream did not yield`);
     rec.read?.push((t - y.readNs) / NS_PER_MS);
     rec.sdk?.push((t - y.ns) / NS_PER_MS);
@@ -419,7 +461,11 @@ async function rounds(
   perVariant: number,
   block: number,
   chunks: number,
-  each: (v: Variant, i: number) => { rec: Recorder; cpu: (us: number, calls: number) => void } | undefined,
+  each: (
+    v: Variant,
+    i: number,
+  ) =>
+    { rec: Recorder; cpu: (us: number, calls: number) => void; blocks: Array<[number, number]> } | undefined,
 ): Promise<void> {
   const n = Math.ceil(perVariant / block);
   for (let round = 0; round < n; round++) {
@@ -428,6 +474,7 @@ async function rounds(
       const v = variants[vi]!;
       const count = Math.min(block, perVariant - round * block);
       const m = each(v, vi);
+      const started = performance.now();
       const cpu0 = process.cpuUsage();
       for (let k = 0; k < count; k++) {
         const got = await runOne(v, m?.rec ?? {});
@@ -436,6 +483,7 @@ async function rounds(
       await v.drain();
       const cpu = process.cpuUsage(cpu0);
       m?.cpu(cpu.user + cpu.system, count);
+      m?.blocks.push([started, performance.now()]);
     }
   }
 }
@@ -449,18 +497,22 @@ async function ttfbPart(baseURL: string, s: StreamingSettings): Promise<TtfbResu
       client: new Samples(s.ttfb.calls),
       cpuUs: 0,
       calls: 0,
+      blocks: [] as Array<[number, number]>,
     }));
     log(`E. time to first chunk: ${s.ttfb.warmup} warm-up calls per variant`);
     await rounds(variants, s.ttfb.warmup, s.ttfb.block, s.chunks, () => undefined);
     log(`E. time to first chunk: ${s.ttfb.calls} calls per variant, ${variants.length} variants`);
     const profile = await profiling(s.profileDir);
+    const gc = new GcPauses();
     await rounds(variants, s.ttfb.calls, s.ttfb.block, s.chunks, (_, i) => ({
       rec: { ttfb: acc[i]!.samples, ttfbClient: acc[i]!.client },
       cpu: (cpuUs, calls) => {
         acc[i]!.cpuUs += cpuUs;
         acc[i]!.calls += calls;
       },
+      blocks: acc[i]!.blocks,
     }));
+    gc.stop();
     await profile?.('ttfb', `${s.ttfb.calls * variants.length} calls of ${s.chunks} chunks, no delay`);
     return variants.map((v, i) => ({
       name: v.name,
@@ -469,6 +521,7 @@ async function ttfbPart(baseURL: string, s: StreamingSettings): Promise<TtfbResu
       summary: summarize(acc[i]!.samples.values()),
       clientSide: summarize(acc[i]!.client.values()),
       cpuPerCallMs: acc[i]!.cpuUs / 1000 / acc[i]!.calls,
+      gc: gc.within(acc[i]!.blocks, acc[i]!.calls, 100),
     }));
   } finally {
     for (const app of apps.reverse()) await app.close();
@@ -487,6 +540,7 @@ async function perChunkPart(baseURL: string, s: StreamingSettings): Promise<Chun
       shared: { n: 0 },
       cpuUs: 0,
       chunks: 0,
+      blocks: [] as Array<[number, number]>,
     }));
     log(`E. per chunk: ${s.perChunk.warmup} warm-up streams per variant`);
     await rounds(variants, s.perChunk.warmup, s.perChunk.block, s.chunks, () => undefined);
@@ -494,13 +548,16 @@ async function perChunkPart(baseURL: string, s: StreamingSettings): Promise<Chun
       `E. per chunk: ${s.perChunk.streams} streams of ${s.chunks} chunks per variant, ${s.delayMs} ms between events`,
     );
     const profile = await profiling(s.profileDir);
+    const gc = new GcPauses();
     await rounds(variants, s.perChunk.streams, s.perChunk.block, s.chunks, (_, i) => ({
       rec: { wire: acc[i]!.wire, read: acc[i]!.read, sdk: acc[i]!.sdk, shared: acc[i]!.shared },
       cpu: (cpuUs, calls) => {
         acc[i]!.cpuUs += cpuUs;
         acc[i]!.chunks += calls * s.chunks;
       },
+      blocks: acc[i]!.blocks,
     }));
+    gc.stop();
     await profile?.(
       'chunks',
       `${s.perChunk.streams * variants.length * s.chunks} chunks (${s.perChunk.streams * variants.length} calls)`,
@@ -515,6 +572,7 @@ async function perChunkPart(baseURL: string, s: StreamingSettings): Promise<Chun
       sdkToConsumer: summarize(acc[i]!.sdk.values()),
       sharedReads: acc[i]!.shared.n,
       cpuPerChunkMs: acc[i]!.cpuUs / 1000 / acc[i]!.chunks,
+      gc: gc.within(acc[i]!.blocks, acc[i]!.chunks / s.chunks, 100),
     }));
   } finally {
     for (const app of apps.reverse()) await app.close();
@@ -541,6 +599,8 @@ const baseOf = <T extends { endpoint: Endpoint; kind: Kind }>(rows: T[], r: T): 
 /** The targets of the performance issue: added TTFB p99 ≤ 0.3 ms, added per-chunk p99 ≤ 10 µs. */
 export const TARGETS = { ttfbP99Ms: 0.3, chunkP99Ms: 0.01 };
 
+const pauses = (p: Pauses) => `${p.n.toFixed(1)} / ${p.ms.toFixed(1)}`;
+
 function ttfbTable(rows: TtfbResult[]): string {
   return table(
     [
@@ -556,6 +616,7 @@ function ttfbTable(rows: TtfbResult[]): string {
       'added p50 / p99 µs (less upstream time)',
       'CPU µs/call',
       'added CPU µs/call',
+      'GC pauses / ms per 100 calls',
     ],
     rows.map((r) => {
       const b = baseOf(rows, r);
@@ -574,6 +635,7 @@ function ttfbTable(rows: TtfbResult[]): string {
         isBase ? '—' : `${d(r.clientSide.p50, b.clientSide.p50)} / ${d(r.clientSide.p99, b.clientSide.p99)}`,
         us(r.cpuPerCallMs),
         d(r.cpuPerCallMs, b.cpuPerCallMs),
+        pauses(r.gc),
       ];
     }),
   );
@@ -592,6 +654,7 @@ function chunkTable(rows: ChunkResult[]): string {
       'added (SDK yield →)',
       'CPU µs/chunk',
       'added CPU µs/chunk',
+      'GC pauses / ms per 100 streams',
       'chunks sharing a read',
     ],
     rows.map((r) => {
@@ -611,6 +674,7 @@ function chunkTable(rows: ChunkResult[]): string {
         added(r.sdkToConsumer, b.sdkToConsumer),
         us(r.cpuPerChunkMs),
         isBase ? '—' : us(r.cpuPerChunkMs - b.cpuPerChunkMs, true),
+        pauses(r.gc),
         r.sharedReads,
       ];
     }),
@@ -649,13 +713,13 @@ export function streamingReport(r: StreamingResult): string {
     '',
     `### Time to first content chunk (streams sent with no delay; ${s.ttfb.warmup} warm-up + ${s.ttfb.calls} calls per variant in blocks of ${s.ttfb.block})`,
     '',
-    'From before `stream()` / `create()` to the consumer’s first chunk with text; every stream is then read to its end (and the library’s `finished` awaited) outside the timing. "less upstream time": the same less, per call, the upstream’s own time from its request’s arrival to that chunk’s write (both stamped by the upstream process), so the fake server’s work and its pauses (which land on whichever variant runs) drop out. CPU per call: the whole stream.',
+    'From before `stream()` / `create()` to the consumer’s first chunk with text; every stream is then read to its end (and the library’s `finished` awaited) outside the timing. "less upstream time": the same less, per call, the upstream’s own time from its request’s arrival to that chunk’s write (both stamped by the upstream process), so the fake server’s work and its pauses (which land on whichever variant runs) drop out. CPU per call: the whole stream. GC: the pauses of this process (`gc` performance entries) that began during the variant’s blocks, and their total duration.',
     '',
     ttfbTable(r.ttfb),
     '',
     `### Per-chunk latency (${s.delayMs} ms between SSE events; ${s.perChunk.warmup} warm-up + ${s.perChunk.streams} streams per variant in blocks of ${s.perChunk.block})`,
     '',
-    'Per content chunk, to the consumer receiving it, from: "write", the upstream’s `process.hrtime.bigint()` when it wrote the chunk to its socket (CLOCK_MONOTONIC is shared by the processes; kernel and wake-up included); "socket read", when fetch read the data that held the chunk from the socket in this process; "SDK yield", when the SDK’s stream iterator yielded the chunk object (what the library’s iterator adds alone). "added": against the plain SDK client of the endpoint. CPU per chunk: this process’s CPU over the streams divided by their content chunks (the per-call work and the other events included). "chunks sharing a read": chunks that arrived in the same socket read as the one before (the delay should make it 0).',
+    'Per content chunk, to the consumer receiving it, from: "write", the upstream’s `process.hrtime.bigint()` when it wrote the chunk to its socket (CLOCK_MONOTONIC is shared by the processes; kernel and wake-up included); "socket read", when fetch read the data that held the chunk from the socket in this process; "SDK yield", when the SDK’s stream iterator yielded the chunk object (what the library’s iterator adds alone). "added": against the plain SDK client of the endpoint. CPU per chunk: this process’s CPU over the streams divided by their content chunks (the per-call work and the other events included). GC: as above, per 100 streams. "chunks sharing a read": chunks that arrived in the same socket read as the one before (the delay should make it 0).',
     '',
     chunkTable(r.perChunk),
     '',
