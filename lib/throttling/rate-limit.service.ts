@@ -70,7 +70,8 @@ export class RateLimitService {
    * @throws StorageUnavailableException (503), as `hitRequest`.
    */
   reserveTokens(user: string, tokens: number, windows: readonly ThrottleWindow[]): Promise<ConsumeResult> {
-    return this.consume(subjectKey(user, 'rl:tok'), toLimits(windows), tokens);
+    const op = this.tokenOp(user, tokens, windows);
+    return this.consume(op.key, op.windows, op.cost);
   }
 
   /** The store consume of a token reservation (for the call pipeline's joint reservation). @internal */
@@ -94,14 +95,11 @@ export class RateLimitService {
    */
   async adjustTokens(user: string, result: ConsumeResult, delta: number): Promise<void> {
     if (delta === 0) return;
-    await this.store.adjust(
-      subjectKey(user, 'rl:tok'),
-      result.windows.map((w) => ({ name: w.name, start: w.start })),
-      delta,
-    );
+    const op = this.tokenAdjustOp(user, result, delta);
+    await this.store.adjust(op.key, op.windows, op.delta);
   }
 
-  private async consume(key: string, windows: WindowLimit[], cost: number): Promise<ConsumeResult> {
+  private async consume(key: string, windows: readonly WindowLimit[], cost: number): Promise<ConsumeResult> {
     if (windows.length === 0) return { allowed: true, windows: [] };
     try {
       return await this.store.consume(key, windows, cost);
