@@ -1,5 +1,5 @@
 import { Logger } from '@nestjs/common';
-import { APIConnectionError, APIError } from 'openai';
+import { APIConnectionError, APIConnectionTimeoutError, APIError, APIUserAbortError } from 'openai';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { resolveOpenAIOptions } from '../options/resolve-options.js';
 import { AttemptTimeoutError } from '../errors/map-upstream-error.js';
@@ -52,9 +52,17 @@ function setup(options: OpenAIModuleOptions = {}, callOptions: CallOptions = {},
   return { run, attempts };
 }
 
-/** An attempt that never answers until its signal aborts (our timer or the caller). */
+/**
+ * An attempt that never answers: it ends as the SDK ends one, with `APIConnectionTimeoutError` when its
+ * `timeout` passes, or `APIUserAbortError` when the caller's signal aborts first.
+ */
 const hang = (a: Attempt) =>
-  new Promise<never>((_, reject) => a.signal!.addEventListener('abort', () => reject(a.signal!.reason)));
+  new Promise<never>((_, reject) => {
+    const timer = setTimeout(() => reject(new APIConnectionTimeoutError()), a.timeoutMs);
+    a.signal?.addEventListener('abort', () => (clearTimeout(timer), reject(new APIUserAbortError())), {
+      once: true,
+    });
+  });
 
 describe('CallExecutor', () => {
   beforeEach(() => {
@@ -168,7 +176,7 @@ describe('CallExecutor', () => {
     expect(attempts).toHaveLength(1);
   });
 
-  it('the attempt timeout is what the SDK gets, and our timer aborts the attempt', async () => {
+  it("the attempt timeout is what the SDK gets; its timeout is reported as the attempt's (504)", async () => {
     const { run } = setup({ timeouts: { attemptMs: 400, deadlineMs: 10_000 } }, { maxRetries: 0 });
     let seen: Attempt | undefined;
     const done = run(async (_m, _n, a) => {
@@ -177,8 +185,29 @@ describe('CallExecutor', () => {
     });
     const failed = done.catch((e: unknown) => e);
     await vi.runAllTimersAsync();
-    expect(await failed).toMatchObject({ status: 504 });
+    const err = (await failed) as { status: number; cause?: unknown };
+    expect(err.status).toBe(504);
+    expect(err.cause).toBeInstanceOf(AttemptTimeoutError);
+    expect((err.cause as AttemptTimeoutError).kind).toBe('attempt');
     expect(seen?.timeoutMs).toBe(400);
-    expect(seen?.signal?.reason).toBeInstanceOf(AttemptTimeoutError);
+    // No controller of the executor's own: the SDK is given only the caller's signal (none here).
+    expect(seen?.signal).toBeUndefined();
+  });
+
+  it("an attempt cut short by the deadline is the deadline's timeout, with the remaining time as its timeout", async () => {
+    const { run } = setup({ timeouts: { attemptMs: 1_000, deadlineMs: 1_500 } }, { maxRetries: 1 });
+    const seen: Attempt[] = [];
+    const done = run(async (_m, _n, a) => {
+      seen.push(a);
+      return hang(a);
+    });
+    const failed = done.catch((e: unknown) => e);
+    await vi.runAllTimersAsync();
+    const err = (await failed) as { status: number; cause?: unknown };
+    expect(err.status).toBe(504);
+    expect(seen.map((a) => a.timeoutMs)[0]).toBe(1_000);
+    expect(seen.length).toBe(2);
+    expect(seen[1].timeoutMs).toBeLessThan(500);
+    expect((err.cause as AttemptTimeoutError).kind).toBe('deadline');
   });
 });

@@ -92,18 +92,15 @@ export class CallExecutor {
 
   /**
    * Runs attempts over the model and its fallbacks until one succeeds, an error is not retryable, or
-   * the deadline leaves no room for another attempt.
+   * the deadline leaves no room for another attempt. Each attempt runs under the SDK's own timeout
+   * (`timeout`: the attempt's time, capped by the deadline; for a stream it covers the wait for the
+   * reply's headers, and the stream then reads under its idle timer) and the caller's signal: no
+   * controller or timer of the executor's own. An SDK timeout is reported as the attempt's or the
+   * deadline's.
    */
   async execute<T>(
     prep: PreparedCall,
     attemptFn: (model: string, attempt: Attempt) => Promise<SentReply<T>>,
-    /**
-     * True (streams): each attempt gets an AbortController and timer of the executor's own, and the
-     * controller outlives the attempt (the stream reads under it). False (a reply read whole): the SDK's
-     * own timeout (`timeout`, over the headers and the body) and the caller's signal, nothing more per
-     * attempt; an SDK timeout is reported as the attempt's or the deadline's, as with a controller.
-     */
-    controlled = true,
   ): Promise<ExecutedCall<T>> {
     const { options, started } = prep;
     const maxRetries = options.maxRetries ?? this.options.retry.maxRetries;
@@ -181,24 +178,10 @@ export class CallExecutor {
         const timeoutError = () =>
           new AttemptTimeoutError(timeoutMs < attemptMs ? 'deadline' : 'attempt', Math.round(timeoutMs));
         if (options.signal?.aborted) throw new CallAbortedException(options.signal.reason);
-        let controller: AbortController | undefined;
-        let timer: NodeJS.Timeout | undefined;
-        let timedOut: AttemptTimeoutError | undefined;
-        let onCallerAbort: (() => void) | undefined;
-        if (controlled) {
-          const c = (controller = new AbortController());
-          timer = setTimeout(() => {
-            timedOut = timeoutError();
-            c.abort(timedOut);
-          }, timeoutMs);
-          onCallerAbort = () => c.abort(options.signal?.reason);
-          options.signal?.addEventListener('abort', onCallerAbort, { once: true });
-        }
         const sent = performance.now();
         try {
           const { data, response, request_id } = await attemptFn(model, {
-            signal: controller ? controller.signal : options.signal,
-            controller,
+            signal: options.signal,
             timeoutMs: Math.ceil(timeoutMs),
           });
           upstreamMs += performance.now() - sent;
@@ -216,18 +199,13 @@ export class CallExecutor {
             model,
             fallbackFrom: model === prep.call.model ? undefined : prep.call.model,
             attempts,
-            controller,
             upstreamMs,
           };
         } catch (err) {
           upstreamMs += performance.now() - sent;
           if (options.signal?.aborted) throw new CallAbortedException(err);
           const error =
-            timedOut && err instanceof APIUserAbortError
-              ? timedOut
-              : !controlled && err instanceof APIConnectionTimeoutError
-                ? Object.assign(timeoutError(), { cause: err })
-                : err;
+            err instanceof APIConnectionTimeoutError ? Object.assign(timeoutError(), { cause: err }) : err;
           if (error instanceof APIError) pacing?.observe(model, error.headers);
           this.metrics.attempt(prep.call, model, statusClassOf(error), retry > 0);
           if (error instanceof HttpException) throw error;
@@ -248,9 +226,6 @@ export class CallExecutor {
             error: describeError(error),
           });
           if (tripped) continue outer;
-        } finally {
-          if (timer) clearTimeout(timer);
-          if (onCallerAbort) options.signal?.removeEventListener('abort', onCallerAbort);
         }
       }
     }

@@ -23,7 +23,7 @@ import { countTextTokens } from '../tokens/token-counter.js';
 import type { Span } from '@opentelemetry/api';
 import { endCallSpan, failCallSpan, startCallSpan } from '../telemetry/call-span.js';
 import { CallExecutor } from './call-executor.js';
-import type { EndpointAdapter, StreamAdapter } from './endpoint-adapter.js';
+import type { EndpointAdapter, StreamAdapter, UpstreamEventStream } from './endpoint-adapter.js';
 import type { ExecutedCall, PreparedCall } from './prepared-call.js';
 import { RefusalRecorder } from './refusal.recorder.js';
 import { CircuitBreakerService } from '../breaker/circuit-breaker.service.js';
@@ -239,10 +239,8 @@ export class CallPipeline {
     const reservations = adapter.metered ? await this.reserve(prep.call) : [];
     const span = startCallSpan(prep.call);
     try {
-      const ok = await this.executor.execute(
-        prep,
-        (model, a) => adapter.send(this.client, prep.body, model, a),
-        false,
+      const ok = await this.executor.execute(prep, (model, a) =>
+        adapter.send(this.client, prep.body, model, a),
       );
       check?.(ok.data, ok);
       const text = adapter.text(ok.data);
@@ -275,7 +273,7 @@ export class CallPipeline {
   async openStream<Event>(
     adapter: StreamAdapter<Event>,
     prep: PreparedCall,
-  ): Promise<{ ok: ExecutedCall<AsyncIterable<Event>>; reservations: CallReservation[]; span: Span }> {
+  ): Promise<{ ok: ExecutedCall<UpstreamEventStream<Event>>; reservations: CallReservation[]; span: Span }> {
     const reservations = await this.reserve(prep.call);
     const span = startCallSpan(prep.call);
     try {

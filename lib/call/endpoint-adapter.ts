@@ -1,15 +1,18 @@
 import type OpenAI from 'openai';
 import type { NormalizedUsage, UpstreamEndpoint } from './upstream-call.js';
 
-/**
- * One upstream attempt: its abort signal (the executor's controller for a stream, else the caller's
- * signal, if any) and its timeout (whole ms, given to the SDK).
- */
+/** One upstream attempt: the caller's abort signal, if any, and its timeout (whole ms, given to the SDK). */
 export interface Attempt {
   signal?: AbortSignal;
-  /** Streams only: the controller the stream is read under (aborted on a stall, a cut, the caller). */
-  controller?: AbortController;
   timeoutMs: number;
+}
+
+/**
+ * An opened event stream, as the SDK's `Stream` is: its events, and the controller its request runs
+ * under (aborting it cancels the request and ends the iteration).
+ */
+export interface UpstreamEventStream<Event> extends AsyncIterable<Event> {
+  readonly controller: AbortController;
 }
 
 /** What the SDK's `.withResponse()` gives back. */
@@ -65,7 +68,7 @@ export interface StreamAdapter<Event> {
     body: Record<string, unknown>,
     model: string,
     attempt: Attempt,
-  ): Promise<SentReply<AsyncIterable<Event>>>;
+  ): Promise<SentReply<UpstreamEventStream<Event>>>;
   /** Text this event adds to the output, if any. */
   delta(event: Event): string | undefined;
   /** Reads one event into `progress` (text, usage, finish reason, clean end, failure). */

@@ -5,7 +5,7 @@ import { chatCompletionsStreamAdapter } from '../endpoints/chat-completions/chat
 import { responsesStreamAdapter } from '../endpoints/responses/responses.adapter.js';
 import { resolveOpenAIOptions } from '../options/resolve-options.js';
 import { CallPipeline } from './call-pipeline.js';
-import type { StreamAdapter } from './endpoint-adapter.js';
+import type { StreamAdapter, UpstreamEventStream } from './endpoint-adapter.js';
 import { ModelStream, type StreamOutputCheck } from './model-stream.js';
 import type { PreparedCall } from './prepared-call.js';
 import type { CallReservation, SettledCall } from './upstream-call.js';
@@ -13,13 +13,15 @@ import type { CallReservation, SettledCall } from './upstream-call.js';
 type Step<E> = { event: E; afterMs?: number } | { throw: Error; afterMs?: number } | { stallMs: number };
 
 /** An async iterable of events with timed gaps, that ends (or throws) as scripted and honours an abort. */
-function scripted<E>(steps: Array<Step<E>>, signal: AbortSignal): AsyncIterable<E> {
+function scripted<E>(steps: Array<Step<E>>, controller: AbortController): UpstreamEventStream<E> {
+  const { signal } = controller;
   const wait = (ms: number) =>
     new Promise<void>((resolve, reject) => {
       const t = setTimeout(resolve, ms);
       signal.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
     });
   return {
+    controller,
     async *[Symbol.asyncIterator]() {
       for (const step of steps) {
         if ('stallMs' in step) await wait(step.stallMs);
@@ -90,11 +92,10 @@ function setup() {
   function open<E>(adapter: StreamAdapter<E>, steps: Array<Step<E>>, check?: StreamOutputCheck) {
     const controller = new AbortController();
     const ok = {
-      data: scripted(steps, controller.signal),
+      data: scripted(steps, controller),
       response: new Response(null),
       model: prep.call.model,
       attempts: 1,
-      controller,
       upstreamMs: 0,
     };
     return new ModelStream<E>(pipeline, prep, ok, [reservation], adapter, check);

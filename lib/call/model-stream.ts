@@ -7,7 +7,12 @@ import { AttemptTimeoutError, CallAbortedException, describeError } from '../err
 import { OpenAIUpstreamException, OpenAIUpstreamTimeoutException } from '../errors/openai-http.exceptions.js';
 import { ContentFlaggedException } from '../moderation/moderation.exceptions.js';
 import { estimateUsage, type CallPipeline } from './call-pipeline.js';
-import { UpstreamStreamError, type StreamAdapter, type StreamProgress } from './endpoint-adapter.js';
+import {
+  UpstreamStreamError,
+  type StreamAdapter,
+  type StreamProgress,
+  type UpstreamEventStream,
+} from './endpoint-adapter.js';
 import type { ExecutedCall, PreparedCall } from './prepared-call.js';
 import type { CallReservation, CallResultMeta } from './upstream-call.js';
 
@@ -38,7 +43,7 @@ export interface StreamSummary extends CallResultMeta {
  * consumer that stops iterating aborts it too. Idle and deadline timers, accumulation, and one settlement.
  */
 export class ModelStream<Event> implements AsyncIterable<Event> {
-  /** The controller the upstream stream is read under. */
+  /** The controller the upstream request runs under (the SDK stream's): aborting it ends the stream. */
   private readonly controller: AbortController;
   /** Model that answers (a fallback's when `fallbackFrom` is set). */
   readonly model: string;
@@ -61,14 +66,13 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
   constructor(
     private readonly service: CallPipeline,
     private readonly prep: PreparedCall,
-    private readonly ok: ExecutedCall<AsyncIterable<Event>>,
+    private readonly ok: ExecutedCall<UpstreamEventStream<Event>>,
     private readonly reservations: CallReservation[],
     private readonly adapter: StreamAdapter<Event>,
     private readonly outputCheck?: StreamOutputCheck,
     private readonly span?: Span,
   ) {
-    // A stream is opened in the executor's controlled mode: its controller is the one it is read under.
-    this.controller = ok.controller ?? new AbortController();
+    this.controller = ok.data.controller;
     this.model = ok.model;
     this.fallbackFrom = ok.fallbackFrom;
     this.openaiRequestId = ok.openaiRequestId;
@@ -115,27 +119,39 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
     const idleMs = this.prep.options.attemptTimeoutMs ?? options.timeouts.attemptMs;
     const deadlineAt = this.prep.started + (this.prep.options.deadlineMs ?? options.timeouts.deadlineMs);
     let timedOut: AttemptTimeoutError | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    const arm = () => {
-      clearTimeout(timer);
-      const ms = Math.max(1, Math.min(idleMs, deadlineAt - performance.now()));
-      timer = setTimeout(() => {
-        timedOut = new AttemptTimeoutError(ms < idleMs ? 'deadline' : 'idle', Math.round(ms));
-        controller.abort(timedOut);
-      }, ms);
+    // The idle timer is armed once; an event only notes its time. When the timer fires it re-arms for
+    // what is left of the idle period since the last event (or of the deadline), or aborts the stream.
+    let lastEventAt = performance.now();
+    const untilDue = (now: number) => Math.min(lastEventAt + idleMs, deadlineAt) - now;
+    const onTimer = () => {
+      const now = performance.now();
+      const left = untilDue(now);
+      if (left >= 1) {
+        timer = setTimeout(onTimer, left);
+        return;
+      }
+      const deadline = deadlineAt <= lastEventAt + idleMs;
+      timedOut = new AttemptTimeoutError(
+        deadline ? 'deadline' : 'idle',
+        Math.round(deadline ? now - lastEventAt : idleMs),
+      );
+      controller.abort(timedOut);
     };
+    let timer = setTimeout(onTimer, Math.max(1, untilDue(lastEventAt)));
     const callerSignal = this.prep.options.signal;
+    // The SDK also ends the stream on the caller's signal (it was given it): either way, a caller's abort.
     const onCallerAbort = () => controller.abort(new CallAbortedException(callerSignal?.reason));
     callerSignal?.addEventListener('abort', onCallerAbort, { once: true });
+    const callerAborted = () =>
+      callerSignal?.aborted ? new CallAbortedException(callerSignal.reason) : undefined;
     const p = this.progress;
     let failure: unknown;
     let completed = false;
-    arm();
     try {
       let checked = 0;
       const interval = options.moderation.streamCheckIntervalChars;
       for await (const event of this.ok.data) {
-        arm();
+        lastEventAt = performance.now();
         this.adapter.read(event, p);
         // The moderations endpoint checks the text as it grows; in-request moderation judges it at the end.
         if (this.outputCheck && !this.outputCheck.inRequest && p.text.length - checked >= interval) {
@@ -150,9 +166,13 @@ export class ModelStream<Event> implements AsyncIterable<Event> {
       completed = !p.failure && this.adapter.isComplete(p, this.ok.response) && !controller.signal.aborted;
       if (!completed)
         failure =
-          p.failure ?? timedOut ?? controller.signal.reason ?? new Error('stream ended before its end event');
+          p.failure ??
+          timedOut ??
+          callerAborted() ??
+          controller.signal.reason ??
+          new Error('stream ended before its end event');
     } catch (err) {
-      failure = timedOut ?? err;
+      failure = timedOut ?? callerAborted() ?? err;
     } finally {
       clearTimeout(timer);
       callerSignal?.removeEventListener('abort', onCallerAbort);

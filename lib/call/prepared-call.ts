@@ -18,8 +18,6 @@ export interface ExecutedCall<T> {
   model: string;
   fallbackFrom?: string;
   attempts: number;
-  /** Streams: the controller the stream is read under (see `CallExecutor.execute`). */
-  controller?: AbortController;
   /** Time spent in upstream attempts and backoff waits (ms): the rest of a call's time is the pipeline's own. */
   upstreamMs: number;
 }
