@@ -93,18 +93,16 @@ export function sseCompletionFetch(base: typeof fetch = globalThis.fetch): typeo
       return res;
     const watch = new SentinelWatch();
     watches.set(res, watch);
-    const getReader = body.getReader as (this: ReadableStream<Uint8Array>, ...args: unknown[]) => unknown;
+    const getReader = body.getReader.bind(body) as (...args: unknown[]) => unknown;
     Object.defineProperty(body, 'getReader', {
       configurable: true,
       writable: true,
-      value: function (this: ReadableStream<Uint8Array>, ...args: unknown[]) {
-        const reader = getReader.apply(this, args) as ReadableStreamDefaultReader<Uint8Array>;
+      value: (...args: unknown[]) => {
+        const reader = getReader(...args) as ReadableStreamDefaultReader<Uint8Array>;
         // A BYOB reader fills the caller's buffers: not what the SDK asks for; left unwatched (incomplete).
         if (args[0] !== undefined) return reader;
-        const read = reader.read;
-        reader.read = function (this: ReadableStreamDefaultReader<Uint8Array>) {
-          return read.call(this).then(watch.seeResult);
-        };
+        const read = reader.read.bind(reader);
+        reader.read = () => read().then(watch.seeResult);
         return reader;
       },
     });
