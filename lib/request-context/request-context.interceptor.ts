@@ -18,8 +18,9 @@ import { REQUEST_ID_HEADER } from '../openai.constants.js';
 import { rawResponse } from '../utils/http.js';
 
 /**
- * Re-enters the request context around the handler. Needed because some adapters (Fastify parses the
- * body after middleware) lose AsyncLocalStorage between the middleware and the handler. Also fills
+ * Re-enters the request context around the handler when it was lost: some adapters (Fastify parses the
+ * body after middleware) lose AsyncLocalStorage between the middleware and the handler; when the handler
+ * chain still runs in it (Express), nothing is re-entered. Also fills
  * `route` from the matched route. Registered globally by `OpenAIModule`.
  *
  * When the module's `requestContext` narrows the routes, the middleware's choice stands: a request it
@@ -70,6 +71,9 @@ export class RequestContextInterceptor implements NestInterceptor {
     }
     // The user, from the one identity resolver (the guard may have resolved it already: cached).
     const identity = this.identity?.resolve(req);
+    // Already inside this request's context (Express: the middleware's run() carries through Nest's
+    // handler chain): nothing to re-enter.
+    if (!(identity instanceof Promise) && RequestContextStore.get() === ctx) return next.handle();
     const run = () =>
       new Observable<unknown>((subscriber) =>
         RequestContextStore.run(ctx, () => next.handle().subscribe(subscriber)),
