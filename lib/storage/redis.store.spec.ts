@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   OwnRedis,
+  RedisCommandLog,
   keysUnder,
   redisClient,
   sharedRedisUrl,
@@ -14,33 +15,6 @@ import { RedisStore, StoreUnavailableError } from './redis.store.js';
 const url = sharedRedisUrl();
 const minute = (limit: number): WindowLimit => ({ name: 'minute', limit, windowMs: 60_000 });
 const day = (limit: number): WindowLimit => ({ name: 'day', limit, windowMs: 86_400_000 });
-
-/** Every command a given client sent, as MONITOR shows it. */
-class CommandLog {
-  readonly seen: string[][] = [];
-  private constructor(private readonly monitor: Awaited<ReturnType<Redis['monitor']>>) {}
-  static async start(admin: Redis, client: Redis): Promise<CommandLog> {
-    const source = `${client.stream.localAddress}:${client.stream.localPort}`;
-    const monitor = await admin.monitor();
-    const log = new CommandLog(monitor);
-    monitor.on('monitor', (_time: string, args: string[], src: string) => {
-      if (src === source) log.seen.push(args);
-    });
-    return log;
-  }
-  /** Waits until MONITOR has shown everything `client` sent before this call. */
-  async flush(client: Redis): Promise<string[][]> {
-    const marker = `marker-${Math.random()}`;
-    await client.echo(marker);
-    await waitFor('the MONITOR marker', () => this.seen.some((a) => a[0] === 'echo' && a[1] === marker));
-    const out = this.seen.filter((a) => !(a[0] === 'echo' && a[1]?.startsWith('marker-')));
-    this.seen.length = 0;
-    return out;
-  }
-  stop(): void {
-    this.monitor.disconnect();
-  }
-}
 
 describe.skipIf(!url)('RedisStore on a real Redis', () => {
   let admin: Redis;
@@ -208,7 +182,7 @@ describe.skipIf(!url)('RedisStore on a real Redis', () => {
     const s = new RedisStore({ url, keyPrefix: uniquePrefix('sha') }, Redis);
     await s.waitReady(5_000);
     const client = s.client as Redis;
-    const log = await CommandLog.start(admin, client);
+    const log = await RedisCommandLog.start(admin, client);
     try {
       await s.consume('u', [minute(100), day(1_000)], 1);
       await s.adjust('u', [{ name: 'minute', start: 0 }], 1);

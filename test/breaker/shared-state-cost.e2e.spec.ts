@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { MemoryStore } from '../../lib/storage/memory.store.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
-import { redisClient, sharedRedisUrl, uniquePrefix, waitFor } from '../support/redis.js';
+import { RedisCommandLog, redisClient, sharedRedisUrl, uniquePrefix, waitFor } from '../support/redis.js';
 
 const CHAT = '/v1/chat/completions';
 const PRIMARY = 'gpt-4o-2024-08-06';
@@ -12,32 +12,6 @@ const FB = 'gpt-4o-mini-2024-07-18';
 const body = { messages: [{ role: 'user', content: 'cost' }] };
 const redisUrl = sharedRedisUrl();
 const CALLS = 40;
-
-/** Commands Redis received from clients (not those a script ran inside it), as MONITOR shows them. */
-class Commands {
-  readonly seen: string[][] = [];
-  private constructor(private readonly monitor: Redis) {}
-  static async start(admin: Redis): Promise<Commands> {
-    const monitor = await admin.monitor();
-    const log = new Commands(monitor);
-    monitor.on('monitor', (_time: string, args: string[], source: string) => {
-      if (source !== 'lua') log.seen.push(args);
-    });
-    return log;
-  }
-  /** Waits until MONITOR has shown every command sent before this call; returns and forgets them. */
-  async flush(admin: Redis): Promise<string[][]> {
-    const marker = `marker-${Math.random()}`;
-    await admin.echo(marker);
-    await waitFor('the MONITOR marker', () => this.seen.some((a) => a[0] === 'echo' && a[1] === marker));
-    const out = this.seen.filter((a) => !(a[0] === 'echo' && a[1]?.startsWith('marker-')));
-    this.seen.length = 0;
-    return out;
-  }
-  stop(): void {
-    this.monitor.disconnect();
-  }
-}
 
 describe.skipIf(!redisUrl)('breaker and pacing on Redis: no store round trip per call (MONITOR)', () => {
   let fake: FakeOpenAIServer;
@@ -71,7 +45,7 @@ describe.skipIf(!redisUrl)('breaker and pacing on Redis: no store round trip per
     // First calls: each instance meets the model.
     await request(a.server).post('/chat').send(body).expect(200);
     await request(b.server).post('/chat').send(body).expect(200);
-    const log = await Commands.start(admin);
+    const log = await RedisCommandLog.start(admin);
     try {
       await log.flush(admin);
       for (let i = 0; i < CALLS; i++) {

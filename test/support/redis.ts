@@ -81,6 +81,36 @@ export async function waitFor<T>(
   }
 }
 
+/**
+ * The commands Redis received from clients, as MONITOR shows them: the round trips, not the commands a
+ * script ran inside Redis. `from`: only those one client sent.
+ */
+export class RedisCommandLog {
+  readonly seen: string[][] = [];
+  private constructor(private readonly monitor: Redis) {}
+  static async start(admin: Redis, from?: Redis): Promise<RedisCommandLog> {
+    const only = from ? `${from.stream.localAddress}:${from.stream.localPort}` : undefined;
+    const monitor = await admin.monitor();
+    const log = new RedisCommandLog(monitor);
+    monitor.on('monitor', (_time: string, args: string[], source: string) => {
+      if (source !== 'lua' && (only === undefined || source === only)) log.seen.push(args);
+    });
+    return log;
+  }
+  /** Waits until MONITOR has shown everything sent before this call (through `via`); returns and forgets it. */
+  async flush(via: Redis): Promise<string[][]> {
+    const marker = `marker-${Math.random()}`;
+    await via.echo(marker);
+    await waitFor('the MONITOR marker', () => this.seen.some((a) => a[0] === 'echo' && a[1] === marker));
+    const out = this.seen.filter((a) => !(a[0] === 'echo' && a[1]?.startsWith('marker-')));
+    this.seen.length = 0;
+    return out;
+  }
+  stop(): void {
+    this.monitor.disconnect();
+  }
+}
+
 async function pings(port: number): Promise<boolean> {
   const c = new Redis({
     port,
