@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { MemoryStore } from '../../lib/storage/memory.store.js';
 import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
-import { RedisCommandLog, redisClient, sharedRedisUrl, uniquePrefix, waitFor } from '../support/redis.js';
+import { RedisCommandLog, redisClient, sharedRedisUrl, uniquePrefix } from '../support/redis.js';
 
 const CHAT = '/v1/chat/completions';
 const PRIMARY = 'gpt-4o-2024-08-06';
