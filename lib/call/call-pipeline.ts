@@ -438,7 +438,8 @@ export class CallPipeline {
   async reserve(call: UpstreamCall): Promise<CallReservation[]> {
     if (this.reservers.length === 0) return [];
     const values: Array<Promise<CallReservation | void> | CallReservation | void> = [];
-    let pending = false;
+    let pending = 0;
+    let last: Promise<CallReservation | void> | undefined;
     for (const reserve of this.reservers) {
       let v;
       try {
@@ -446,11 +447,33 @@ export class CallPipeline {
       } catch (err) {
         v = Promise.reject(err);
       }
-      if (v instanceof Promise) pending = true;
+      if (v instanceof Promise) {
+        pending++;
+        last = v;
+      }
       values.push(v);
     }
     // Every hook answered without a promise (nothing held on a store): no waiting.
-    if (!pending) return values.filter((v): v is CallReservation => v !== undefined);
+    if (pending === 0) return values.filter((v): v is CallReservation => v !== undefined);
+    if (pending === 1) {
+      // One wait (the joint hold on the store, as a rule): awaited alone, the others already answered.
+      const held = values.filter((v): v is CallReservation => v !== undefined && !(v instanceof Promise));
+      let waited: CallReservation | void;
+      try {
+        waited = await last!;
+      } catch (reason) {
+        await this.release(held);
+        throw this.refusals ? this.refusals.record(reason) : reason;
+      }
+      // In hook order, as with several waits.
+      const out: CallReservation[] = [];
+      for (const v of values) {
+        if (v === last) {
+          if (waited) out.push(waited);
+        } else if (v) out.push(v as CallReservation);
+      }
+      return out;
+    }
     const outcomes = await Promise.allSettled(values.map(async (v) => v));
     const held = outcomes.flatMap((o) => (o.status === 'fulfilled' && o.value ? [o.value] : []));
     const refused = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
