@@ -1,6 +1,7 @@
 import { Logger } from '@nestjs/common';
 import OpenAI from 'openai';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { sseCompleted, sseCompletionFetch } from '../client/sse-completion.js';
 import { chatCompletionsStreamAdapter } from '../endpoints/chat-completions/chat-completions.adapter.js';
 import { responsesStreamAdapter } from '../endpoints/responses/responses.adapter.js';
 import { resolveOpenAIOptions } from '../options/resolve-options.js';
@@ -88,12 +89,12 @@ function setup() {
     options: {},
     started: performance.now(),
   };
-  /** A stream over `steps`; `[DONE]`-style completion for chat is simulated by the adapter's wire check (true here). */
+  /** A stream over `steps`; for chat, the reply's wire ended with `data: [DONE]` (see `endedWithDone`). */
   function open<E>(adapter: StreamAdapter<E>, steps: Array<Step<E>>, check?: StreamOutputCheck) {
     const controller = new AbortController();
     const ok = {
       data: scripted(steps, controller),
-      response: new Response(null),
+      response: endedWithDone,
       model: prep.call.model,
       attempts: 1,
       upstreamMs: 0,
@@ -112,7 +113,18 @@ async function drain<E>(s: ModelStream<E>): Promise<unknown> {
   }
 }
 
+/** A chat event-stream reply that came through the client's fetch and was read to its `data: [DONE]`. */
+let endedWithDone: Response;
+
 describe('ModelStream', () => {
+  beforeAll(async () => {
+    const body = 'data: {"choices":[]}\n\ndata: [DONE]\n\n';
+    const reply = async () => new Response(body, { headers: { 'content-type': 'text/event-stream' } });
+    endedWithDone = await sseCompletionFetch(reply)('http://127.0.0.1:1/v1/chat/completions');
+    const reader = endedWithDone.body!.getReader();
+    while (!(await reader.read()).done);
+    if (sseCompleted(endedWithDone) !== true) throw new Error('the [DONE] watch did not see the sentinel');
+  });
   beforeEach(() => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance', 'Date'] });
   });

@@ -20,7 +20,7 @@ function watchCut(text: string, cuts: number[]): boolean {
 describe('SentinelWatch', () => {
   const complete = `${CHUNK}${USAGE}data: [DONE]\n\n`;
 
-  it('sees the sentinel wherever the body is cut once, and in 1-byte chunks', () => {
+  it('sees the sentinel line wherever the body is cut once, and in 1-byte chunks', () => {
     for (let at = 0; at <= complete.length; at++) expect(watchCut(complete, [at])).toBe(true);
     const everyByte = Array.from({ length: complete.length }, (_, i) => i);
     expect(watchCut(complete, everyByte)).toBe(true);
@@ -28,18 +28,33 @@ describe('SentinelWatch', () => {
 
   it('sees it split across three chunks', () => {
     const start = complete.indexOf('data: [DONE]');
-    for (let a = start; a < start + 12; a++)
-      for (let b = a + 1; b < start + 12; b++) expect(watchCut(complete, [a, b])).toBe(true);
+    for (let a = start; a < start + 14; a++)
+      for (let b = a + 1; b <= start + 14; b++) expect(watchCut(complete, [a, b])).toBe(true);
   });
 
-  it('does not see it in a cut body, near misses or text that only quotes part of it', () => {
+  it('takes both SSE spellings and any line end, with no line end at all at the very end', () => {
+    expect(watchCut(`${CHUNK}data:[DONE]\n\n`, [])).toBe(true);
+    expect(watchCut(`${CHUNK}data: [DONE]\r\n\r\n`, [])).toBe(true);
+    expect(watchCut(`${CHUNK}data: [DONE]`, [])).toBe(true);
+    expect(watchCut('data: [DONE]\n\n', [])).toBe(true);
+  });
+
+  it('a large last chunk that starts with the sentinel line counts when the chunk before ended a line', () => {
+    const big = `data: [DONE]${'\n'.repeat(100)}`;
+    expect(watchCut(`${CHUNK}${big}`, [CHUNK.length])).toBe(true);
+    expect(watchCut(`${CHUNK.trimEnd()}x${big}`, [CHUNK.trimEnd().length + 1])).toBe(false);
+  });
+
+  it('does not count a cut body, the sentinel inside a line or JSON, or one followed by more events', () => {
     const cut = `${CHUNK}${USAGE}`;
     for (let at = 0; at <= cut.length; at++) expect(watchCut(cut, [at])).toBe(false);
-    const nearMiss = `${CHUNK}data: [DONE\n\ndata: [DON]\n\ndata: data: [D`;
-    for (let at = 0; at <= nearMiss.length; at++) expect(watchCut(nearMiss, [at])).toBe(false);
-    // A prefix carried over, then a chunk that breaks it off and starts it again.
-    expect(watchCut('xx data: [DOdata: [DONE]', [11])).toBe(true);
-    expect(watchCut('xx data: [DOdata: [DON', [11])).toBe(false);
+    const quoted = `${CHUNK}data: {"model":"m data: [DONE]"}\n\n`;
+    for (let at = 0; at <= quoted.length; at++) expect(watchCut(quoted, [at])).toBe(false);
+    expect(watchCut(`${CHUNK}xdata: [DONE]\n\n`, [])).toBe(false);
+    expect(watchCut(`${CHUNK}data: [DONE] \n\n`, [])).toBe(false);
+    expect(watchCut(`${CHUNK}data:  [DONE]\n\n`, [])).toBe(false);
+    expect(watchCut(`data: [DONE]\n\n${USAGE}`, [])).toBe(false);
+    expect(watchCut('', [])).toBe(false);
   });
 });
 
@@ -84,6 +99,14 @@ describe('sseCompletionFetch', () => {
     const res = await sseCompletionFetch(fetchReplying([CHUNK, USAGE], 'text/event-stream'))(CHAT);
     await readAll(res);
     expect(sseCompleted(res)).toBe(false);
+  });
+
+  it('watches a chat reply whatever event-stream spelling it declares', async () => {
+    const res = await sseCompletionFetch(
+      fetchReplying([CHUNK, 'data: [DONE]\n\n'], 'Text/Event-Stream; Charset=UTF-8'),
+    )(CHAT);
+    await readAll(res);
+    expect(sseCompleted(res)).toBe(true);
   });
 
   it('leaves JSON replies and other endpoints unwatched', async () => {

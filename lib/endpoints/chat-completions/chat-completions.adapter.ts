@@ -86,5 +86,6 @@ export const chatCompletionsStreamAdapter: StreamAdapter<ChatCompletionChunk> = 
     if (chunk.moderation?.output) p.moderation = chunk.moderation.output;
     p.serviceTier = reportedServiceTier(chunk.service_tier) ?? p.serviceTier;
   },
-  isComplete: (_p, response) => sseCompleted(response) !== false,
+  // Strict: a reply the client's fetch did not watch (it said it was JSON) is not known to be complete.
+  isComplete: (_p, response) => sseCompleted(response) === true,
 };
