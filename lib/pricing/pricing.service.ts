@@ -1,4 +1,5 @@
 import { Inject, Injectable, Logger } from '@nestjs/common';
+import { memoized } from '../utils/bounded-memo.js';
 import type { NormalizedUsage } from '../call/upstream-call.js';
 import type { ResolvedOpenAIOptions } from '../options/openai-module-options.interface.js';
 import { OPENAI_RESOLVED_OPTIONS } from '../openai.constants.js';
@@ -25,6 +26,11 @@ export function priceTierOf(serviceTier: unknown): PriceTier {
 }
 
 const DATE_SUFFIX = /-(?:\d{4}-\d{2}-\d{2}|\d{4})$/;
+
+/** `model` without its snapshot date (`''` when it has none). */
+function withoutSnapshotDate(model: string): string {
+  return DATE_SUFFIX.test(model) ? model.replace(DATE_SUFFIX, '') : '';
+}
 
 /**
  * Prices calls from the price table: the shipped `DEFAULT_PRICES` overlaid with `pricing.models`.
@@ -72,13 +78,7 @@ export class PricingService {
 
   /** `model` without its snapshot date (`''` when it has none), memoized per name. */
   private baseName(model: string): string {
-    let base = this.baseNames.get(model);
-    if (base === undefined) {
-      base = DATE_SUFFIX.test(model) ? model.replace(DATE_SUFFIX, '') : '';
-      if (this.baseNames.size >= 10_000) this.baseNames.clear();
-      this.baseNames.set(model, base);
-    }
-    return base;
+    return memoized(this.baseNames, model, 10_000, withoutSnapshotDate);
   }
 
   /** The price of `model`: exact name first, then its name without the snapshot date. */

@@ -16,6 +16,9 @@ import {
 } from './request-context-routes.js';
 import { REQUEST_ID_HEADER } from '../openai.constants.js';
 import { rawResponse } from '../utils/http.js';
+import { memoized } from '../utils/bounded-memo.js';
+
+const sameString = (s: string) => s;
 
 /**
  * Re-enters the request context around the handler when it was lost: some adapters (Fastify parses the
@@ -58,16 +61,8 @@ export class RequestContextInterceptor implements NestInterceptor {
     ctx.controller = context.getClass();
     if (!ctx.route) {
       const path = req.route?.path ?? req.routeOptions?.url;
-      if (path) {
-        // one string per route (method and pattern), not one per request
-        const key = `${req.method} ${path}`;
-        let route = this.routes.get(key);
-        if (route === undefined) {
-          if (this.routes.size >= 10_000) this.routes.clear();
-          this.routes.set(key, (route = key));
-        }
-        ctx.route = route;
-      }
+      // one string per route (method and pattern) kept, not one per request
+      if (path) ctx.route = memoized(this.routes, `${req.method} ${path}`, 10_000, sameString);
     }
     // The user, from the one identity resolver (the guard may have resolved it already: cached).
     const identity = this.identity?.resolve(req);

@@ -1,3 +1,5 @@
+import { memoized } from '../utils/bounded-memo.js';
+
 /**
  * One limit of a key: at most `limit` units in any interval of `windowMs`.
  *
@@ -237,13 +239,11 @@ export type StorageFailurePolicy = 'fail-closed' | 'fail-open' | 'memory';
 
 /** Escapes characters that would break a `{hash tag}` or a key's separators. */
 export function keyPart(part: string): string {
-  let v = KEY_PARTS.get(part);
-  if (v === undefined) {
-    v = /^[A-Za-z0-9._@-]*$/.test(part) ? part : encodeURIComponent(part).replace(/\./g, '%2E');
-    if (KEY_PARTS.size >= 10_000) KEY_PARTS.clear();
-    KEY_PARTS.set(part, v);
-  }
-  return v;
+  return memoized(KEY_PARTS, part, 10_000, escapeKeyPart);
+}
+
+function escapeKeyPart(part: string): string {
+  return /^[A-Za-z0-9._@-]*$/.test(part) ? part : encodeURIComponent(part).replace(/\./g, '%2E');
 }
 
 /** Escaped key parts (user IDs, model names), memoized: every request builds several keys of its user. */

@@ -7,6 +7,7 @@ import { OpenAIMetricsService } from '../metrics/openai-metrics.service.js';
 import { OPENAI_RESOLVED_OPTIONS, OPENAI_STORE } from '../openai.constants.js';
 import { subjectKey, type OpenAIStore } from '../storage/openai-store.interface.js';
 import { storageUnavailable } from '../throttling/rate-limit.exceptions.js';
+import { memoized } from '../utils/bounded-memo.js';
 
 /** Totals of a period (tokens; USD). */
 export interface UsageTotals {
@@ -197,6 +198,14 @@ function ledgerStore(store: OpenAIStore): OpenAIStore {
  *
  * The ledger never sits on the request path, and budgets do not read it: they keep their own counters.
  */
+type LineKind = 'm|' | 'r|' | 't|';
+/** The field prefix of a breakdown line, per kind (made once: `line` passes them to the memo). */
+const LINE_PREFIX: Record<LineKind, (name: string) => string> = {
+  'm|': (name) => `m|${label(name)}`,
+  'r|': (name) => `r|${label(name)}`,
+  't|': (name) => `t|${label(name)}`,
+};
+
 @Injectable()
 export class UsageService implements OnApplicationShutdown {
   private readonly logger = new Logger('OpenAIUsage');
@@ -209,11 +218,10 @@ export class UsageService implements OnApplicationShutdown {
   /** The UTC day the cached period keys are of (epoch ms of its start), and those keys. */
   private periodStart = -1;
   private periods = { day: '', month: '' };
-  /** Memoized line prefixes and per-user keys (see `line`, `keyOf`). */
+  /** Memoized line prefixes (see `line`). */
   private readonly models = new Map<string, string>();
   private readonly routes = new Map<string, string>();
   private readonly tiers = new Map<string, string>();
-  private readonly userKeys = new Map<string, Map<string, string>>();
   private currentRecords = 0;
   /** The batch being written, or kept after a failure. */
   private batch: Batch | null = null;
@@ -300,31 +308,10 @@ export class UsageService implements OnApplicationShutdown {
   }
 
   /** A breakdown line's field prefix (`m|<model>`), memoized for string names (bounded). */
-  private line(kind: 'm|' | 'r|' | 't|', name: unknown): string {
+  private line(kind: LineKind, name: unknown): string {
     if (typeof name !== 'string') return `${kind}${label(name)}`;
     const memo = kind === 'm|' ? this.models : kind === 'r|' ? this.routes : this.tiers;
-    let v = memo.get(name);
-    if (v === undefined) {
-      if (memo.size >= 1_000) memo.clear();
-      memo.set(name, (v = `${kind}${label(name)}`));
-    }
-    return v;
-  }
-
-  /** The ledger key of `user` (null: the project) for `period`, memoized for the current periods. */
-  private keyOf(user: string | null, period: string): string {
-    if (user === null) return this.key(null, period);
-    let byUser = this.userKeys.get(period);
-    if (!byUser) {
-      if (this.userKeys.size >= 4) this.userKeys.clear();
-      this.userKeys.set(period, (byUser = new Map()));
-    }
-    let k = byUser.get(user);
-    if (k === undefined) {
-      if (byUser.size >= 10_000) byUser.clear();
-      byUser.set(user, (k = this.key(user, period)));
-    }
-    return k;
+    return memoized(memo, name, 1_000, LINE_PREFIX[kind]);
   }
 
   /** The period keys of `at`, computed once per UTC day. */
