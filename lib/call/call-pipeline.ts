@@ -76,6 +76,9 @@ function joinPlannedHooks(hooks: readonly OpenAICallHook[], store: OpenAIStore |
 /** One reservation step: a hold (or nothing) now, or a promise of it. */
 type Reserver = (call: UpstreamCall) => Promise<CallReservation | void> | CallReservation | void;
 
+/** A hold a step answered (not nothing, not a promise still pending). */
+const isHeld = (v: ReturnType<Reserver>): v is CallReservation => v !== undefined && !(v instanceof Promise);
+
 /** Runs the plans of `hooks` (a failing plan aborts the others) and takes their holds as one operation. */
 async function holdPlanned(
   hooks: readonly PlannedHook[],
@@ -439,7 +442,7 @@ export class CallPipeline {
     if (this.reservers.length === 0) return [];
     const values: Array<Promise<CallReservation | void> | CallReservation | void> = [];
     let pending = 0;
-    let last: Promise<CallReservation | void> | undefined;
+    let waitAt = -1;
     for (const reserve of this.reservers) {
       let v;
       try {
@@ -449,30 +452,21 @@ export class CallPipeline {
       }
       if (v instanceof Promise) {
         pending++;
-        last = v;
+        waitAt = values.length;
       }
       values.push(v);
     }
     // Every hook answered without a promise (nothing held on a store): no waiting.
-    if (pending === 0) return values.filter((v): v is CallReservation => v !== undefined);
+    if (pending === 0) return values.filter(isHeld);
     if (pending === 1) {
       // One wait (the joint hold on the store, as a rule): awaited alone, the others already answered.
-      const held = values.filter((v): v is CallReservation => v !== undefined && !(v instanceof Promise));
-      let waited: CallReservation | void;
       try {
-        waited = await last!;
+        values[waitAt] = await values[waitAt];
       } catch (reason) {
-        await this.release(held);
+        await this.release(values.filter(isHeld));
         throw this.refusals ? this.refusals.record(reason) : reason;
       }
-      // In hook order, as with several waits.
-      const out: CallReservation[] = [];
-      for (const v of values) {
-        if (v === last) {
-          if (waited) out.push(waited);
-        } else if (v) out.push(v as CallReservation);
-      }
-      return out;
+      return values.filter(isHeld);
     }
     const outcomes = await Promise.allSettled(values.map(async (v) => v));
     const held = outcomes.flatMap((o) => (o.status === 'fulfilled' && o.value ? [o.value] : []));
