@@ -1,13 +1,13 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   BudgetService,
   OpenAIHealthService,
   StorageUnavailableException,
   type StorageFailurePolicy,
 } from '../../lib/index.js';
-import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { fixtureOptions, startFixtureApp, TEST_API_KEY, type FixtureHandle } from '../support/fixture-app.js';
-import { OwnRedis, sharedRedisUrl, waitFor } from '../support/redis.js';
+import { sharedRedisUrl, waitFor } from '../support/redis.js';
+import { redisOutageSuite } from '../support/redis-outage.js';
 import { tokensUsed } from '../throttling/throttling-fixture.js';
 
 const available = sharedRedisUrl() !== '';
@@ -18,38 +18,23 @@ const MESSAGES = [{ role: 'user' as const, content: 'hi' }];
  * crash, the policy's answer for new calls, and the store counts each call once after recovery.
  */
 describe.skipIf(!available)('Redis down or back mid-flight, joint reservation', () => {
-  let redis: OwnRedis;
-  let fake: FakeOpenAIServer;
-  const apps: FixtureHandle[] = [];
-  beforeAll(async () => {
-    redis = await OwnRedis.start();
-    fake = await FakeOpenAIServer.start();
-  });
-  afterEach(async () => {
-    while (apps.length) await apps.pop()!.close();
-    await redis.start();
-    fake.reset();
-  });
-  afterAll(async () => {
-    await redis.stop();
-    await fake.close();
-  });
+  const suite = redisOutageSuite();
 
   async function app(onFailure: StorageFailurePolicy): Promise<FixtureHandle> {
     const h = await startFixtureApp(
       'express',
-      fixtureOptions(fake.baseURL, TEST_API_KEY, {
+      fixtureOptions(suite.fake.baseURL, TEST_API_KEY, {
         models: { default: 'gpt-4o-mini', fallbacks: [] },
         storage: {
           type: 'redis',
-          redis: { url: redis.url, keyPrefix: `${onFailure}:`, commandTimeoutMs: 200 },
+          redis: { url: suite.redis.url, keyPrefix: `${onFailure}:`, commandTimeoutMs: 200 },
           onFailure,
         },
         limits: { tokens: [{ name: 'minute', limit: 100_000, ttl: 60_000 }] },
         budgets: { user: { dailyUsd: 10 } },
       }),
     );
-    apps.push(h);
+    suite.apps.push(h);
     return h;
   }
   const storeUp = async (h: FixtureHandle) => (await h.app.get(OpenAIHealthService).check()).up;
@@ -61,10 +46,10 @@ describe.skipIf(!available)('Redis down or back mid-flight, joint reservation', 
   for (const policy of ['fail-closed', 'fail-open', 'memory'] as const)
     it(`${policy}: Redis dies while a call holds its reservation: the call answers, new calls get the policy`, async () => {
       const h = await app(policy);
-      fake.fault({ path: '/v1/chat/completions', delayMs: 400, times: 1 });
+      suite.fake.fault({ path: '/v1/chat/completions', delayMs: 400, times: 1 });
       const pending = chat(h, 'u-down');
-      await waitFor('the upstream call', () => fake.requestsTo('/v1/chat/completions').length === 1);
-      await redis.stop();
+      await waitFor('the upstream call', () => suite.fake.requestsTo('/v1/chat/completions').length === 1);
+      await suite.redis.stop();
       const r = await pending;
       expect(r.content).toBeTruthy();
       const next = await chat(h, 'u-down').catch((e: unknown) => e);
@@ -75,7 +60,7 @@ describe.skipIf(!available)('Redis down or back mid-flight, joint reservation', 
             ? 200
             : next;
       expect(outcome).toBe(policy === 'fail-closed' ? 503 : 200);
-      await redis.start();
+      await suite.redis.start();
       await waitFor('store up', async () => {
         await chat(h, 'u-after').catch(() => undefined);
         return storeUp(h);
@@ -85,13 +70,13 @@ describe.skipIf(!available)('Redis down or back mid-flight, joint reservation', 
 
   it('memory: a hold taken on the fallback and settled after Redis is back does not change Redis counters', async () => {
     const h = await app('memory');
-    await redis.stop();
+    await suite.redis.stop();
     // call A reserves on the in-memory fallback (Redis down) and is slow upstream
-    fake.fault({ path: '/v1/chat/completions', delayMs: 1_500, times: 1 });
+    suite.fake.fault({ path: '/v1/chat/completions', delayMs: 1_500, times: 1 });
     const a = chat(h, 'u-mem');
-    await waitFor('call A upstream', () => fake.requestsTo('/v1/chat/completions').length === 1);
+    await waitFor('call A upstream', () => suite.fake.requestsTo('/v1/chat/completions').length === 1);
     expect(await storeUp(h)).toBe(false);
-    await redis.start();
+    await suite.redis.start();
     // Another user's calls until the store is back on Redis (a call made before that is held on the
     // fallback), then call B reserves and settles on Redis while A is still in flight.
     await waitFor('Redis back', async () => {

@@ -2,7 +2,7 @@ import { Controller, Get, UseGuards } from '@nestjs/common';
 import { ThrottlerGuard, ThrottlerModule } from '@nestjs/throttler';
 import { Redis } from 'ioredis';
 import request from 'supertest';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
   OpenAIHealthService,
   OpenAIModule,
@@ -10,10 +10,10 @@ import {
   type OpenAIModuleOptions,
   type StorageFailurePolicy,
 } from '../../lib/index.js';
-import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import type { CapturingLogger } from '../support/capturing-logger.js';
 import { fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
-import { OwnRedis, freePort, keysUnder, sharedRedisUrl, waitFor } from '../support/redis.js';
+import { freePort, keysUnder, sharedRedisUrl, waitFor } from '../support/redis.js';
+import { redisOutageSuite } from '../support/redis-outage.js';
 import { PLATFORMS, auth, startSampleApp, userMessage, type SampleAppHandle } from '../support/sample-app.js';
 import { startThrottlingApp, uniqueSampleUsers } from '../throttling/throttling-fixture.js';
 
@@ -35,62 +35,47 @@ class PlainController {
 }
 
 describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platform) => {
-  let redis: OwnRedis;
-  let fake: FakeOpenAIServer;
-  const apps: Array<{ close(): Promise<void> }> = [];
-  beforeAll(async () => {
-    redis = await OwnRedis.start();
-    fake = await FakeOpenAIServer.start();
-  });
-  afterEach(async () => {
-    while (apps.length) await apps.pop()!.close();
-    await redis.start();
-    fake.reset();
-  });
-  afterAll(async () => {
-    await redis.stop();
-    await fake.close();
-  });
+  const suite = redisOutageSuite();
 
   async function fixture(
     onFailure: StorageFailurePolicy,
     extra: OpenAIModuleOptions = {},
   ): Promise<FixtureHandle> {
-    const h = await startThrottlingApp(platform, fake.baseURL, {
+    const h = await startThrottlingApp(platform, suite.fake.baseURL, {
       limits: { requests: [{ name: 'minute', limit: 4, ttl: 60_000 }] },
       storage: {
         type: 'redis',
-        redis: { url: redis.url, keyPrefix: `${onFailure}:` },
+        redis: { url: suite.redis.url, keyPrefix: `${onFailure}:` },
         onFailure,
         instances: 2,
       },
       ...extra,
     });
-    apps.push(h);
+    suite.apps.push(h);
     return h;
   }
   const storeUp = async (h: FixtureHandle) => (await h.app.get(OpenAIHealthService).check()).up;
 
   it('fail-closed (sample in production): 503 storage_unavailable, /health 503, logged once, back to counting without a restart', async () => {
     const users = uniqueSampleUsers();
-    const h: SampleAppHandle = await startSampleApp(platform, fake, {
+    const h: SampleAppHandle = await startSampleApp(platform, suite.fake, {
       NODE_ENV: 'production',
-      REDIS_URL: redis.url,
+      REDIS_URL: suite.redis.url,
       RATE_LIMIT_RPM: '2',
       ...users.env,
     });
-    apps.push(h);
+    suite.apps.push(h);
     await request(h.server).post('/chat').set(auth()).send(userMessage('before')).expect(200);
     await request(h.server).get('/health').expect(200);
 
-    await redis.stop();
+    await suite.redis.stop();
     await waitFor(
       '/health to report the outage',
       async () => (await request(h.server).get('/health')).status === 503,
     );
     const health = await request(h.server).get('/health');
     expect(health.body).toMatchObject({ statusCode: 503 });
-    fake.reset();
+    suite.fake.reset();
     for (let i = 0; i < 6; i++) {
       const res = await request(h.server)
         .post('/chat')
@@ -105,18 +90,18 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
       });
       expect(JSON.stringify(res.body)).not.toMatch(/ECONNREFUSED|127\.0\.0\.1/);
     }
-    expect(fake.requestsTo('/v1/chat/completions')).toHaveLength(0);
+    expect(suite.fake.requestsTo('/v1/chat/completions')).toHaveLength(0);
     expect(storeLines(h.logger, /unavailable/)).toHaveLength(1);
     expect(storeLines(h.logger, /unavailable/)[0].level).toBe('error');
 
-    await redis.start();
+    await suite.redis.start();
     await waitFor('/health to recover', async () => (await request(h.server).get('/health')).status === 200);
     // the restarted Redis is empty: a fresh window, counted there again
     const statuses = [];
     for (let i = 0; i < 3; i++)
       statuses.push((await request(h.server).post('/chat').set(auth()).send(userMessage('after'))).status);
     expect(statuses).toEqual([200, 200, 429]);
-    const admin = new Redis(redis.url);
+    const admin = new Redis(suite.redis.url);
     expect((await keysUnder(admin, 'openai:')).some((k) => k.includes(`{u:${users.alice}}:rl:req`))).toBe(
       true,
     );
@@ -128,7 +113,7 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
   it('fail-open: admits without counting while down, counts again once back', async () => {
     const h = await fixture('fail-open');
     expect((await request(h.server).get('/ping').set(bearer('alice'))).status).toBe(200);
-    await redis.stop();
+    await suite.redis.stop();
     await waitFor('the store to notice', async () => !(await storeUp(h)));
     for (let i = 0; i < 8; i++) {
       const res = await request(h.server).get('/ping').set(bearer('alice'));
@@ -136,7 +121,7 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
       expect(res.headers['x-ratelimit-limit']).toBeUndefined();
     }
     expect(storeLines(h.logger, /unavailable, policy "fail-open"/)).toHaveLength(1);
-    await redis.start();
+    await suite.redis.start();
     await waitFor('the store to recover', () => storeUp(h));
     const statuses = [];
     for (let i = 0; i < 5; i++)
@@ -146,7 +131,7 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
 
   it('memory: per-instance limits divided by `instances` while down, Redis again once back', async () => {
     const h = await fixture('memory');
-    await redis.stop();
+    await suite.redis.stop();
     await waitFor('the store to notice', async () => !(await storeUp(h)));
     const down = [];
     for (let i = 0; i < 4; i++) down.push((await request(h.server).get('/ping').set(bearer('bob'))).status);
@@ -158,7 +143,7 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
     expect((await request(h.server).get('/ping').set(bearer('carol'))).status).toBe(200);
     expect(storeLines(h.logger, /unavailable, policy "memory"/)).toHaveLength(1);
 
-    await redis.start();
+    await suite.redis.start();
     await waitFor('the store to recover', () => storeUp(h));
     const back = [];
     for (let i = 0; i < 5; i++) back.push((await request(h.server).get('/ping').set(bearer('bob'))).status);
@@ -172,10 +157,10 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
       {},
       {
         openai: OpenAIModule.forRoot({
-          ...fixtureOptions(fake.baseURL, 'sk-test', {
+          ...fixtureOptions(suite.fake.baseURL, 'sk-test', {
             storage: {
               type: 'redis',
-              redis: { url: redis.url, keyPrefix: 'plain:' },
+              redis: { url: suite.redis.url, keyPrefix: 'plain:' },
               onFailure: 'fail-closed',
             },
           }),
@@ -193,9 +178,9 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
         controllers: [PlainController],
       },
     );
-    apps.push(h);
+    suite.apps.push(h);
     expect((await request(h.server).get('/plain')).status).toBe(200);
-    await redis.stop();
+    await suite.redis.stop();
     const res = await request(h.server).get('/plain');
     expect(res.status).toBe(503);
     expect(res.body.error).toBe('storage_unavailable');
@@ -203,10 +188,10 @@ describe.skipIf(!available).each(PLATFORMS)('Redis down and back on %s', (platfo
 
   it('boot with an unreachable Redis fails at startup, naming the fix', async () => {
     const port = await freePort();
-    const err = (await startThrottlingApp(platform, fake.baseURL, {
+    const err = (await startThrottlingApp(platform, suite.fake.baseURL, {
       storage: { type: 'redis', redis: { url: `redis://127.0.0.1:${port}` }, connectTimeoutMs: 300 },
     }).then(
-      (h) => (apps.push(h), undefined),
+      (h) => (suite.apps.push(h), undefined),
       (e: unknown) => e,
     )) as Error;
     expect(err).toBeInstanceOf(Error);

@@ -1,8 +1,8 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { OpenAIMetricsService, UsageService, type OpenAIModuleOptions } from '../../lib/index.js';
-import { FakeOpenAIServer } from '../../lib/testing/index.js';
 import { TEST_API_KEY, fixtureOptions, startFixtureApp, type FixtureHandle } from '../support/fixture-app.js';
-import { OwnRedis, redisClient, sharedRedisUrl, uniquePrefix, waitFor } from '../support/redis.js';
+import { redisClient, sharedRedisUrl, uniquePrefix, waitFor } from '../support/redis.js';
+import { redisOutageSuite } from '../support/redis-outage.js';
 
 // A redis-server of its own (killed and restarted); the shared one only tells whether it is installed.
 const available = sharedRedisUrl() !== '';
@@ -10,38 +10,23 @@ const CHAT = '/v1/chat/completions';
 const day = () => new Date().toISOString().slice(0, 10);
 
 describe.skipIf(!available)('usage ledger across a Redis outage', () => {
-  let redis: OwnRedis;
-  let fake: FakeOpenAIServer;
-  const apps: FixtureHandle[] = [];
-  beforeAll(async () => {
-    redis = await OwnRedis.start();
-    fake = await FakeOpenAIServer.start();
-  });
-  afterEach(async () => {
-    while (apps.length) await apps.pop()!.close();
-    await redis.start();
-    fake.reset();
-  });
-  afterAll(async () => {
-    await redis.stop();
-    await fake.close();
-  });
+  const suite = redisOutageSuite();
 
   async function app(prefix: string, usage: OpenAIModuleOptions['usage'], commandTimeoutMs = 500) {
     const h = await startFixtureApp(
       'express',
-      fixtureOptions(fake.baseURL, TEST_API_KEY, {
-        storage: { type: 'redis', redis: { url: redis.url, keyPrefix: prefix, commandTimeoutMs } },
+      fixtureOptions(suite.fake.baseURL, TEST_API_KEY, {
+        storage: { type: 'redis', redis: { url: suite.redis.url, keyPrefix: prefix, commandTimeoutMs } },
         moderation: { enabled: false },
         usage,
       }),
     );
-    apps.push(h);
+    suite.apps.push(h);
     return h;
   }
   /** The ledger's raw record in Redis (fields `requests`, `prompt_tokens`, ...). */
   async function stored(prefix: string, key: string): Promise<Record<string, number>> {
-    const c = redisClient(redis.url);
+    const c = redisClient(suite.redis.url);
     try {
       const raw = await c.hgetall(`${prefix}${key}`);
       return Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, Number(v)]));
@@ -60,7 +45,7 @@ describe.skipIf(!available)('usage ledger across a Redis outage', () => {
     await usage.flush();
     expect((await stored(prefix, `{u:dana}:usage:${day()}`)).requests).toBe(1);
 
-    await redis.stop(); // no persistence: what was written is gone with it
+    await suite.redis.stop(); // no persistence: what was written is gone with it
     let prompt = 0;
     for (let i = 1; i <= 6; i++) prompt += (await chat(h, 'dana', i)).usage.prompt_tokens;
     await usage.flush();
@@ -72,7 +57,7 @@ describe.skipIf(!available)('usage ledger across a Redis outage', () => {
       h.logger.lines.some((l) => /recording usage failed: .*records kept in process/.test(String(l.message))),
     ).toBe(true);
 
-    await redis.start();
+    await suite.redis.start();
     // no flush(): the retry timer writes them once the client has reconnected
     await waitFor('the kept records written', () => usage.pendingRecords === 0, 15_000);
     prompt += (await chat(h, 'dana', 7)).usage.prompt_tokens;
@@ -84,7 +69,7 @@ describe.skipIf(!available)('usage ledger across a Redis outage', () => {
     expect(user.prompt_tokens).toBe(prompt);
     expect((await stored(prefix, `{usage:project:${day()}}`)).requests).toBe(7);
     expect((await usage.totals('dana', 'day')).requests).toBe(7);
-    expect(fake.requestsTo(CHAT)).toHaveLength(8);
+    expect(suite.fake.requestsTo(CHAT)).toHaveLength(8);
   });
 
   it('a write Redis ran but answered too late (a timeout) is not counted twice', async () => {
@@ -95,7 +80,7 @@ describe.skipIf(!available)('usage ledger across a Redis outage', () => {
     await usage.flush();
     await chat(h, 'erin', 1);
     await chat(h, 'erin', 2);
-    const c = redisClient(redis.url);
+    const c = redisClient(suite.redis.url);
     try {
       // Writes wait 400 ms, past the 100 ms command timeout, and then run.
       await c.call('CLIENT', 'PAUSE', '400', 'WRITE');
@@ -116,7 +101,7 @@ describe.skipIf(!available)('usage ledger across a Redis outage', () => {
     const prefix = uniquePrefix('usage-bound');
     const h = await app(prefix, { flushIntervalMs: 60_000, maxPendingRecords: 3 });
     const usage = h.app.get(UsageService);
-    await redis.stop();
+    await suite.redis.stop();
     for (let i = 0; i < 3; i++) await chat(h, 'finn', i);
     await usage.flush(); // the 3 fail and are kept as the oldest batch
     expect(usage.pendingRecords).toBe(3);
@@ -130,7 +115,7 @@ describe.skipIf(!available)('usage ledger across a Redis outage', () => {
       ),
     ).toBe(true);
     expect(await h.app.get(OpenAIMetricsService).metrics()).toMatch(/openai_usage_records_dropped_total 3/);
-    await redis.start();
+    await suite.redis.start();
     await waitFor('Redis answering the ledger', async () => {
       await usage.flush();
       return usage.pendingRecords === 0;
@@ -144,7 +129,7 @@ describe.skipIf(!available)('usage ledger across a Redis outage', () => {
     for (let i = 0; i < 3; i++) await chat(h, 'gus', i);
     expect(h.app.get(UsageService).pendingRecords).toBe(3);
     expect(await stored(prefix, `{u:gus}:usage:${day()}`)).toEqual({});
-    await apps.pop()!.close();
+    await suite.apps.pop()!.close();
     const user = await stored(prefix, `{u:gus}:usage:${day()}`);
     expect(user.requests).toBe(3);
     expect((await stored(prefix, `{usage:project:${day()}}`)).requests).toBe(3);
